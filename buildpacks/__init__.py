@@ -1,0 +1,1 @@
+"""Staging: the Celery worker on queue ``staging`` and the buildpacks it runs."""

@@ -1,0 +1,34 @@
+"""Errors of staging. Each message is a sentence a pusher can act on.
+
+    StagingError
+     +-- NoBuildpack        nothing recognised the app
+     +-- CompileFailed      the buildpack's compile step failed (exit code, last lines)
+     +-- NoStartCommand     the app has no web command
+     +-- StagingTimeout     staging ran longer than allowed
+"""
+
+from __future__ import annotations
+
+
+class StagingError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NoBuildpack(StagingError):
+    pass
+
+
+class CompileFailed(StagingError):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class NoStartCommand(StagingError):
+    pass
+
+
+class StagingTimeout(StagingError):
+    pass

@@ -1,0 +1,81 @@
+"""The controller API, as the CLI sees it: every failure becomes a sentence."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import click
+import requests
+
+from cli.config import Config
+
+
+class ApiError(click.ClickException):
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Client:
+    def __init__(self, config: Config, timeout: float = 30.0) -> None:
+        if not config.target:
+            raise ApiError("no API target set: run 'paas target URL' first "
+                           "(make up prints the URL).")
+        self.base = config.target.rstrip("/")
+        self.token = config.token
+        self.timeout = timeout
+        self.http = requests.Session()
+        if self.token:
+            self.http.headers["Authorization"] = f"Bearer {self.token}"
+
+    def request(self, method: str, path: str, *, stream: bool = False,
+                timeout: float | None = None, **kwargs: Any) -> requests.Response:
+        url = f"{self.base}/v1{path}"
+        try:
+            response = self.http.request(method, url, stream=stream,
+                                         timeout=timeout or self.timeout, **kwargs)
+        except requests.ConnectionError as e:
+            raise ApiError(f"could not reach the controller at {self.base}: is the platform "
+                           "running? Start it with 'make up', or point at another with "
+                           "'paas target URL'.") from e
+        except requests.Timeout as e:
+            raise ApiError(f"the controller at {self.base} did not answer in time; "
+                           "try again.") from e
+        if response.status_code >= 400:
+            raise ApiError(_error_message(response), response.status_code)
+        return response
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs).json()
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.request("POST", path, **kwargs).json()
+
+    def delete(self, path: str, **kwargs: Any) -> Any:
+        return self.request("DELETE", path, **kwargs).json()
+
+    def lines(self, path: str) -> Iterator[dict[str, Any]]:
+        """A stream of JSON lines (the connection stays open until the server ends it)."""
+        response = self.request("GET", path, stream=True, timeout=(10, 120))
+        try:
+            for raw in response.iter_lines():
+                if raw:
+                    yield json.loads(raw)
+        except requests.RequestException as e:
+            raise ApiError(f"the connection to the controller broke while following "
+                           f"the output ({e}); 'paas app NAME' shows where things stand.") from e
+        finally:
+            response.close()
+
+
+def _error_message(response: requests.Response) -> str:
+    try:
+        body = response.json()
+        message = body.get("error") or response.reason
+    except ValueError:
+        message = f"{response.status_code} {response.reason}"
+    if response.status_code == 401:
+        return f"not logged in: {message}"
+    return message

@@ -1,0 +1,39 @@
+"""``~/.paas/config``: the target API and the token (``PAAS_HOME`` moves the folder)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+def home() -> Path:
+    return Path(os.environ.get("PAAS_HOME") or Path.home() / ".paas")
+
+
+@dataclass
+class Config:
+    target: str | None = None
+    token: str | None = None
+
+    @classmethod
+    def load(cls) -> Config:
+        path = home() / "config"
+        if not path.exists():
+            return cls()
+        try:
+            data = json.loads(path.read_text())
+        except ValueError:
+            return cls()
+        return cls(target=data.get("target"), token=data.get("token"))
+
+    def save(self) -> None:
+        folder = home()
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = folder / "config"
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(self), f, indent=2)
+        os.replace(tmp, path)

@@ -1,0 +1,249 @@
+"""``paas``: push apps and look after them."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import click
+import requests
+from rich.console import Console
+from rich.table import Table
+
+from cli.client import ApiError, Client
+from cli.config import Config
+from cli.package import pack
+
+NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+console = Console(highlight=False)
+
+
+def client() -> Client:
+    return Client(Config.load())
+
+
+@click.group()
+@click.version_option(package_name="paas")
+def main() -> None:
+    """Push apps to the platform and look after them."""
+
+
+@main.command()
+@click.argument("url")
+def target(url: str) -> None:
+    """Point the CLI at the controller API at URL."""
+    if not urlsplit(url).scheme:
+        url = f"http://{url}"
+    config = Config.load()
+    probe = Client(Config(target=url))
+    info = probe.get("/info")
+    if info.get("name") != "paas":
+        raise ApiError(f"{url} answers, but it is not a paas controller.")
+    if config.target != url:
+        config.token = None
+    config.target = url
+    config.save()
+    click.echo(f"Target: {url} (apps at *.{info.get('domain')})")
+
+
+@main.command()
+@click.option("--token", prompt=True, hide_input=True, help="An API token (make up prints one).")
+def login(token: str) -> None:
+    """Log in with an API token."""
+    config = Config.load()
+    config.token = token.strip()
+    who = Client(config).get("/whoami")
+    config.save()
+    click.echo(f"Logged in as {who['name']} ({who['role']}) at {config.target}")
+
+
+def _default_name(path: Path) -> str:
+    name = re.sub(r"[^a-z0-9-]+", "-", path.resolve().name.lower()).strip("-")
+    return name[:63].strip("-")
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("-p", "--path", "path", type=click.Path(file_okay=False, path_type=Path),
+              default=".", help="The app's folder (default: this one).")
+@click.option("-c", "--command", help="Start command of the web process (overrides Procfile).")
+@click.option("-i", "--instances", type=click.IntRange(0, 100), help="Number of instances.")
+@click.option("-m", "--memory", "memory", help="Memory per instance, e.g. 256M or 1G.")
+@click.option("--wait-timeout", type=float, default=300.0, show_default=True,
+              help="Seconds to wait for the new release to serve.")
+def push(name: str | None, path: Path, command: str | None, instances: int | None,
+         memory: str | None, wait_timeout: float) -> None:
+    """Push the app in PATH as NAME (default: the folder's name): stage, release, run."""
+    if not path.is_dir():
+        raise click.ClickException(f"{path} is not a folder: pass the app's folder with -p.")
+    name = name or _default_name(path)
+    if not NAME_RE.match(name):
+        raise click.ClickException(
+            f"{name!r} is not a valid app name: use 1 to 63 lower-case letters, digits and "
+            "hyphens, starting and ending with a letter or digit.")
+    options: dict[str, object] = {}
+    if command is not None:
+        options["command"] = command
+    if instances is not None:
+        options["instances"] = instances
+    if memory is not None:
+        options["memory_mb"] = parse_memory(memory)
+
+    api = client()
+    started = time.monotonic()
+    tarball, count = pack(path)
+    try:
+        console.print(f"Pushing [bold]{name}[/] ({count} files, "
+                      f"{tarball.stat().st_size / 1e6:.1f} MB)")
+        with tarball.open("rb") as f:
+            pushed = api.post(f"/apps/{name}/push", files={"package": ("app.tar.gz", f)},
+                              data={"options": json.dumps(options)}, timeout=600)
+    finally:
+        tarball.unlink(missing_ok=True)
+    build = pushed["build"]
+    result: dict[str, object] = {}
+    for line in api.lines(f"/builds/{build['guid']}/log"):
+        if line["type"] == "log":
+            click.echo(f"   {line['text']}")
+        elif line["type"] == "result":
+            result = line
+    if result.get("state") != "SUCCEEDED":
+        raise click.ClickException(f"staging failed: {result.get('error') or 'unknown error'}")
+    version = int(result["release"])  # type: ignore[arg-type]
+    console.print(f"Release {version}: starting instances")
+    release = _wait_for_release(api, name, version, wait_timeout)
+    if release["status"] == "FAILED":
+        serving = "the previous release keeps serving" if pushed["app"].get("release") \
+            else "nothing is serving"
+        raise click.ClickException(
+            f"release {version} did not start ({serving}): {release['error']}")
+    app = api.get(f"/apps/{name}")
+    _wait_for_route(app["urls"][0])
+    _print_app(app)
+    console.print(f"\n[bold green]{name}[/] is running at [bold]{app['urls'][0]}[/] "
+                  f"(pushed in {time.monotonic() - started:.1f} s)")
+
+
+def _wait_for_release(api: Client, name: str, version: int, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        release = api.get(f"/apps/{name}/releases/{version}")
+        if release["status"] in ("DEPLOYED", "FAILED", "SUPERSEDED"):
+            return release
+        if time.monotonic() > deadline:
+            raise click.ClickException(
+                f"release {version} was not serving after {timeout:.0f} s; "
+                f"'paas app {name}' shows its instances.")
+        time.sleep(0.1)
+
+
+def _wait_for_route(url: str, timeout: float = 5.0) -> None:
+    """Wait (briefly) until the router sends the app's host to the app."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    connect = url
+    if host.endswith(".localhost"):  # not every resolver knows *.localhost is loopback
+        connect = url.replace(host, "127.0.0.1", 1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            r = requests.get(connect, headers={"Host": parts.netloc}, timeout=2,
+                             allow_redirects=False)
+            if "X-Paas-Router-Error" not in r.headers:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.05)
+
+
+def parse_memory(text: str) -> int:
+    match = re.fullmatch(r"\s*(\d+)\s*([MmGg])?[Bb]?\s*", text)
+    if not match:
+        raise click.BadParameter(f"{text!r} is not a memory size: use e.g. 256M or 1G.")
+    value, unit = int(match.group(1)), (match.group(2) or "M").upper()
+    return value * 1024 if unit == "G" else value
+
+
+def _since(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    secs = max(0, int(time.time() - ts))
+    if secs < 120:
+        return f"{secs}s ago"
+    if secs < 7200:
+        return f"{secs // 60}m ago"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def _print_app(app: dict) -> None:
+    release = app.get("release") or {}
+    console.print(f"[bold]{app['name']}[/]  state: {app['state']}  "
+                  f"release: {release.get('version', '-')} ({release.get('status', 'none')})  "
+                  f"instances: {app.get('instances_running', 0)}/{app['instances_desired']}")
+    console.print(f"urls: {', '.join(app['urls'])}")
+    if release.get("error"):
+        console.print(f"[red]last release error:[/] {release['error']}")
+    table = Table(box=None, pad_edge=False)
+    for column in ("#", "state", "since", "release", "agent", "details"):
+        table.add_column(column)
+    for inst in app.get("instances", []):
+        state = inst["state"]
+        colour = {"RUNNING": "green", "CRASHED": "red"}.get(state, "yellow")
+        table.add_row(str(inst["index"]), f"[{colour}]{state}[/]", _since(inst["since"]),
+                      str(inst["release"]), inst.get("agent") or "-", inst.get("reason") or "")
+    if app.get("instances"):
+        console.print(table)
+    else:
+        console.print("no instances")
+
+
+@main.command()
+def apps() -> None:
+    """List your apps."""
+    listed = client().get("/apps")["apps"]
+    if not listed:
+        click.echo("No apps yet: 'paas push NAME' in an app's folder pushes one.")
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("name", "state", "instances", "release", "url"):
+        table.add_column(column)
+    for app in listed:
+        release = app.get("release") or {}
+        table.add_row(app["name"], app["state"],
+                      f"{app.get('instances_running', 0)}/{app['instances_desired']}",
+                      str(release.get("version", "-")), app["urls"][0])
+    console.print(table)
+
+
+@main.command("app")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def show_app(name: str, as_json: bool) -> None:
+    """Show an app: its release, URL and instances."""
+    app = client().get(f"/apps/{name}")
+    if as_json:
+        click.echo(json.dumps(app, indent=2))
+    else:
+        _print_app(app)
+
+
+@main.command()
+@click.argument("name")
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+def delete(name: str, force: bool) -> None:
+    """Delete an app: stop its instances and remove its route."""
+    api = client()
+    if not force:
+        if not sys.stdin.isatty():
+            raise click.ClickException(f"deleting {name} needs confirmation: pass -f.")
+        click.confirm(f"Really delete the app {name}?", abort=True)
+    api.delete(f"/apps/{name}")
+    click.echo(f"Deleted {name}; its instances are stopping.")
+
+
+if __name__ == "__main__":
+    main()

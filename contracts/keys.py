@@ -1,0 +1,39 @@
+"""Redis key names. Actual state lives under these keys, each republished by its owner."""
+
+from __future__ import annotations
+
+PREFIX = "paas"
+
+
+def agent(agent_id: str) -> str:
+    """JSON heartbeat of one agent (capacity and instances), with a TTL of a few beats."""
+    return f"{PREFIX}:agent:{agent_id}"
+
+
+AGENT_PATTERN = f"{PREFIX}:agent:*"
+
+
+def routes(agent_id: str) -> str:
+    """Hash of instance guid -> route entry JSON for one agent, with the heartbeat's TTL."""
+    return f"{PREFIX}:routes:{agent_id}"
+
+
+ROUTES_PATTERN = f"{PREFIX}:routes:*"
+# Pub/sub channel: something in the route table changed; the router re-renders at once.
+ROUTES_CHANGED = f"{PREFIX}:routes-changed"
+# Pub/sub channel: desired or actual state changed; the health manager converges at once.
+CONVERGE = f"{PREFIX}:converge"
+# Lock held by the active health manager.
+HEALTH_LOCK = f"{PREFIX}:health-lock"
+# String: the router's last successful reload, as JSON.
+ROUTER_STATUS = f"{PREFIX}:router-status"
+
+
+def build_log(build_guid: str) -> str:
+    """Stream of a build's output lines; its last entry carries ``end``."""
+    return f"{PREFIX}:build-log:{build_guid}"
+
+
+def build_result(build_guid: str) -> str:
+    """JSON result of a finished build, written by the stager before the end entry."""
+    return f"{PREFIX}:build-result:{build_guid}"

@@ -1,0 +1,139 @@
+"""Schemas of what processes send each other: task names, instance specs, heartbeats, routes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Celery task names, so senders need not import the workers.
+STAGE_TASK = "paas.stage"
+START_INSTANCE_TASK = "paas.start_instance"
+STOP_INSTANCE_TASK = "paas.stop_instance"
+STAGING_QUEUE = "staging"
+
+
+def agent_queue(agent_id: str) -> str:
+    return f"agent.{agent_id}"
+
+
+# Container and image labels.
+LABEL_PLATFORM = "paas.platform"
+LABEL_APP_GUID = "paas.app_guid"
+LABEL_APP_NAME = "paas.app_name"
+LABEL_PROCESS = "paas.process_type"
+LABEL_INDEX = "paas.instance_index"
+LABEL_INSTANCE = "paas.instance_guid"
+LABEL_RELEASE = "paas.release"
+LABEL_AGENT = "paas.agent"
+LABEL_HOST_PORT = "paas.host_port"
+LABEL_KIND = "paas.kind"  # "instance", "staging", "droplet", "stack", "cache"
+
+
+class InstanceState:
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    CRASHED = "CRASHED"
+    STOPPING = "STOPPING"
+
+
+@dataclass
+class StageRequest:
+    build_guid: str
+    app_guid: str
+    app_name: str
+    package_path: str  # blobstore-relative path of the package tarball
+    command: str | None = None
+    buildpack: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StageResult:
+    ok: bool
+    droplet_digest: str | None = None
+    droplet_path: str | None = None
+    droplet_size: int = 0
+    image: str | None = None
+    buildpack: str | None = None
+    process_types: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class InstanceSpec:
+    """Everything an agent needs to start one instance; sent in ``start_instance``."""
+
+    instance_guid: str
+    app_guid: str
+    app_name: str
+    release: int
+    process_type: str
+    index: int
+    image: str
+    command: str
+    memory_mb: int
+    env: dict[str, str]
+    routes: list[str]
+    droplet_path: str = ""
+    health_check: str = "port"
+    start_timeout: float = 60.0
+
+
+@dataclass
+class InstanceReport:
+    """One instance as an agent sees it, published in each heartbeat."""
+
+    instance_guid: str
+    app_guid: str
+    app_name: str
+    release: int
+    process_type: str
+    index: int
+    state: str
+    host_port: int
+    since: float
+    agent_id: str = ""
+    reason: str | None = None
+    exit_code: int | None = None
+
+
+@dataclass
+class Heartbeat:
+    agent_id: str
+    address: str
+    sent_at: float
+    memory_mb: int
+    memory_used_mb: int
+    instances: list[InstanceReport] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Heartbeat:
+        data = json.loads(raw)
+        data["instances"] = [InstanceReport(**i) for i in data.get("instances", [])]
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One routable backend: requests for ``host`` may go to ``backend`` (``ip:port``)."""
+
+    host: str
+    backend: str
+    app_name: str
+    instance_guid: str
+    index: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Route:
+        return cls(**json.loads(raw))
+
+
+def dump(obj: Any) -> dict[str, Any]:
+    return asdict(obj)

@@ -1,0 +1,92 @@
+"""``paas-admin``: database migrations and the admin token."""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+import click
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import select
+
+from contracts import settings as settings_mod
+from contracts.settings import Settings
+from controller.db import make_engine, make_sessionmaker
+from controller.models import DEFAULT_TEAM, Role, Team, Token
+
+
+def alembic_config(settings: Settings) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resources.files("controller") / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", settings.sqlalchemy_url.replace("%", "%%"))
+    return cfg
+
+
+def migrate(settings: Settings) -> None:
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    command.upgrade(alembic_config(settings), "head")
+
+
+def admin_token_file(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "admin-token"
+
+
+def ensure_admin_token(settings: Settings) -> str:
+    """The admin token: created once with the default team, kept in the data dir (0600)."""
+    path = admin_token_file(settings)
+    sessions = make_sessionmaker(make_engine(settings.sqlalchemy_url))
+    with sessions() as session:
+        team = session.scalar(select(Team).where(Team.name == DEFAULT_TEAM))
+        if team is None:
+            team = Team(name=DEFAULT_TEAM)
+            session.add(team)
+        if path.exists():
+            secret = path.read_text().strip()
+            if session.scalar(select(Token).where(Token.token_hash == Token.hash(secret))):
+                session.commit()
+                return secret
+        token, secret = Token.issue("admin", Role.ADMIN, team)
+        session.add(token)
+        session.commit()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret
+
+
+@click.group()
+def main() -> None:
+    """Administer the controller's database."""
+
+
+@main.command("migrate")
+def migrate_cmd() -> None:
+    """Bring the database schema up to date."""
+    migrate(settings_mod.load())
+
+
+@main.command("admin-token")
+def admin_token_cmd() -> None:
+    """Print the admin token, creating it the first time."""
+    settings = settings_mod.load()
+    migrate(settings)
+    click.echo(ensure_admin_token(settings))
+
+
+@main.command("create-token")
+@click.argument("name")
+@click.option("--role", type=click.Choice([Role.ADMIN, Role.DEVELOPER]), default=Role.DEVELOPER)
+@click.option("--team", default=DEFAULT_TEAM, show_default=True)
+def create_token_cmd(name: str, role: str, team: str) -> None:
+    """Issue a token for NAME in a team (created if missing) and print it once."""
+    settings = settings_mod.load()
+    migrate(settings)
+    sessions = make_sessionmaker(make_engine(settings.sqlalchemy_url))
+    with sessions() as session:
+        t = session.scalar(select(Team).where(Team.name == team)) or Team(name=team)
+        token, secret = Token.issue(name, role, t)
+        session.add_all([t, token])
+        session.commit()
+    click.echo(secret)

@@ -1,0 +1,57 @@
+"""The JSON API under /v1. Views are thin: they parse, authorize, call the domain, present."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Flask, g, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from controller.auth import identify
+from controller.errors import ControllerError
+
+log = logging.getLogger("paas.controller")
+
+v1 = Blueprint("v1", __name__, url_prefix="/v1")
+PUBLIC_ENDPOINTS = {"v1.info"}
+
+
+@v1.before_request
+def _authenticate() -> None:
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        return
+    g.identity = identify(g.db)
+
+
+def error_body(message: str, detail: object = None) -> dict[str, object]:
+    body: dict[str, object] = {"error": message}
+    if detail is not None:
+        body["detail"] = detail
+    return body
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ControllerError)
+    def _domain(e: ControllerError):  # noqa: ANN202
+        return jsonify(error_body(e.message, e.detail)), e.status
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(e: RequestEntityTooLarge):  # noqa: ANN202
+        limit = app.config.get("MAX_CONTENT_LENGTH") or 0
+        return jsonify(error_body(
+            f"the upload is larger than the controller accepts ({limit // (1024 * 1024)} MiB): "
+            "add what need not be deployed to .paasignore."
+        )), 413
+
+    @app.errorhandler(HTTPException)
+    def _http(e: HTTPException):  # noqa: ANN202
+        return jsonify(error_body(f"{e.name}: {e.description}")), e.code
+
+    @app.errorhandler(Exception)
+    def _unknown(e: Exception):  # noqa: ANN202
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return jsonify(error_body(
+            "the controller failed unexpectedly; its log has the details.")), 500
+
+
+from controller.api import apps, builds, info  # noqa: E402,F401  (routes register on v1)

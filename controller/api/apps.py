@@ -1,0 +1,229 @@
+"""Apps: list, show, push, delete."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from flask import current_app, g, jsonify, request
+from sqlalchemy import select
+
+from contracts.messages import InstanceReport
+from controller import events, packages, staging
+from controller.actual import instances_by_app, nudge, read_heartbeats
+from controller.api import v1
+from controller.auth import Action, authorize, current_identity
+from controller.errors import InvalidInput, NotFound, TooLarge
+from controller.models import (
+    App,
+    Build,
+    Package,
+    Release,
+    Team,
+    iso,
+    validate_name,
+)
+
+
+def _settings():  # noqa: ANN202
+    return current_app.config["PAAS_SETTINGS"]
+
+
+def _redis():  # noqa: ANN202
+    return current_app.extensions["paas.redis"]
+
+
+def urls(app: App) -> list[str]:
+    s = _settings()
+    port = "" if s.router_port == 80 else f":{s.router_port}"
+    return [f"http://{app.name}.{s.domain}{port}"]
+
+
+def find_app(name: str, action: str) -> App:
+    app = g.db.scalar(select(App).where(App.name == name))
+    if app is None:
+        raise NotFound(f"there is no app named {name!r}: 'paas apps' lists yours.")
+    authorize(current_identity(), action, app)
+    return app
+
+
+def present_instance(inst: InstanceReport) -> dict[str, object]:
+    return {
+        "index": inst.index,
+        "process_type": inst.process_type,
+        "state": inst.state,
+        "since": inst.since,
+        "release": inst.release,
+        "agent": inst.agent_id,
+        "reason": inst.reason,
+        "exit_code": inst.exit_code,
+    }
+
+
+def present_app(app: App, instances: list[InstanceReport] | None = None) -> dict[str, object]:
+    release = g.db.get(Release, app.release_id) if app.release_id else None
+    web = next((p for p in app.processes if p.type == "web"), None)
+    body: dict[str, object] = {
+        "guid": app.guid,
+        "name": app.name,
+        "team": app.team.name,
+        "state": app.state,
+        "urls": urls(app),
+        "created_at": iso(app.created_at),
+        "processes": [
+            {"type": p.type, "instances": p.instances, "memory_mb": p.memory_mb,
+             "command": p.command}
+            for p in app.processes
+        ],
+        "instances_desired": web.instances if web else 0,
+        "release": None,
+    }
+    if release is not None:
+        body["release"] = {
+            "version": release.version,
+            "status": release.status,
+            "error": release.error,
+            "buildpack": release.droplet.buildpack,
+            "process_types": release.droplet.process_types,
+            "created_at": iso(release.created_at),
+        }
+    if instances is not None:
+        body["instances"] = [present_instance(i) for i in instances]
+        running = [i for i in instances if i.state == "RUNNING"
+                   and release is not None and i.release == release.version]
+        body["instances_running"] = len(running)
+    return body
+
+
+@v1.get("/apps")
+def list_apps():  # noqa: ANN201
+    ident = current_identity()
+    query = select(App).order_by(App.name)
+    if not ident.is_admin:
+        query = query.where(App.team_id == ident.team_id)
+    grouped = instances_by_app(read_heartbeats(_redis()))
+    return jsonify({"apps": [present_app(a, grouped.get(a.guid, []))
+                             for a in g.db.scalars(query)]})
+
+
+@v1.get("/apps/<name>")
+def show_app(name: str):  # noqa: ANN201
+    app = find_app(name, Action.READ)
+    grouped = instances_by_app(read_heartbeats(_redis()))
+    return jsonify(present_app(app, grouped.get(app.guid, [])))
+
+
+def _push_options() -> dict[str, object]:
+    raw = request.form.get("options") or "{}"
+    try:
+        options = json.loads(raw)
+    except ValueError as e:
+        raise InvalidInput(f"the push options are not valid JSON: {e}.") from e
+    if not isinstance(options, dict):
+        raise InvalidInput("the push options must be a JSON object.")
+    requested: dict[str, object] = {}
+    if options.get("instances") is not None:
+        n = options["instances"]
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 100:
+            raise InvalidInput(f"instances must be a whole number from 0 to 100, not {n!r}.")
+        requested["instances"] = n
+    if options.get("memory_mb") is not None:
+        m = options["memory_mb"]
+        if not isinstance(m, int) or isinstance(m, bool) or not 16 <= m <= 65536:
+            raise InvalidInput(f"memory must be from 16 MB to 64 GB, not {m!r} MB.")
+        requested["memory_mb"] = m
+    if "command" in options and options["command"] is not None:
+        cmd = options["command"]
+        if not isinstance(cmd, str) or not cmd.strip() or "\n" in cmd:
+            raise InvalidInput("the start command must be one non-empty line.")
+        requested["command"] = cmd.strip()
+    return requested
+
+
+@v1.post("/apps/<name>/push")
+def push(name: str):  # noqa: ANN201
+    """Upload a package and stage it; the response names the build to follow."""
+    validate_name(name)
+    ident = current_identity()
+    upload = request.files.get("package")
+    if upload is None:
+        raise InvalidInput("the push carries no package: push with the paas CLI.")
+    requested = _push_options()
+
+    app = g.db.scalar(select(App).where(App.name == name))
+    created = app is None
+    if app is None:
+        authorize(ident, Action.WRITE)
+        app = App(name=name, team=g.db.get(Team, ident.team_id))
+        g.db.add(app)
+    else:
+        authorize(ident, Action.WRITE, app)
+
+    settings = _settings()
+    blobs = current_app.extensions["paas.blobstore"]
+    package = Package(guid=str(uuid.uuid4()))
+    package.blob_path = f"packages/{package.guid}.tar.gz"
+    try:
+        package.digest, package.size = blobs.put_stream(
+            package.blob_path, upload.stream, limit=settings.max_upload_bytes)
+    except OverflowError as e:
+        raise TooLarge(
+            f"the package is larger than {settings.max_upload_bytes // (1024 * 1024)} MiB: "
+            "add what need not be deployed to .paasignore.") from e
+    try:
+        packages.check_archive(blobs.path(package.blob_path))
+        g.db.flush()
+        package.app_id = app.id
+        build = Build(app=app, package=package, requested=requested)
+        g.db.add_all([package, build])
+        events.record(g.db, "app.pushed", ident.name, app, build=build.guid,
+                      created=created, **{k: v for k, v in requested.items() if k != "command"})
+        g.db.commit()
+    except BaseException:
+        g.db.rollback()
+        blobs.delete(package.blob_path)
+        raise
+    try:
+        staging.enqueue(current_app.extensions["paas.celery"], app, build, package)
+    except Exception:
+        staging.settle_failed_enqueue(g.db, app, build)
+        blobs.delete(package.blob_path)
+        raise
+    return jsonify({"app": present_app(app), "build": present_build(build)}), 201
+
+
+def present_build(build: Build) -> dict[str, object]:
+    return {
+        "guid": build.guid,
+        "state": build.state,
+        "error": build.error,
+        "buildpack": build.buildpack,
+        "created_at": iso(build.created_at),
+        "finished_at": iso(build.finished_at),
+    }
+
+
+@v1.delete("/apps/<name>")
+def delete_app(name: str):  # noqa: ANN201
+    app = find_app(name, Action.WRITE)
+    events.record(g.db, "app.deleted", current_identity().name, app)
+    g.db.delete(app)
+    g.db.commit()
+    nudge(_redis())
+    return jsonify({"deleted": name})
+
+
+@v1.get("/apps/<name>/releases/<int:version>")
+def show_release(name: str, version: int):  # noqa: ANN201
+    app = find_app(name, Action.READ)
+    release = g.db.scalar(select(Release).where(Release.app_id == app.id,
+                                                Release.version == version))
+    if release is None:
+        raise NotFound(f"app {name!r} has no release {version}.")
+    return jsonify({
+        "version": release.version,
+        "status": release.status,
+        "error": release.error,
+        "current": app.release_id == release.id,
+        "created_at": iso(release.created_at),
+    })

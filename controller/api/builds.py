@@ -1,0 +1,103 @@
+"""Builds: their state, and their output as a live stream of JSON lines."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import redis
+from flask import Response, current_app, g, jsonify
+from sqlalchemy import select
+
+from contracts import keys
+from controller import staging
+from controller.api import v1
+from controller.api.apps import present_build
+from controller.auth import Action, authorize, current_identity
+from controller.errors import NotFound
+from controller.models import Build, BuildState, Droplet, Release
+
+PING_EVERY = 10.0
+
+
+def find_build(guid: str) -> Build:
+    build = g.db.scalar(select(Build).where(Build.guid == guid))
+    if build is None:
+        raise NotFound(f"there is no build {guid}.")
+    authorize(current_identity(), Action.READ, build.app)
+    return build
+
+
+@v1.get("/builds/<guid>")
+def show_build(guid: str):  # noqa: ANN201
+    build = find_build(guid)
+    staging.settle(g.db, current_app.extensions["paas.redis"],
+                   current_app.config["PAAS_SETTINGS"], build)
+    return jsonify(present_build(build))
+
+
+@v1.get("/builds/<guid>/log")
+def build_log(guid: str):  # noqa: ANN201
+    """Staging output as it happens, one JSON object per line, ending with the result."""
+    find_build(guid)  # 404 / 403 before the stream starts
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    return Response(_follow(app, guid), mimetype="application/x-ndjson")
+
+
+def _line(obj: dict[str, object]) -> str:
+    return json.dumps(obj) + "\n"
+
+
+def _follow(app, guid: str) -> Iterator[str]:  # noqa: ANN001
+    client: redis.Redis = app.extensions["paas.redis"]
+    settings = app.config["PAAS_SETTINGS"]
+    stream = keys.build_log(guid)
+    last_id, last_sent = "0", time.monotonic()
+    deadline = time.monotonic() + settings.staging_timeout + 120
+    ended = False
+    while not ended and time.monotonic() < deadline:
+        entries = client.xread({stream: last_id}, block=1000, count=500)
+        for _name, items in entries or []:
+            for entry_id, fields in items:
+                last_id = entry_id
+                if b"end" in fields:
+                    ended = True
+                    break
+                last_sent = time.monotonic()
+                yield _line({"type": "log", "text": fields.get(b"line", b"").decode(
+                    "utf-8", "replace")})
+        if not ended:
+            if _finished_without_stream(app, guid):
+                ended = True
+            elif time.monotonic() - last_sent > PING_EVERY:
+                last_sent = time.monotonic()
+                yield _line({"type": "ping"})
+    yield _line(_result(app, guid))
+
+
+def _finished_without_stream(app, guid: str) -> bool:  # noqa: ANN001
+    with app.extensions["paas.sessionmaker"]() as session:
+        build = session.scalar(select(Build).where(Build.guid == guid))
+        if build is None:
+            return True
+        staging.settle(session, app.extensions["paas.redis"], app.config["PAAS_SETTINGS"], build)
+        return build.state != BuildState.STAGING
+
+
+def _result(app, guid: str) -> dict[str, object]:  # noqa: ANN001
+    client = app.extensions["paas.redis"]
+    with app.extensions["paas.sessionmaker"]() as session:
+        build = session.scalar(select(Build).where(Build.guid == guid))
+        if build is None:
+            # The app of a failed first push is removed with its builds; the result remains.
+            raw = client.get(keys.build_result(guid))
+            error = json.loads(raw).get("error") if raw else "the build is gone"
+            return {"type": "result", "state": BuildState.FAILED, "error": error}
+        staging.settle(session, client, app.config["PAAS_SETTINGS"], build)
+        body: dict[str, object] = {"type": "result", **present_build(build)}
+        if build.state == BuildState.SUCCEEDED:
+            release = session.scalar(select(Release).join(Droplet)
+                                     .where(Droplet.build_id == build.id))
+            body["release"] = release.version if release else None
+        return body

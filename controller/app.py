@@ -1,0 +1,54 @@
+"""The Flask app factory. Nothing happens at import time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from flask import Flask, g
+
+from contracts import settings as settings_mod
+from contracts.celery_app import make_celery
+from contracts.settings import Settings
+from controller.blobstore import Blobstore
+from controller.db import make_engine, make_sessionmaker
+
+
+def create_app(settings: Settings | None = None, **test_config: Any) -> Flask:
+    settings = settings or settings_mod.load()
+    app = Flask("controller")
+    app.config.update(
+        PAAS_SETTINGS=settings,
+        MAX_CONTENT_LENGTH=settings.max_upload_bytes + 1024 * 1024,
+        JSON_SORT_KEYS=False,
+    )
+    app.config.update(test_config)
+
+    engine = make_engine(settings.sqlalchemy_url)
+    app.extensions["paas.engine"] = engine
+    app.extensions["paas.sessionmaker"] = make_sessionmaker(engine)
+    app.extensions["paas.redis"] = test_config.get("REDIS") or redis.Redis.from_url(
+        settings.redis_url, socket_timeout=10, socket_connect_timeout=3)
+    app.extensions["paas.celery"] = test_config.get("CELERY") or make_celery(settings)
+    app.extensions["paas.blobstore"] = Blobstore(settings.blobstore_dir)
+
+    @app.before_request
+    def _open_session() -> None:
+        g.db = app.extensions["paas.sessionmaker"]()
+
+    @app.teardown_request
+    def _close_session(_exc: BaseException | None) -> None:
+        db = g.pop("db", None)
+        if db is not None:
+            db.close()
+
+    from controller.api import register_error_handlers, v1
+
+    app.register_blueprint(v1)
+    register_error_handlers(app)
+
+    @app.get("/")
+    def index():  # noqa: ANN202
+        return {"name": "paas", "api": "/v1"}
+
+    return app

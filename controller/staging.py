@@ -1,0 +1,166 @@
+"""From an uploaded package to a release: start a build, and settle it when staging ends."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from typing import Any
+
+import redis
+from celery import Celery
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from contracts import keys
+from contracts.messages import STAGE_TASK, STAGING_QUEUE, StageRequest, StageResult, dump
+from contracts.settings import Settings
+from controller import events
+from controller.errors import Unavailable
+from controller.models import (
+    App,
+    Build,
+    BuildState,
+    Droplet,
+    Package,
+    Release,
+    ReleaseStatus,
+)
+from controller.models.base import utcnow
+
+log = logging.getLogger("paas.controller")
+
+
+def enqueue(celery: Celery, app: App, build: Build, package: Package) -> None:
+    request = StageRequest(
+        build_guid=build.guid,
+        app_guid=app.guid,
+        app_name=app.name,
+        package_path=package.blob_path,
+        command=build.requested.get("command"),
+        buildpack=build.requested.get("buildpack"),
+    )
+    try:
+        celery.send_task(STAGE_TASK, args=[dump(request)], queue=STAGING_QUEUE)
+    except Exception as e:  # kombu raises many kinds when Redis is down
+        raise Unavailable(
+            "the staging queue (Redis) is not reachable, so nothing was staged: "
+            "check that redis-server runs, then push again."
+        ) from e
+
+
+def settle(session: Session, client: redis.Redis, settings: Settings, build: Build) -> bool:
+    """Finish ``build`` if staging has ended; idempotent, safe to call from many processes.
+
+    Returns True when this call moved the build out of STAGING.
+    """
+    if build.state != BuildState.STAGING:
+        return False
+    raw = client.get(keys.build_result(build.guid))
+    if raw is not None:
+        result = StageResult(**json.loads(raw))
+    elif _age(build) > settings.staging_timeout + 60:
+        result = StageResult(
+            ok=False,
+            error=f"staging did not finish within {settings.staging_timeout:.0f} s: "
+            "check that paas-stager runs, then push again.",
+        )
+    else:
+        return False
+    return finish(session, build, result)
+
+
+def settle_failed_enqueue(session: Session, app: App, build: Build) -> None:
+    finish(session, build, StageResult(ok=False, error="the staging queue was not reachable"))
+
+
+def finish(session: Session, build: Build, result: StageResult) -> bool:
+    """Record ``result`` on ``build`` unless another process already did."""
+    claimed = session.execute(
+        update(Build)
+        .where(Build.id == build.id, Build.state == BuildState.STAGING)
+        .values(
+            state=BuildState.SUCCEEDED if result.ok else BuildState.FAILED,
+            error=result.error,
+            buildpack=result.buildpack,
+            finished_at=utcnow(),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount != 1:
+        session.rollback()
+        return False
+    session.refresh(build)
+    app = build.app
+    if result.ok:
+        release = _release(session, app, build, result)
+        events.record(
+            session, "build.succeeded", "stager", app,
+            build=build.guid, buildpack=result.buildpack, release=release.version,
+        )
+    else:
+        events.record(session, "build.failed", "stager", app, build=build.guid,
+                      error=result.error)
+        if _never_released(session, app) and not _other_builds_running(session, app, build):
+            # A first push that failed leaves nothing behind: no app without a release.
+            log.info("removing app %s: its first build failed", app.name)
+            session.delete(app)
+    session.commit()
+    return True
+
+
+def _release(session: Session, app: App, build: Build, result: StageResult) -> Release:
+    droplet = Droplet(
+        app_id=app.id,
+        build_id=build.id,
+        digest=result.droplet_digest or "",
+        blob_path=result.droplet_path or "",
+        image=result.image or "",
+        size=result.droplet_size,
+        buildpack=result.buildpack,
+        process_types=result.process_types,
+    )
+    session.add(droplet)
+    previous = session.get(Release, app.release_id) if app.release_id else None
+    version = (session.scalar(select(func.max(Release.version)).where(
+        Release.app_id == app.id)) or 0) + 1
+    release = Release(
+        app_id=app.id,
+        version=version,
+        droplet=droplet,
+        env=dict(previous.env) if previous else {},
+        status=ReleaseStatus.DEPLOYING,
+    )
+    session.add(release)
+    _apply_requested(app, build.requested)
+    session.flush()
+    app.release_id = release.id
+    return release
+
+
+def _apply_requested(app: App, requested: dict[str, Any]) -> None:
+    web = app.process("web")
+    if requested.get("instances") is not None:
+        web.instances = int(requested["instances"])
+    elif web.instances == 0 and web.id is None:
+        web.instances = 1
+    if requested.get("memory_mb") is not None:
+        web.memory_mb = int(requested["memory_mb"])
+    if "command" in requested:
+        web.command = requested["command"] or None
+
+
+def _never_released(session: Session, app: App) -> bool:
+    return session.scalar(select(func.count(Release.id)).where(Release.app_id == app.id)) == 0
+
+
+def _other_builds_running(session: Session, app: App, build: Build) -> bool:
+    return bool(session.scalar(select(func.count(Build.id)).where(
+        Build.app_id == app.id, Build.id != build.id, Build.state == BuildState.STAGING)))
+
+
+def _age(build: Build) -> float:
+    created = build.created_at
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=dt.UTC)
+    return (utcnow() - created).total_seconds()

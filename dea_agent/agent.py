@@ -1,0 +1,265 @@
+"""The agent's state and loop: start and stop instances, watch them, report them.
+
+A monitor loop refreshes every instance's state from Docker and probes, publishes the
+heartbeat (capacity + instances) and the route table entries of running instances. Containers
+carry labels, so a restarted agent re-adopts them without restarting them.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+import docker
+import docker.errors
+import redis
+
+from contracts import keys
+from contracts.messages import (
+    LABEL_AGENT,
+    LABEL_KIND,
+    LABEL_PLATFORM,
+    Heartbeat,
+    InstanceSpec,
+    InstanceState,
+    Route,
+)
+from contracts.settings import Settings
+from dea_agent import instances as inst_mod
+from dea_agent.instances import Instance
+from dea_agent.probe import port_open
+
+log = logging.getLogger("paas.agent")
+FAST_TICK = 0.1  # while an instance is starting
+
+
+class AgentError(Exception):
+    pass
+
+
+class Agent:
+    def __init__(self, settings: Settings, docker_client: docker.DockerClient,
+                 redis_client: redis.Redis) -> None:
+        self.settings = settings
+        self.docker = docker_client
+        self.redis = redis_client
+        self.lock = threading.RLock()
+        self.instances: dict[str, Instance] = {}
+        self.wake = threading.Event()
+        self._last_routes: dict[str, str] | None = None
+        self._last_beat = 0.0
+
+    # -- adoption ----------------------------------------------------------------------
+    def _own_filter(self) -> dict[str, list[str]]:
+        return {"label": [f"{LABEL_PLATFORM}={self.settings.platform_id}",
+                          f"{LABEL_AGENT}={self.settings.agent_id}",
+                          f"{LABEL_KIND}=instance"]}
+
+    def adopt(self) -> int:
+        """Take over the containers this agent started before it restarted."""
+        found = self.docker.containers.list(all=True, filters=self._own_filter())
+        with self.lock:
+            for container in found:
+                instance = Instance.from_container(container)
+                if instance.guid not in self.instances:
+                    self.instances[instance.guid] = instance
+        if found:
+            log.info("re-adopted %d instance container(s)", len(found))
+        return len(found)
+
+    # -- commands ----------------------------------------------------------------------
+    def start(self, spec: InstanceSpec) -> None:
+        with self.lock:
+            if spec.instance_guid in self.instances:
+                return  # a redelivered task: already started
+            port = self._free_port()
+            # Reserve the port before the slow part so a parallel start picks another.
+            placeholder = Instance(
+                guid=spec.instance_guid, container_id="", app_guid=spec.app_guid,
+                app_name=spec.app_name, release=spec.release, process_type=spec.process_type,
+                index=spec.index, host_port=port, routes=spec.routes,
+                start_timeout=spec.start_timeout, started_at=time.time(),
+                memory_mb=spec.memory_mb)
+            self.instances[spec.instance_guid] = placeholder
+        try:
+            instance = inst_mod.run_container(self.docker, spec, self.settings, port)
+        except docker.errors.ImageNotFound:
+            self._crash_placeholder(placeholder, f"the image {spec.image} is missing on agent "
+                                    f"{self.settings.agent_id}: push the app again.")
+            return
+        except docker.errors.APIError as e:
+            self._crash_placeholder(placeholder, f"Docker could not start the instance: "
+                                    f"{e.explanation or e}")
+            return
+        with self.lock:
+            if spec.instance_guid in self.instances:
+                self.instances[spec.instance_guid] = instance
+        log.info("started %s/%s index %d release %d on port %d", spec.app_name,
+                 spec.process_type, spec.index, spec.release, port)
+        self.wake.set()
+
+    def _crash_placeholder(self, placeholder: Instance, reason: str) -> None:
+        log.warning("%s", reason)
+        with self.lock:
+            placeholder.state, placeholder.reason, placeholder.since = (
+                InstanceState.CRASHED, reason, time.time())
+        self.wake.set()
+
+    def stop(self, instance_guid: str) -> None:
+        """Take the instance out of the router, then SIGTERM, grace period, SIGKILL."""
+        with self.lock:
+            instance = self.instances.get(instance_guid)
+            if instance is None:
+                return
+            instance.state = InstanceState.STOPPING
+        self.publish(force=True)  # routes without it, before the signal
+        if instance.container_id:
+            try:
+                container = self.docker.containers.get(instance.container_id)
+                container.stop(timeout=int(self.settings.stop_grace_seconds))
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as e:
+                log.warning("stopping %s failed: %s", instance_guid, e)
+        with self.lock:
+            self.instances.pop(instance_guid, None)
+        log.info("stopped %s/%s index %d release %d", instance.app_name,
+                 instance.process_type, instance.index, instance.release)
+        self.publish(force=True)
+
+    def _free_port(self) -> int:
+        used = {i.host_port for i in self.instances.values()}
+        for port in range(self.settings.agent_port_min, self.settings.agent_port_max + 1):
+            if port in used:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind((self.settings.agent_address, port))
+                except OSError:
+                    continue
+            return port
+        raise AgentError(f"agent {self.settings.agent_id} has no free port left in "
+                         f"{self.settings.agent_port_min}-{self.settings.agent_port_max}")
+
+    # -- the monitor loop ----------------------------------------------------------------
+    def refresh(self) -> None:
+        """Bring every instance's state up to date from Docker and port probes."""
+        with self.lock:
+            current = list(self.instances.values())
+        containers = {c.id: c for c in self.docker.containers.list(
+            all=True, filters=self._own_filter())}
+        now = time.time()
+        for instance in current:
+            if instance.state in (InstanceState.STOPPING, InstanceState.CRASHED):
+                continue
+            if not instance.container_id:
+                continue  # still being created
+            container = containers.get(instance.container_id)
+            if container is None:
+                self._mark(instance, InstanceState.CRASHED, "the container disappeared")
+                continue
+            if container.status in ("exited", "dead"):
+                state = container.attrs.get("State", {})
+                code = state.get("ExitCode")
+                if state.get("OOMKilled"):
+                    reason = f"the app ran out of memory and was killed (exit code {code})"
+                else:
+                    reason = f"the app exited with code {code}"
+                last = inst_mod.last_log_line(container)
+                if last:
+                    reason += f"; its last output: {last}"
+                self._mark(instance, InstanceState.CRASHED, reason, code)
+                continue
+            if instance.state == InstanceState.STARTING:
+                if port_open(self.settings.agent_address, instance.host_port):
+                    self._mark(instance, InstanceState.RUNNING)
+                elif now - instance.started_at > instance.start_timeout:
+                    try:
+                        container.kill()
+                    except docker.errors.APIError:
+                        pass
+                    last = inst_mod.last_log_line(container)
+                    reason = (f"the app did not listen on its port ($PORT, "
+                              f"{inst_mod.CONTAINER_PORT}) within {instance.start_timeout:.0f} "
+                              "s: make it listen on 0.0.0.0:$PORT")
+                    if last:
+                        reason += f"; its last output: {last}"
+                    self._mark(instance, InstanceState.CRASHED, reason)
+
+    def _mark(self, instance: Instance, state: str, reason: str | None = None,
+              exit_code: int | None = None) -> None:
+        with self.lock:
+            if instance.state == state:
+                return
+            instance.state, instance.reason, instance.exit_code = state, reason, exit_code
+            instance.since = time.time()
+        log.info("%s/%s index %d release %d is %s%s", instance.app_name, instance.process_type,
+                 instance.index, instance.release, state, f": {reason}" if reason else "")
+        self.wake.set()
+
+    def heartbeat(self) -> Heartbeat:
+        with self.lock:
+            reports = [i.report() for i in self.instances.values()]
+            used = sum(i.memory_mb for i in self.instances.values())
+        return Heartbeat(agent_id=self.settings.agent_id, address=self.settings.agent_address,
+                         sent_at=time.time(), memory_mb=self.settings.agent_memory_mb,
+                         memory_used_mb=used, instances=reports)
+
+    def routes(self) -> dict[str, str]:
+        table: dict[str, str] = {}
+        with self.lock:
+            for i in self.instances.values():
+                if i.state != InstanceState.RUNNING or i.process_type != "web":
+                    continue
+                for n, host in enumerate(i.routes):
+                    route = Route(host=host, backend=f"{self.settings.agent_address}:"
+                                  f"{i.host_port}", app_name=i.app_name, instance_guid=i.guid,
+                                  index=i.index)
+                    table[f"{i.guid}:{n}"] = route.to_json()
+        return table
+
+    def publish(self, force: bool = False) -> None:
+        """Heartbeat and route table to Redis; routes only when they changed (or to refresh)."""
+        ttl_ms = int(self.settings.heartbeat_ttl * 1000)
+        beat = self.heartbeat()
+        table = self.routes()
+        changed = table != self._last_routes
+        pipe = self.redis.pipeline()
+        pipe.set(keys.agent(self.settings.agent_id), beat.to_json(), px=ttl_ms)
+        route_key = keys.routes(self.settings.agent_id)
+        if changed or force:
+            pipe.delete(route_key)
+            if table:
+                pipe.hset(route_key, mapping=table)
+        if table:
+            pipe.pexpire(route_key, ttl_ms)
+        if changed:
+            pipe.publish(keys.ROUTES_CHANGED, self.settings.agent_id)
+        if changed or force:
+            pipe.publish(keys.CONVERGE, self.settings.agent_id)
+        pipe.execute()
+        self._last_routes = table
+        self._last_beat = time.monotonic()
+
+    def run(self, stop: threading.Event) -> None:
+        self.adopt()
+        last_states: dict[str, str] = {}
+        while not stop.is_set():
+            try:
+                self.refresh()
+                with self.lock:
+                    states = {g: i.state for g, i in self.instances.items()}
+                    starting = any(s == InstanceState.STARTING for s in states.values())
+                due = time.monotonic() - self._last_beat >= self.settings.heartbeat_interval
+                if states != last_states or due:
+                    self.publish(force=states != last_states)
+                    last_states = states
+            except (redis.RedisError, docker.errors.DockerException, OSError) as e:
+                log.warning("monitor: %s (retrying)", e)
+                starting = False
+                stop.wait(1.0)
+            self.wake.wait(FAST_TICK if starting else 0.5)
+            self.wake.clear()

@@ -1,0 +1,162 @@
+"""Instance containers: how one is started from a spec, and read back from its labels."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import docker
+import docker.errors
+
+from contracts.messages import (
+    LABEL_AGENT,
+    LABEL_APP_GUID,
+    LABEL_APP_NAME,
+    LABEL_HOST_PORT,
+    LABEL_INDEX,
+    LABEL_INSTANCE,
+    LABEL_KIND,
+    LABEL_PLATFORM,
+    LABEL_PROCESS,
+    LABEL_RELEASE,
+    InstanceReport,
+    InstanceSpec,
+    InstanceState,
+)
+from contracts.settings import Settings
+
+CONTAINER_PORT = 8080
+LABEL_ROUTES = "paas.routes"
+LABEL_START_TIMEOUT = "paas.start_timeout"
+LABEL_STARTED_AT = "paas.started_at"
+LABEL_MEMORY = "paas.memory_mb"
+RUN_USER = "2000:2000"
+LAUNCH = 'for f in /app/.profile.d/*.sh; do [ -r "$f" ] && . "$f"; done; ' \
+         'exec /bin/sh -c "$PAAS_START_COMMAND"'
+
+
+@dataclass
+class Instance:
+    """What the agent knows of one of its containers."""
+
+    guid: str
+    container_id: str
+    app_guid: str
+    app_name: str
+    release: int
+    process_type: str
+    index: int
+    host_port: int
+    routes: list[str]
+    start_timeout: float
+    started_at: float
+    memory_mb: int = 0
+    state: str = InstanceState.STARTING
+    since: float = field(default_factory=time.time)
+    reason: str | None = None
+    exit_code: int | None = None
+
+    def report(self) -> InstanceReport:
+        return InstanceReport(
+            instance_guid=self.guid, app_guid=self.app_guid, app_name=self.app_name,
+            release=self.release, process_type=self.process_type, index=self.index,
+            state=self.state, host_port=self.host_port, since=self.since,
+            reason=self.reason, exit_code=self.exit_code)
+
+    @classmethod
+    def from_container(cls, container) -> Instance:  # noqa: ANN001
+        labels = container.labels
+        return cls(
+            guid=labels[LABEL_INSTANCE],
+            container_id=container.id,
+            app_guid=labels[LABEL_APP_GUID],
+            app_name=labels.get(LABEL_APP_NAME, ""),
+            release=int(labels.get(LABEL_RELEASE, 0)),
+            process_type=labels.get(LABEL_PROCESS, "web"),
+            index=int(labels.get(LABEL_INDEX, 0)),
+            host_port=int(labels.get(LABEL_HOST_PORT, 0)),
+            routes=json.loads(labels.get(LABEL_ROUTES, "[]")),
+            start_timeout=float(labels.get(LABEL_START_TIMEOUT, 60)),
+            started_at=float(labels.get(LABEL_STARTED_AT, time.time())),
+            memory_mb=int(labels.get(LABEL_MEMORY, 0)),
+        )
+
+
+def vcap_application(spec: InstanceSpec, settings: Settings) -> str:
+    return json.dumps({
+        "application_id": spec.app_guid,
+        "application_name": spec.app_name,
+        "name": spec.app_name,
+        "application_uris": spec.routes,
+        "uris": spec.routes,
+        "instance_id": spec.instance_guid,
+        "instance_index": spec.index,
+        "space_name": "default",
+        "limits": {"mem": spec.memory_mb},
+        "version": str(spec.release),
+    })
+
+
+def run_container(client: docker.DockerClient, spec: InstanceSpec, settings: Settings,
+                  host_port: int) -> Instance:
+    started_at = time.time()
+    env = {
+        **spec.env,
+        "PORT": str(CONTAINER_PORT),
+        "INSTANCE_INDEX": str(spec.index),
+        "CF_INSTANCE_INDEX": str(spec.index),
+        "INSTANCE_GUID": spec.instance_guid,
+        "PAAS_APP_NAME": spec.app_name,
+        "PAAS_START_COMMAND": spec.command,
+        "VCAP_APPLICATION": vcap_application(spec, settings),
+        "HOME": "/app",
+    }
+    labels = {
+        LABEL_PLATFORM: settings.platform_id,
+        LABEL_KIND: "instance",
+        LABEL_AGENT: settings.agent_id,
+        LABEL_APP_GUID: spec.app_guid,
+        LABEL_APP_NAME: spec.app_name,
+        LABEL_PROCESS: spec.process_type,
+        LABEL_INDEX: str(spec.index),
+        LABEL_INSTANCE: spec.instance_guid,
+        LABEL_RELEASE: str(spec.release),
+        LABEL_HOST_PORT: str(host_port),
+        LABEL_ROUTES: json.dumps(spec.routes),
+        LABEL_START_TIMEOUT: str(spec.start_timeout),
+        LABEL_STARTED_AT: str(started_at),
+        LABEL_MEMORY: str(spec.memory_mb),
+    }
+    container = client.containers.run(
+        spec.image,
+        command=["/bin/sh", "-c", LAUNCH],
+        name=f"paas-{spec.app_name}-{spec.process_type}-{spec.index}-{spec.instance_guid[:8]}",
+        detach=True,
+        environment=env,
+        labels=labels,
+        user=RUN_USER,
+        working_dir="/app",
+        init=True,
+        mem_limit=f"{spec.memory_mb}m",
+        memswap_limit=f"{spec.memory_mb}m",
+        pids_limit=1024,
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+        ports={f"{CONTAINER_PORT}/tcp": (settings.agent_address, host_port)},
+        log_config={"type": "json-file", "config": {"max-size": "10m", "max-file": "2"}},
+    )
+    return Instance(
+        guid=spec.instance_guid, container_id=container.id, app_guid=spec.app_guid,
+        app_name=spec.app_name, release=spec.release, process_type=spec.process_type,
+        index=spec.index, host_port=host_port, routes=spec.routes,
+        start_timeout=spec.start_timeout, started_at=started_at, memory_mb=spec.memory_mb)
+
+
+def last_log_line(container) -> str | None:  # noqa: ANN001
+    try:
+        raw = container.logs(tail=20).decode("utf-8", "replace")
+    except docker.errors.APIError:
+        return None
+    lines = [line.strip() for line in raw.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else None

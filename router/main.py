@@ -1,0 +1,226 @@
+"""``paas-router``: keep nginx's config equal to the route table in Redis.
+
+The loop re-reads every ``paas:routes:*`` hash on each ``paas:routes-changed`` message and at
+least every second (to notice hashes that expired), renders nginx.conf and reloads nginx only
+when the text changed. Without Redis, nginx keeps serving the last good config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from types import FrameType
+from typing import Any
+
+import redis
+
+from contracts import keys
+from contracts.messages import Route
+from contracts.settings import Settings, load
+from router.errors import RouterError
+from router.nginx import Nginx
+from router.render import normalize_host, render_nginx_config, route_problem
+
+log = logging.getLogger("paas.router")
+
+
+class Router:
+    """The control loop. Redis client and :class:`Nginx` can be injected (tests pass fakes)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        redis_client: Any = None,
+        nginx: Nginx | None = None,
+        interval: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        if redis_client is None:
+            redis_client = redis.Redis.from_url(
+                settings.redis_url,
+                decode_responses=True,
+                socket_connect_timeout=2,
+                socket_timeout=5,
+                health_check_interval=10,
+            )
+        self.redis = redis_client
+        self.nginx = nginx or Nginx(settings.nginx_binary, settings.router_dir)
+        self.interval = interval
+        self.listen = (settings.router_host, settings.router_port)
+        self._applied: str | None = None  # text nginx serves
+        self._rejected: str | None = None  # last text nginx -t refused; not retried
+        self._warned: set[str] = set()
+        self._redis_down = False
+
+    def read_routes(self) -> list[Route]:
+        """Every valid route of every agent; raises ``redis.RedisError`` if Redis is away."""
+        routes: list[Route] = []
+        for key in self.redis.scan_iter(match=keys.ROUTES_PATTERN, count=1000):
+            for guid, raw in self.redis.hgetall(key).items():
+                try:
+                    route = Route.from_json(raw)
+                except (ValueError, TypeError) as e:
+                    self._warn_once(f"skipping unreadable route {guid!r} in {key!r}: {e}")
+                    continue
+                problem = route_problem(route)
+                if problem:
+                    self._warn_once(f"skipping route {guid!r} in {key!r}: {problem}")
+                    continue
+                routes.append(route)
+        return routes
+
+    def render(self, routes: Iterable[Route]) -> str:
+        return render_nginx_config(
+            routes,
+            listen_host=self.listen[0],
+            listen_port=self.listen[1],
+            runtime_dir=str(self.nginx.runtime_dir),
+        )
+
+    def start(self) -> None:
+        """Start nginx with the current route table (an empty one if Redis is away)."""
+        try:
+            routes = self.read_routes()
+        except redis.RedisError as e:
+            self._redis_lost(e)
+            routes = []
+        text = self.render(routes)
+        self.nginx.start(text, listen=self.listen)
+        self._applied = text
+        log.info("router listening on %s:%s", *self.listen)
+        self._reloaded(routes)
+
+    def sync(self) -> bool:
+        """Re-read the route table; reload nginx if the config changed. True if it reloaded."""
+        routes = self.read_routes()
+        text = self.render(routes)
+        if text in (self._applied, self._rejected):
+            return False
+        if not self.nginx.apply(text):
+            self._rejected = text
+            return False
+        self._applied, self._rejected = text, None
+        self._reloaded(routes)
+        return True
+
+    def run(self, stop_event: threading.Event) -> None:
+        """Start nginx, follow the route table until ``stop_event`` is set, stop nginx."""
+        self.start()
+        try:
+            self._loop(stop_event)
+        finally:
+            self.nginx.stop()
+
+    def _loop(self, stop_event: threading.Event) -> None:
+        pubsub = None
+        next_sync = 0.0
+        while not stop_event.is_set():
+            self._ensure_nginx()
+            try:
+                if pubsub is None:
+                    pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                    pubsub.subscribe(keys.ROUTES_CHANGED)
+                    next_sync = 0.0
+                changed = False
+                wait = next_sync - time.monotonic()
+                if wait > 0:
+                    message = pubsub.get_message(timeout=min(wait, self.interval))
+                    while message is not None:  # drain a burst, then render once
+                        changed = True
+                        message = pubsub.get_message(timeout=0.0)
+                if changed or time.monotonic() >= next_sync:
+                    self.sync()
+                    next_sync = time.monotonic() + self.interval
+                self._redis_back()
+            except redis.RedisError as e:
+                self._redis_lost(e)
+                _close_quietly(pubsub)
+                pubsub = None
+                stop_event.wait(self.interval)
+        _close_quietly(pubsub)
+
+    def _ensure_nginx(self) -> None:
+        if self.nginx.is_running():
+            return
+        if self.nginx.returncode is not None:
+            log.error("nginx exited with status %s; restarting it", self.nginx.returncode)
+        try:
+            self.nginx.start(self._applied or self.render([]), listen=self.listen)
+        except RouterError as e:
+            log.error("%s", e)
+
+    def _reloaded(self, routes: list[Route]) -> None:
+        hosts = len({normalize_host(r.host) for r in routes})
+        log.info("nginx config applied: %d hosts, %d backends", hosts, len(routes))
+        status = {"reloaded_at": time.time(), "routes": len(routes), "hosts": hosts}
+        try:
+            self.redis.set(keys.ROUTER_STATUS, json.dumps(status))
+        except redis.RedisError as e:
+            log.warning("could not record the router status in Redis: %s", e)
+
+    def _redis_lost(self, error: Exception) -> None:
+        if not self._redis_down:
+            log.warning(
+                "Redis is unreachable (%s); nginx keeps serving the last good config; "
+                "retrying every %g s",
+                error,
+                self.interval,
+            )
+        self._redis_down = True
+
+    def _redis_back(self) -> None:
+        if self._redis_down:
+            log.info("Redis is reachable again; route table re-read")
+        self._redis_down = False
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            if len(self._warned) > 10_000:
+                self._warned.clear()
+            self._warned.add(message)
+            log.warning("%s", message)
+
+
+def _close_quietly(pubsub: Any) -> None:
+    if pubsub is None:
+        return
+    try:
+        pubsub.close()
+    except (redis.RedisError, OSError):
+        pass
+
+
+def main() -> int:
+    """Console entry ``paas-router``: settings from ``PAAS_*`` variables, no arguments."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = load()
+    except ValueError as e:
+        log.error("%s", e)
+        return 2
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s; stopping nginx gracefully", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        Router(settings).run(stop)
+    except RouterError as e:
+        log.error("%s", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

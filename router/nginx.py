@@ -1,0 +1,279 @@
+"""Run nginx as a child process: check a config, start, reload gracefully, stop.
+
+Every config is checked with ``nginx -t`` before nginx sees it; the live file is replaced
+only by a config that passed, so nginx always keeps a good config to serve.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from router.errors import NginxConfigError, NginxNotFoundError, NginxStartError, RouterError
+
+log = logging.getLogger("paas.router")
+
+_BIND_ERROR = re.compile(r"bind\(\) to (\S+) failed \((\d+): ([^)]*)\)")
+_HINTS = {
+    errno.EADDRINUSE: "set PAAS_ROUTER_PORT to a free port",
+    errno.EACCES: "ports below 1024 need root; set PAAS_ROUTER_PORT to a port above 1023",
+    errno.EADDRNOTAVAIL: "set PAAS_ROUTER_HOST to an address of this machine",
+}
+_PR_SET_PDEATHSIG = 1
+
+
+def _listen_error(address: str, err: int, reason: str, log_text: str = "") -> NginxStartError:
+    hint = _HINTS.get(err, "set PAAS_ROUTER_HOST and PAAS_ROUTER_PORT to a usable address")
+    return NginxStartError(
+        f"nginx could not listen on {address}: {reason.lower()}; {hint}",
+        address=address,
+        reason=reason,
+        log=log_text,
+    )
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Have the kernel stop nginx if the router dies without stopping it (Linux only)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def _probe_host(host: str) -> str:
+    """Where to connect to reach a listener bound to ``host``."""
+    return {"*": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((_probe_host(host), port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Raise :class:`NginxStartError` if ``host:port`` cannot be bound right now."""
+    bind_host = "0.0.0.0" if host == "*" else host
+    family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((bind_host, port))
+        except OSError as e:
+            raise _listen_error(f"{host}:{port}", e.errno or 0, e.strerror or str(e)) from e
+
+
+def _wait_can_listen(host: str, port: int, grace: float) -> None:
+    deadline = time.monotonic() + grace
+    while True:
+        try:
+            return check_can_listen(host, port)
+        except NginxStartError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
+class Nginx:
+    """One nginx master process with its config, pid, logs and temp files in ``runtime_dir``."""
+
+    def __init__(self, binary: str, runtime_dir: str | os.PathLike[str]) -> None:
+        self.binary = binary
+        self.runtime_dir = Path(runtime_dir).absolute()
+        self.config_path = self.runtime_dir / "nginx.conf"
+        self.error_log = self.runtime_dir / "error.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit status of the last nginx process, or None while it runs (or never ran)."""
+        return self._proc.poll() if self._proc is not None else None
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def resolve_binary(self) -> str:
+        """Absolute path of the nginx binary (Debian keeps it in /usr/sbin, often not on PATH)."""
+        found = shutil.which(self.binary) or shutil.which(
+            self.binary, path="/usr/sbin:/usr/local/sbin:/sbin"
+        )
+        if found is None:
+            raise NginxNotFoundError(self.binary)
+        return found
+
+    def _args(self, config: Path) -> list[str]:
+        return [
+            "-c", str(config),
+            "-p", f"{self.runtime_dir}/",
+            "-e", str(self.error_log),
+        ]  # fmt: skip
+
+    def test(self, config: Path) -> None:
+        """Run ``nginx -t`` on ``config``; raise :class:`NginxConfigError` if it fails."""
+        try:
+            done = subprocess.run(
+                [self.resolve_binary(), "-t", "-q", *self._args(config)],
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=30,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as e:
+            raise NginxConfigError(str(config), "nginx -t did not finish within 30 s") from e
+        if done.returncode != 0:
+            raise NginxConfigError(str(config), done.stderr or done.stdout)
+
+    def check(self, config_text: str) -> None:
+        """Validate ``config_text`` with ``nginx -t`` without touching the live config."""
+        candidate = self._write_candidate(config_text)
+        try:
+            self.test(candidate)
+        finally:
+            candidate.unlink(missing_ok=True)
+
+    def _write_candidate(self, config_text: str) -> Path:
+        self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        fd, name = tempfile.mkstemp(prefix="nginx.conf.", suffix=".candidate", dir=self.runtime_dir)
+        with os.fdopen(fd, "w") as f:
+            f.write(config_text)
+        os.chmod(name, 0o644)
+        return Path(name)
+
+    def start(
+        self, config_text: str, *, listen: tuple[str, int] | None = None, timeout: float = 5.0
+    ) -> None:
+        """Check and install ``config_text``, start nginx, wait until ``listen`` accepts TCP."""
+        if self.is_running():
+            raise RouterError(f"nginx is already running (pid {self.pid})")
+        # A master that died leaves its workers holding the port: kill them, wait for the port.
+        grace = 2.0 if self._proc is not None else 0.0
+        self._kill()
+        binary = self.resolve_binary()
+        if listen is not None:
+            _wait_can_listen(*listen, grace=grace)
+        candidate = self._write_candidate(config_text)
+        try:
+            self.test(candidate)
+            os.replace(candidate, self.config_path)
+        finally:
+            candidate.unlink(missing_ok=True)
+        offset = self.error_log.stat().st_size if self.error_log.exists() else 0
+        self._proc = subprocess.Popen(
+            [binary, *self._args(self.config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,  # terminal signals go to the router, which stops nginx
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        self._wait_started(offset, listen, timeout)
+        log.info("nginx started (pid %s) with %s", self.pid, self.config_path)
+
+    def _new_log(self, offset: int) -> str:
+        try:
+            with open(self.error_log, encoding="utf-8", errors="replace") as f:
+                f.seek(offset)
+                return f.read()
+        except OSError:
+            return ""
+
+    def _wait_started(self, offset: int, listen: tuple[str, int] | None, timeout: float) -> None:
+        assert self._proc is not None
+        started = time.monotonic()
+        while True:
+            text = self._new_log(offset)
+            bind = _BIND_ERROR.search(text)
+            if bind:
+                self._kill()
+                raise _listen_error(bind[1], int(bind[2]), bind[3], text)
+            if self._proc.poll() is not None:
+                rc = self._proc.returncode
+                self._kill()
+                detail = " ".join(text.split()[-40:]) or "no error output"
+                raise NginxStartError(
+                    f"nginx exited with status {rc} right after starting: {detail}", log=text
+                )
+            elapsed = time.monotonic() - started
+            if listen is None and elapsed >= 0.3:
+                return
+            if listen is not None and _accepts(*listen):
+                return
+            if elapsed > timeout:
+                self._kill()
+                where = f"{listen[0]}:{listen[1]}" if listen else "its address"
+                raise NginxStartError(
+                    f"nginx did not accept connections on {where} within {timeout:g} s; "
+                    f"see {self.error_log}",
+                    address=where,
+                    log=text,
+                )
+            time.sleep(0.05)
+
+    def apply(self, config_text: str) -> bool:
+        """Install ``config_text`` if ``nginx -t`` accepts it and reload nginx gracefully.
+
+        Returns False (and keeps the live config) if nginx rejects it.
+        """
+        candidate = self._write_candidate(config_text)
+        try:
+            self.test(candidate)
+            os.replace(candidate, self.config_path)
+        except NginxConfigError as e:
+            log.error("new nginx config rejected, keeping the old one: %s", e.output.strip())
+            return False
+        finally:
+            candidate.unlink(missing_ok=True)  # already gone if it became the live config
+        if self.is_running():
+            assert self._proc is not None
+            self._proc.send_signal(signal.SIGHUP)
+        return True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful stop (SIGQUIT: finish open requests); SIGTERM, then SIGKILL, on timeout."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is not None:  # died on its own: its workers may linger
+            self._kill()
+            return
+        proc.send_signal(signal.SIGQUIT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("nginx did not stop within %g s; terminating it", timeout)
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._kill()
+        self._proc = None
+        log.info("nginx stopped")
+
+    def _kill(self) -> None:
+        """Kill nginx and its workers at once (they share its process group), even orphans."""
+        proc = self._proc
+        if proc is None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass  # the whole group is gone
+        proc.wait()
+        self._proc = None

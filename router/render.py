@@ -1,0 +1,249 @@
+"""Turn a route table into a complete nginx.conf. Pure: no I/O, and the same routes in any
+order give the same text, so the caller can compare strings to decide whether to reload.
+
+Only routes whose host is a DNS name and whose backend is ``ip:port`` reach the config (see
+:func:`route_problem`); nothing else from a route is written, so no route can inject config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from contracts.messages import Route
+
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOST_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_BACKEND_V4_RE = re.compile(r"([0-9.]{7,15}):([0-9]{1,5})")
+_BACKEND_V6_RE = re.compile(r"\[([0-9a-fA-F:.]{2,45})\]:([0-9]{1,5})")
+_APP_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+# Characters that could end a quoted nginx string or start a variable.
+_UNSAFE_IN_QUOTES = re.compile(r'["\\$\x00-\x1f\x7f]')
+
+_IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+NOT_FOUND_PAGE = (
+    "<!doctype html><html><head><title>404 No app here</title></head><body>"
+    "<h1>404 Not Found</h1><p>No app is at <b>${paas_safe_host}</b>.</p>"
+    "<p>Check the name, or push an app with <code>paas push</code>.</p></body></html>\\n"
+)
+UNAVAILABLE_PAGE = (
+    "<!doctype html><html><head><title>503 App unavailable</title></head><body>"
+    "<h1>503 Service Unavailable</h1><p>The app at <b>${paas_safe_host}</b> has no instance "
+    "answering right now. Crashed instances are restarted; try again in a few seconds.</p>"
+    "</body></html>\\n"
+)
+
+
+def normalize_host(host: object) -> str | None:
+    """The lower-cased host if it is a DNS name (labels of letters, digits, hyphens), else None."""
+    if not isinstance(host, str) or not 0 < len(host) <= 253:
+        return None
+    host = host.lower()
+    return host if _HOST_RE.fullmatch(host) else None
+
+
+def parse_backend(backend: object) -> tuple[_IP, int] | None:
+    """``(ip, port)`` from ``"1.2.3.4:80"`` or ``"[::1]:80"``, or None if it is anything else."""
+    if not isinstance(backend, str):
+        return None
+    m = _BACKEND_V4_RE.fullmatch(backend) or _BACKEND_V6_RE.fullmatch(backend)
+    if m is None:
+        return None
+    try:
+        ip = ipaddress.ip_address(m[1])
+    except ValueError:
+        return None
+    if (ip.version == 6) != backend.startswith("["):
+        return None
+    port = int(m[2])
+    return (ip, port) if 0 < port < 65536 else None
+
+
+def route_problem(route: Route) -> str | None:
+    """Why ``route`` cannot be routed (a sentence fragment), or None if it is fine."""
+    if normalize_host(route.host) is None:
+        return f"host {route.host!r} is not a DNS name"
+    if parse_backend(route.backend) is None:
+        return f"backend {route.backend!r} is not ip:port"
+    return None
+
+
+def upstream_name(host: str) -> str:
+    """A safe, unique nginx upstream name for ``host``: readable slug plus a short hash."""
+    slug = re.sub(r"[^a-z0-9]+", "_", host.lower())[:40].strip("_")
+    digest = hashlib.sha256(host.lower().encode()).hexdigest()[:10]
+    return f"app_{slug}_{digest}"
+
+
+@dataclass
+class _Host:
+    backends: set[tuple[_IP, int]] = field(default_factory=set)
+    app_names: set[str] = field(default_factory=set)
+
+
+def _format_backend(ip: _IP, port: int) -> str:
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def _backend_key(backend: tuple[_IP, int]) -> tuple[int, int, int]:
+    ip, port = backend
+    return (ip.version, int(ip), port)
+
+
+def _listen_address(host: str, port: int) -> str:
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError(f"listen port {port!r} is not a TCP port")
+    if host == "*":
+        return f"*:{port}"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        if normalize_host(host) is None:
+            raise ValueError(f"listen host {host!r} is not an IP address or DNS name") from None
+        return f"{host}:{port}"
+    return _format_backend(ip, port)
+
+
+def _quote_path(path: str) -> str:
+    if not path or _UNSAFE_IN_QUOTES.search(path):
+        raise ValueError(f"runtime_dir {path!r} is empty or holds quotes, '$' or control chars")
+    return f'"{path}"'
+
+
+def _group(routes: Iterable[Route]) -> dict[str, _Host]:
+    hosts: dict[str, _Host] = {}
+    for route in routes:
+        host = normalize_host(route.host)
+        backend = parse_backend(route.backend)
+        if host is None or backend is None:
+            continue
+        entry = hosts.setdefault(host, _Host())
+        entry.backends.add(backend)
+        if isinstance(route.app_name, str) and _APP_NAME_RE.fullmatch(route.app_name):
+            entry.app_names.add(route.app_name)
+    return hosts
+
+
+def _hash_sizes(hosts: Iterable[str]) -> tuple[int, int]:
+    """``server_names_hash`` bucket and max size that fit these hosts (and grow only with them)."""
+    names = list(hosts)
+    bucket = 128
+    while bucket < max(map(len, names), default=0) + 32:  # entry: name + pointer + padding
+        bucket *= 2
+    size = 512
+    while size < 4 * len(names):
+        size *= 2
+    return bucket, size
+
+
+def render_nginx_config(
+    routes: Iterable[Route], *, listen_host: str, listen_port: int, runtime_dir: str
+) -> str:
+    """A complete nginx.conf (nginx >= 1.22) routing each host to all its backends.
+
+    Unknown hosts get a 404 page, a host whose backends all fail gets a 503 page; both carry
+    an ``X-Paas-Router-Error`` header. Invalid routes are skipped (see :func:`route_problem`).
+    """
+    listen = _listen_address(listen_host, listen_port)
+    rt = runtime_dir.rstrip("/") or "/"
+
+    def path(name: str) -> str:
+        return _quote_path(f"{rt}/{name}" if rt != "/" else f"/{name}")
+
+    hosts = _group(routes)
+    n_backends = sum(len(h.backends) for h in hosts.values())
+    bucket_size, max_size = _hash_sizes(hosts)
+    out: list[str] = [
+        "# Generated by paas-router from the route table. Do not edit: it is rewritten.",
+        f"# hosts: {len(hosts)}, backends: {n_backends}",
+        "",
+        "daemon off;",
+        "master_process on;",
+        "worker_processes 1;",
+        f"pid {path('nginx.pid')};",
+        f"error_log {path('error.log')} warn;",
+        "",
+        "events {",
+        "    worker_connections 1024;",
+        "}",
+        "",
+        "http {",
+        "    access_log off;",
+        "    server_tokens off;",
+        "    default_type application/octet-stream;",
+        "    client_max_body_size 100m;",
+        f"    client_body_temp_path {path('client_body_temp')};",
+        f"    proxy_temp_path {path('proxy_temp')};",
+        f"    fastcgi_temp_path {path('fastcgi_temp')};",
+        f"    uwsgi_temp_path {path('uwsgi_temp')};",
+        f"    scgi_temp_path {path('scgi_temp')};",
+        f"    server_names_hash_bucket_size {bucket_size};",
+        f"    server_names_hash_max_size {max_size};",
+        "",
+        "    # Keep upstream connections alive, but pass WebSocket upgrades through.",
+        "    map $http_upgrade $paas_connection {",
+        "        default upgrade;",
+        '        "" "";',
+        "    }",
+        "",
+        "    # The host as shown on error pages: echoed only if it looks like a DNS name.",
+        "    map $host $paas_safe_host {",
+        '        "~^[a-z0-9.-]{1,253}$" $host;',
+        '        default "this host";',
+        "    }",
+        "",
+        "    server {",
+        f"        listen {listen} default_server;",
+        "        server_name _;",
+        "        default_type text/html;",
+        "        add_header X-Paas-Router-Error unknown_route always;",
+        "        location / {",
+        f'            return 404 "{NOT_FOUND_PAGE}";',
+        "        }",
+        "    }",
+    ]
+    for host in sorted(hosts):
+        out += _host_blocks(host, hosts[host], listen)
+    out += ["}", ""]
+    return "\n".join(out)
+
+
+def _host_blocks(host: str, entry: _Host, listen: str) -> list[str]:
+    name = upstream_name(host)
+    lines = ["", f"    upstream {name} {{"]
+    if entry.app_names:
+        lines.append(f"        # app: {', '.join(sorted(entry.app_names))}")
+    for backend in sorted(entry.backends, key=_backend_key):
+        lines.append(f"        server {_format_backend(*backend)};")
+    lines += [
+        "        keepalive 32;",
+        "    }",
+        "",
+        "    server {",
+        f"        listen {listen};",
+        f"        server_name {host};",
+        "        location / {",
+        f"            proxy_pass http://{name};",
+        "            proxy_http_version 1.1;",
+        "            proxy_set_header Host $host;",
+        "            proxy_set_header Connection $paas_connection;",
+        "            proxy_set_header Upgrade $http_upgrade;",
+        "            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+        "            proxy_set_header X-Forwarded-Proto $scheme;",
+        "            proxy_set_header X-Forwarded-Host $host;",
+        "            proxy_connect_timeout 2s;",
+        "            proxy_next_upstream error timeout;",
+        "            error_page 502 504 =503 @paas_unavailable;",
+        "        }",
+        "        location @paas_unavailable {",
+        "            default_type text/html;",
+        "            add_header X-Paas-Router-Error backend_unavailable always;",
+        f'            return 503 "{UNAVAILABLE_PAGE}";',
+        "        }",
+        "    }",
+    ]
+    return lines

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Host set-up for `make up` and `make test`: idempotent, and fast when everything is there.
+#  - Debian packages the platform stands on (docker.io, redis-server, nginx, debootstrap);
+#  - dockerd and redis-server running and answering;
+#  - a venv at .venv with the project installed;
+#  - the stack images, built only when missing or when their recipe changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf 'setup: %s\n' "$*"; }
+die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
+
+# --- Debian packages ---------------------------------------------------------------
+need=()
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v redis-server >/dev/null || need+=(redis-server)
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || need+=(nginx)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+for extra in ${PAAS_SETUP_EXTRA_PACKAGES:-}; do
+  dpkg -s "$extra" >/dev/null 2>&1 || need+=("$extra")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    die "missing ${need[*]}: install them with your package manager (on Debian, as root: apt-get install ${need[*]}) and run this again."
+  fi
+  say "installing ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# --- Python venv with the project ---------------------------------------------------
+python=${PYTHON:-python3}
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || die "Python 3.11 or newer is needed as '$python': install python3 (or set PYTHON=/path/to/python3.11)."
+stamp=.venv/.paas-installed
+want=$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  say "installing the project into .venv"
+  [ -x .venv/bin/python ] || "$python" -m venv .venv
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q -e '.[test]'
+  echo "$want" > "$stamp"
+fi
+
+# --- dockerd and redis-server ----------------------------------------------------------
+wait_for() {  # $1 what, $2 seconds, rest: command that succeeds once it answers
+  local what=$1 secs=$2; shift 2
+  for _ in $(seq "$((secs * 10))"); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  die "$what did not answer within ${secs}s."
+}
+if ! docker info >/dev/null 2>&1; then
+  [ "$(id -u)" = 0 ] || die "the Docker engine is not running and only root can start it here: start dockerd (or add yourself to the docker group) and run this again."
+  say "starting dockerd (log: /var/log/paas-dockerd.log)"
+  nohup dockerd >/var/log/paas-dockerd.log 2>&1 &
+  wait_for dockerd 60 docker info
+fi
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  say "starting redis-server on 127.0.0.1:6379"
+  redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --save '' --appendonly no \
+    --logfile /var/log/paas-redis.log >/dev/null
+  wait_for redis-server 20 redis-cli -h 127.0.0.1 -p 6379 ping
+fi
+
+# --- the stack images ----------------------------------------------------------------
+.venv/bin/python -m launcher.stack

@@ -1,0 +1,194 @@
+"""Nginx: rendered configs pass the real ``nginx -t``; bad configs never replace good ones."""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from contracts.messages import Route
+from router.errors import NginxNotFoundError, NginxStartError
+from router.nginx import Nginx
+from router.render import render_nginx_config
+
+NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def render(routes: list[Route], runtime_dir: Path, port: int = 8080) -> str:
+    return render_nginx_config(
+        routes, listen_host="127.0.0.1", listen_port=port, runtime_dir=str(runtime_dir)
+    )
+
+
+def route(host: str, backend: str) -> Route:
+    return Route(host=host, backend=backend, app_name="app", instance_guid=host + backend)
+
+
+@pytest.fixture
+def nginx(tmp_path: Path) -> Iterator[Nginx]:
+    n = Nginx(NGINX or "nginx", tmp_path / "router")
+    yield n
+    n.stop(timeout=5)
+
+
+@pytest.fixture
+def backend() -> Iterator[int]:
+    """A loopback HTTP server answering ``hello from <Host>``; yields its port."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = f"hello from {self.headers['Host']}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def get(port: int, host: str) -> tuple[int, dict[str, str], str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/", headers={"Host": host})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read().decode()
+    finally:
+        conn.close()
+
+
+@needs_nginx
+@pytest.mark.parametrize(
+    "routes",
+    [
+        [],
+        [route("a.localhost", "127.0.0.1:61001")],
+        [
+            route("a.localhost", "127.0.0.1:61001"),
+            route("a.localhost", "127.0.0.1:61002"),
+            route("b.example.com", "[::1]:61003"),
+            route("x" * 63 + "." + "y" * 63 + ".localhost", "10.0.0.1:80"),
+        ],
+        [route(".".join(["a" * 63] * 3 + ["b" * 61]), "127.0.0.1:80")],  # 253 characters
+        [route(f"app{i}.localhost", f"127.0.0.1:{20000 + i}") for i in range(500)],
+    ],
+    ids=["empty", "one", "several", "longest-host", "500-hosts"],
+)
+def test_rendered_configs_pass_nginx_t(nginx: Nginx, tmp_path: Path, routes: list[Route]) -> None:
+    nginx.check(render(routes, nginx.runtime_dir))
+
+
+@needs_nginx
+def test_apply_of_an_invalid_config_returns_false_and_keeps_the_old_file(nginx: Nginx) -> None:
+    good = render([route("a.localhost", "127.0.0.1:61001")], nginx.runtime_dir)
+    assert nginx.apply(good) is True
+    assert nginx.config_path.read_text() == good
+
+    assert nginx.apply(good.replace("keepalive 32;", "keepalive nope;")) is False
+    assert nginx.apply("this is not nginx config") is False
+    assert nginx.config_path.read_text() == good
+    assert not list(nginx.runtime_dir.glob("*.candidate"))
+
+
+@needs_nginx
+def test_start_routes_reloads_and_stops(nginx: Nginx, backend: int) -> None:
+    port = free_port()
+    config = render([route("a.localhost", f"127.0.0.1:{backend}")], nginx.runtime_dir, port)
+    nginx.start(config, listen=("127.0.0.1", port))
+    assert nginx.is_running()
+
+    status, headers, body = get(port, "a.localhost")
+    assert (status, body) == (200, "hello from a.localhost")
+    assert "X-Paas-Router-Error" not in headers
+    status, headers, body = get(port, "A.Localhost")
+    assert (status, body) == (200, "hello from a.localhost")
+
+    status, headers, body = get(port, "nobody.localhost")
+    assert status == 404
+    assert headers["X-Paas-Router-Error"] == "unknown_route"
+    assert "No app is at <b>nobody.localhost</b>" in body
+
+    assert nginx.apply(render([], nginx.runtime_dir, port)) is True
+    # The reload is asynchronous: the old worker may take a few more connections first.
+    deadline = time.monotonic() + 5
+    while any(get(port, "a.localhost")[0] != 404 for _ in range(5)):
+        assert time.monotonic() < deadline, "nginx still routes a.localhost after reload"
+        time.sleep(0.05)
+
+    nginx.stop(timeout=5)
+    assert not nginx.is_running()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+@needs_nginx
+def test_dead_backend_gives_503_page(nginx: Nginx) -> None:
+    port, dead = free_port(), free_port()
+    config = render([route("a.localhost", f"127.0.0.1:{dead}")], nginx.runtime_dir, port)
+    nginx.start(config, listen=("127.0.0.1", port))
+    status, headers, body = get(port, "a.localhost")
+    assert status == 503
+    assert headers["X-Paas-Router-Error"] == "backend_unavailable"
+    assert "no instance answering" in body
+
+
+@needs_nginx
+def test_restart_after_the_master_was_killed_frees_the_port(nginx: Nginx, backend: int) -> None:
+    port = free_port()
+    config = render([route("a.localhost", f"127.0.0.1:{backend}")], nginx.runtime_dir, port)
+    nginx.start(config, listen=("127.0.0.1", port))
+    assert nginx.pid is not None
+    os.kill(nginx.pid, signal.SIGKILL)  # its worker survives and keeps the port open
+    deadline = time.monotonic() + 5
+    while nginx.is_running():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+    nginx.start(config, listen=("127.0.0.1", port))
+    assert get(port, "a.localhost")[0] == 200
+
+
+@needs_nginx
+@pytest.mark.parametrize("precheck", [True, False], ids=["precheck", "nginx-log"])
+def test_busy_port_is_a_clear_error(nginx: Nginx, precheck: bool) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        listen = ("127.0.0.1", port) if precheck else None
+        with pytest.raises(NginxStartError) as info:
+            nginx.start(render([], nginx.runtime_dir, port), listen=listen)
+    message = str(info.value)
+    assert f"nginx could not listen on 127.0.0.1:{port}: address already in use" in message
+    assert "PAAS_ROUTER_PORT" in message
+    assert not nginx.is_running()
+
+
+def test_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
+    n = Nginx("no-such-nginx-binary", tmp_path)
+    with pytest.raises(NginxNotFoundError, match="PAAS_NGINX_BINARY"):
+        n.start(render([], tmp_path))
