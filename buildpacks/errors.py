@@ -11,6 +11,9 @@ from __future__ import annotations
 
 
 class StagingError(Exception):
+    # True when the message already reached the build output (a buildpack printed it).
+    shown = False
+
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
@@ -21,9 +24,10 @@ class NoBuildpack(StagingError):
 
 
 class CompileFailed(StagingError):
-    def __init__(self, message: str, exit_code: int) -> None:
+    def __init__(self, message: str, exit_code: int, shown: bool = False) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.shown = shown
 
 
 class NoStartCommand(StagingError):

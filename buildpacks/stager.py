@@ -59,7 +59,8 @@ class Stager:
             result = self._stage(request, out)
             out.line(f"-----> Staged in {time.monotonic() - started:.1f} s")
         except StagingError as e:
-            out.line(f"{ERROR_PREFIX}{e.message}")
+            if not e.shown:
+                out.line(f"{ERROR_PREFIX}{e.message}")
             result = StageResult(ok=False, error=e.message)
         except Exception as e:  # a platform fault: still end the build with a sentence
             log.exception("staging %s failed", request.build_guid)
@@ -148,7 +149,7 @@ class Stager:
                 message = errors[-1] if errors else (
                     f"the {bp.name} buildpack failed with exit code {code} "
                     "(its last lines are above).")
-                raise CompileFailed(message, code)
+                raise CompileFailed(message, code, shown=bool(errors))
             stream, _stat = container.get_archive("/app")
             droplet = io.BytesIO()
             for chunk in stream:

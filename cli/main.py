@@ -185,8 +185,9 @@ def _print_app(app: dict) -> None:
                   f"release: {release.get('version', '-')} ({release.get('status', 'none')})  "
                   f"instances: {app.get('instances_running', 0)}/{app['instances_desired']}")
     console.print(f"urls: {', '.join(app['urls'])}")
-    if release.get("error"):
-        console.print(f"[red]last release error:[/] {release['error']}")
+    failed = app.get("failed_release")
+    if failed:
+        console.print(f"[red]release {failed['version']} failed:[/] {failed['error']}")
     table = Table(box=None, pad_edge=False)
     for column in ("#", "state", "since", "release", "agent", "details"):
         table.add_column(column)

@@ -16,6 +16,7 @@ from contracts import keys
 from contracts.messages import STAGE_TASK, STAGING_QUEUE, StageRequest, StageResult, dump
 from contracts.settings import Settings
 from controller import events
+from controller.blobstore import Blobstore
 from controller.errors import Unavailable
 from controller.models import (
     App,
@@ -67,14 +68,15 @@ def settle(session: Session, client: redis.Redis, settings: Settings, build: Bui
         )
     else:
         return False
-    return finish(session, build, result)
+    return finish(session, Blobstore(settings.blobstore_dir), build, result)
 
 
-def settle_failed_enqueue(session: Session, app: App, build: Build) -> None:
-    finish(session, build, StageResult(ok=False, error="the staging queue was not reachable"))
+def settle_failed_enqueue(session: Session, blobs: Blobstore, build: Build) -> None:
+    finish(session, blobs, build,
+           StageResult(ok=False, error="the staging queue was not reachable"))
 
 
-def finish(session: Session, build: Build, result: StageResult) -> bool:
+def finish(session: Session, blobs: Blobstore, build: Build, result: StageResult) -> bool:
     """Record ``result`` on ``build`` unless another process already did."""
     claimed = session.execute(
         update(Build)
@@ -104,9 +106,18 @@ def finish(session: Session, build: Build, result: StageResult) -> bool:
         if _never_released(session, app) and not _other_builds_running(session, app, build):
             # A first push that failed leaves nothing behind: no app without a release.
             log.info("removing app %s: its first build failed", app.name)
-            session.delete(app)
+            remove_app(session, blobs, app)
     session.commit()
     return True
+
+
+def remove_app(session: Session, blobs: Blobstore, app: App) -> None:
+    """Delete ``app`` with its packages' blobs (droplets are shared by digest and stay)."""
+    paths = [p.blob_path for p in session.scalars(select(Package).where(
+        Package.app_id == app.id))]
+    session.delete(app)
+    for path in paths:
+        blobs.delete(path)
 
 
 def _release(session: Session, app: App, build: Build, result: StageResult) -> Release:

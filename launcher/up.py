@@ -85,7 +85,7 @@ class Platform:
         service.pump.start()
 
     def _pump(self, name: str, stream: IO[bytes], log: IO[bytes]) -> None:
-        with log:
+        with log, stream:
             for line in stream:
                 log.write(line)
                 log.flush()

@@ -87,6 +87,10 @@ def present_app(app: App, instances: list[InstanceReport] | None = None) -> dict
             "process_types": release.droplet.process_types,
             "created_at": iso(release.created_at),
         }
+    latest = g.db.scalar(select(Release).where(Release.app_id == app.id)
+                         .order_by(Release.version.desc()))
+    if latest is not None and latest.status == "FAILED":
+        body["failed_release"] = {"version": latest.version, "error": latest.error}
     if instances is not None:
         body["instances"] = [present_instance(i) for i in instances]
         running = [i for i in instances if i.state == "RUNNING"
@@ -186,8 +190,7 @@ def push(name: str):  # noqa: ANN201
     try:
         staging.enqueue(current_app.extensions["paas.celery"], app, build, package)
     except Exception:
-        staging.settle_failed_enqueue(g.db, app, build)
-        blobs.delete(package.blob_path)
+        staging.settle_failed_enqueue(g.db, blobs, build)
         raise
     return jsonify({"app": present_app(app), "build": present_build(build)}), 201
 
@@ -207,7 +210,7 @@ def present_build(build: Build) -> dict[str, object]:
 def delete_app(name: str):  # noqa: ANN201
     app = find_app(name, Action.WRITE)
     events.record(g.db, "app.deleted", current_identity().name, app)
-    g.db.delete(app)
+    staging.remove_app(g.db, current_app.extensions["paas.blobstore"], app)
     g.db.commit()
     nudge(_redis())
     return jsonify({"deleted": name})

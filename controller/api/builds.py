@@ -79,22 +79,24 @@ def _follow(app, guid: str) -> Iterator[str]:  # noqa: ANN001
 def _finished_without_stream(app, guid: str) -> bool:  # noqa: ANN001
     with app.extensions["paas.sessionmaker"]() as session:
         build = session.scalar(select(Build).where(Build.guid == guid))
-        if build is None:
+        if build is None or build.state != BuildState.STAGING:
             return True
-        staging.settle(session, app.extensions["paas.redis"], app.config["PAAS_SETTINGS"], build)
-        return build.state != BuildState.STAGING
+        return staging.settle(session, app.extensions["paas.redis"],
+                              app.config["PAAS_SETTINGS"], build)
 
 
 def _result(app, guid: str) -> dict[str, object]:  # noqa: ANN001
     client = app.extensions["paas.redis"]
     with app.extensions["paas.sessionmaker"]() as session:
         build = session.scalar(select(Build).where(Build.guid == guid))
+        if build is not None:
+            staging.settle(session, client, app.config["PAAS_SETTINGS"], build)
+            build = session.scalar(select(Build).where(Build.guid == guid))
         if build is None:
             # The app of a failed first push is removed with its builds; the result remains.
             raw = client.get(keys.build_result(guid))
             error = json.loads(raw).get("error") if raw else "the build is gone"
             return {"type": "result", "state": BuildState.FAILED, "error": error}
-        staging.settle(session, client, app.config["PAAS_SETTINGS"], build)
         body: dict[str, object] = {"type": "result", **present_build(build)}
         if build.state == BuildState.SUCCEEDED:
             release = session.scalar(select(Release).join(Droplet)
