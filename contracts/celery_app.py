@@ -9,16 +9,15 @@ from contracts.settings import Settings
 
 
 def make_celery(settings: Settings, name: str = "paas") -> Celery:
-    app = Celery(name, broker=settings.redis_url, backend=settings.redis_url)
+    app = Celery(name, broker=settings.redis_url)
     app.conf.update(
         task_default_queue=STAGING_QUEUE,
         task_serializer="json",
-        result_serializer="json",
         accept_content=["json"],
         task_acks_late=True,
+        task_ignore_result=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        result_expires=24 * 3600,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,

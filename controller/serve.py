@@ -38,6 +38,7 @@ def main() -> None:
         "graceful_timeout": 5,
         "accesslog": None,
         "loglevel": "info",
+        "control_socket_disable": True,
     }).run()
 
 

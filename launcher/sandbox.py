@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -22,6 +23,12 @@ import redis
 from contracts.messages import LABEL_PLATFORM
 from contracts.settings import Settings, load
 from launcher.up import Platform
+
+
+def paas_command() -> str:
+    """The ``paas`` script installed beside this Python (the venv's), else the one on PATH."""
+    beside = Path(sys.executable).parent / "paas"
+    return str(beside) if beside.exists() else (shutil.which("paas") or "paas")
 
 
 def free_port() -> int:
@@ -81,7 +88,7 @@ class Sandbox:
     def paas(self, *args: str, timeout: float = 600, cwd: str | None = None,
              ) -> subprocess.CompletedProcess[str]:
         """Run the real ``paas`` command against this platform."""
-        return subprocess.run([shutil.which("paas") or "paas", *args], env=self.cli_env(),
+        return subprocess.run([paas_command(), *args], env=self.cli_env(),
                               capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
     def router_get(self, host: str, path: str = "/", timeout: float = 5.0):  # noqa: ANN201

@@ -53,8 +53,10 @@ def test_controller_that_is_down(platform, tmp_path, fixtures):  # noqa: ANN001
         f'{{"target": "http://127.0.0.1:{free_port()}", "token": "x"}}')
     import subprocess
 
+    from launcher.sandbox import paas_command
+
     result = subprocess.run(
-        ["paas", "push", "hello", "-p", str(fixtures / "flask-hello")],
+        [paas_command(), "push", "hello", "-p", str(fixtures / "flask-hello")],
         env={**platform.cli_env(), "PAAS_HOME": str(home)}, capture_output=True, text=True,
         timeout=60)
     assert result.returncode == 1

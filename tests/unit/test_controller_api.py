@@ -1,0 +1,201 @@
+"""The controller API with a real SQLite database and stand-ins for Redis and Celery."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import pytest
+
+from contracts import keys
+from contracts.messages import STAGE_TASK, StageResult, dump
+from contracts.settings import load
+from controller import staging
+from controller.admin import ensure_admin_token, migrate
+from controller.app import create_app
+from controller.models import App, Build, Release, Role, Team, Token
+from tests.unit.fakes import FakeCelery, FakeRedis
+
+
+@pytest.fixture
+def env(tmp_path):  # noqa: ANN001, ANN201
+    settings = load(env={}, data_dir=str(tmp_path), router_port=8080)
+    migrate(settings)
+    token = ensure_admin_token(settings)
+    redis, celery = FakeRedis(), FakeCelery()
+    app = create_app(settings, TESTING=True, REDIS=redis, CELERY=celery)
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    yield type("Env", (), dict(settings=settings, client=client, redis=redis, celery=celery,
+                               app=app, token=token))
+    app.extensions["paas.engine"].dispose()
+
+
+def package(files: dict[str, str] | None = None, extra: tarfile.TarInfo | None = None) -> bytes:
+    files = files if files is not None else {
+        "requirements.txt": "flask\n", "Procfile": "web: gunicorn app:app\n"}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        if extra is not None:
+            tar.addfile(extra, io.BytesIO(b"x" * extra.size) if extra.size else None)
+    return buf.getvalue()
+
+
+def push(client, name: str, data: bytes | None = None, options: dict | None = None):  # noqa: ANN001, ANN201
+    form = {"options": json.dumps(options or {})}
+    if data is not None:
+        form["package"] = (io.BytesIO(data), "app.tar.gz")
+    return client.post(f"/v1/apps/{name}/push", data=form, content_type="multipart/form-data")
+
+
+def test_info_needs_no_token(env):  # noqa: ANN001
+    response = env.client.get("/v1/info", headers={"Authorization": ""})
+    assert response.status_code == 200
+    assert response.json["domain"] == "localhost"
+
+
+@pytest.mark.parametrize("header", ["", "Bearer", "Bearer nope", "Basic abc"])
+def test_requests_without_a_valid_token_get_401(env, header):  # noqa: ANN001
+    response = env.client.get("/v1/apps", headers={"Authorization": header})
+    assert response.status_code == 401
+    assert "paas login --token" in response.json["error"]
+
+
+def test_push_creates_app_build_and_enqueues_staging(env):  # noqa: ANN001
+    response = push(env.client, "myapp", package(), {"instances": 2})
+    assert response.status_code == 201, response.json
+    build = response.json["build"]
+    assert build["state"] == "STAGING"
+    [(name, args, queue)] = env.celery.sent
+    assert name == STAGE_TASK and queue == "staging"
+    assert args[0]["app_name"] == "myapp" and args[0]["build_guid"] == build["guid"]
+    listed = env.client.get("/v1/apps").json["apps"]
+    assert [a["name"] for a in listed] == ["myapp"]
+    assert listed[0]["urls"] == ["http://myapp.localhost:8080"]
+
+
+def test_push_with_invalid_name_is_refused(env):  # noqa: ANN001
+    response = push(env.client, "My_App", package())
+    assert response.status_code == 400
+    assert "not a valid app name" in response.json["error"]
+    assert env.celery.sent == []
+
+
+def test_push_without_package_is_refused(env):  # noqa: ANN001
+    response = push(env.client, "myapp", None)
+    assert response.status_code == 400
+    assert env.client.get("/v1/apps").json["apps"] == []
+
+
+@pytest.mark.parametrize("entry, words", [
+    (tarfile.TarInfo("../escape.txt"), "points outside the app folder"),
+    (tarfile.TarInfo("/etc/passwd"), "points outside the app folder"),
+])
+def test_package_escaping_the_app_folder_is_refused(env, entry, words):  # noqa: ANN001
+    entry.size = 1
+    response = push(env.client, "myapp", package(extra=entry))
+    assert response.status_code == 400
+    assert words in response.json["error"]
+    assert env.client.get("/v1/apps").json["apps"] == []  # nothing half-made
+    assert not list((env.settings.blobstore_dir / "packages").glob("*"))
+
+
+def test_symlink_out_of_the_app_is_refused(env):  # noqa: ANN001
+    link = tarfile.TarInfo("data")
+    link.type, link.linkname, link.size = tarfile.SYMTYPE, "../../etc/shadow", 0
+    response = push(env.client, "myapp", package(extra=link))
+    assert response.status_code == 400
+    assert "symlink 'data' points outside" in response.json["error"]
+
+
+def test_bad_options_are_refused(env):  # noqa: ANN001
+    response = push(env.client, "myapp", package(), {"instances": -1})
+    assert response.status_code == 400
+    assert "instances must be" in response.json["error"]
+
+
+def test_push_when_the_queue_is_down_leaves_nothing(env):  # noqa: ANN001
+    env.app.extensions["paas.celery"] = FakeCelery(fail=True)
+    response = push(env.client, "myapp", package())
+    assert response.status_code == 503
+    assert "redis-server" in response.json["error"]
+    assert env.client.get("/v1/apps").json["apps"] == []
+
+
+def test_unknown_app_is_404_with_a_hint(env):  # noqa: ANN001
+    response = env.client.get("/v1/apps/ghost")
+    assert response.status_code == 404
+    assert "paas apps" in response.json["error"]
+
+
+def _settle(env, build_guid: str, result: StageResult) -> None:  # noqa: ANN001
+    env.redis.set(keys.build_result(build_guid), json.dumps(dump(result)))
+    sessions = env.app.extensions["paas.sessionmaker"]
+    with sessions() as session:
+        from sqlalchemy import select
+
+        build = session.scalar(select(Build).where(Build.guid == build_guid))
+        assert staging.settle(session, env.redis, env.settings, build)
+        assert not staging.settle(session, env.redis, env.settings, build)  # idempotent
+
+
+def test_successful_build_makes_a_release(env):  # noqa: ANN001
+    build = push(env.client, "myapp", package(), {"instances": 3}).json["build"]
+    _settle(env, build["guid"], StageResult(
+        ok=True, droplet_digest="d" * 64, droplet_path="droplets/d.tar", droplet_size=10,
+        image="paas/droplet:ddd", buildpack="python", process_types={"web": "gunicorn app:app"}))
+    shown = env.client.get("/v1/apps/myapp").json
+    assert shown["release"]["version"] == 1
+    assert shown["release"]["status"] == "DEPLOYING"
+    assert shown["instances_desired"] == 3
+    assert env.client.get(f"/v1/builds/{build['guid']}").json["state"] == "SUCCEEDED"
+    assert env.client.get("/v1/apps/myapp/releases/1").json["current"] is True
+
+
+def test_failed_first_build_removes_the_app(env):  # noqa: ANN001
+    build = push(env.client, "myapp", package()).json["build"]
+    _settle(env, build["guid"], StageResult(ok=False, error="no buildpack recognises this app"))
+    assert env.client.get("/v1/apps/myapp").status_code == 404
+    assert not list((env.settings.blobstore_dir / "packages").glob("*"))
+
+
+def test_failed_later_build_keeps_the_release(env):  # noqa: ANN001
+    first = push(env.client, "myapp", package()).json["build"]
+    _settle(env, first["guid"], StageResult(
+        ok=True, droplet_digest="d" * 64, droplet_path="droplets/d.tar", image="img",
+        process_types={"web": "x"}))
+    second = push(env.client, "myapp", package()).json["build"]
+    _settle(env, second["guid"], StageResult(ok=False, error="pip failed"))
+    shown = env.client.get("/v1/apps/myapp").json
+    assert shown["release"]["version"] == 1
+    assert env.client.get(f"/v1/builds/{second['guid']}").json["error"] == "pip failed"
+
+
+def test_delete_removes_the_app(env):  # noqa: ANN001
+    push(env.client, "myapp", package())
+    assert env.client.delete("/v1/apps/myapp").status_code == 200
+    assert env.client.get("/v1/apps/myapp").status_code == 404
+    assert ("paas:converge", "1") in env.redis.published
+
+
+def test_a_developer_cannot_touch_another_teams_app(env):  # noqa: ANN001
+    push(env.client, "theirs", package())
+    sessions = env.app.extensions["paas.sessionmaker"]
+    with sessions() as session:
+        team = Team(name="other")
+        token, secret = Token.issue("dev", Role.DEVELOPER, team)
+        session.add_all([team, token])
+        session.commit()
+    headers = {"Authorization": f"Bearer {secret}"}
+    assert env.client.get("/v1/apps/theirs", headers=headers).status_code == 403
+    assert env.client.delete("/v1/apps/theirs", headers=headers).status_code == 403
+    assert env.client.get("/v1/apps", headers=headers).json["apps"] == []
+    with sessions() as session:
+        assert session.query(App).count() == 1
+        assert session.query(Release).count() == 0
