@@ -1,7 +1,8 @@
 """Turn a package into a droplet and an image, in a throw-away container on the build stack.
 
-    package (blobstore) -> unpack, detect -> container: bin/compile -> /app as a tar
-    -> droplet (blobstore, named by digest) -> image FROM the run stack, tagged by digest
+    package (blobstore) -> unpack, detect -> container: bin/compile, then /app as a tar
+    less its layer folders -> droplet (app part + layers, named by digest, in the blobstore)
+    -> image: run stack, a layer image per layer key (shared), the app part on top
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import hashlib
 import io
 import json
 import logging
+import os
 import tarfile
 import tempfile
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
@@ -52,8 +55,9 @@ class Stager:
     # -- the task ------------------------------------------------------------------------
     def stage(self, request: StageRequest) -> StageResult:
         out = StreamWriter(self.redis, keys.build_log(request.build_guid))
-        if self.redis.exists(keys.build_result(request.build_guid)):
-            return StageResult(**json.loads(self.redis.get(keys.build_result(request.build_guid))))
+        done = self.redis.get(keys.build_result(request.build_guid))
+        if done is not None:  # a redelivered task: the build already ended
+            return StageResult(**json.loads(done))
         started = time.monotonic()
         try:
             result = self._stage(request, out)
@@ -86,15 +90,17 @@ class Stager:
             out.line(f"-----> Buildpack: {bp.name}")
             processes = self._process_types(app_dir, request)
             app_tar = _tar_folder(app_dir, "app", uid=RUN_UID)
-        droplet_tar = self._compile(request, bp, app_tar, out)
-        digest, size, droplet_path = self._store_droplet(droplet_tar)
+        app_part, layers = self._compile(request, bp, app_tar, out)
+        droplet = Droplet(self.blob_root, app_part, layers)
+        digest, path = droplet.store()
+        size = sum((self.blob_root / p).stat().st_size for p in droplet.blob_paths())
         out.line(f"-----> Droplet: {size / 1e6:.1f} MB, sha256:{digest[:12]}")
         started = time.monotonic()
-        image = self._build_image(request, digest, droplet_path)
-        out.line(f"-----> Image {image} built in {time.monotonic() - started:.1f} s")
-        return StageResult(ok=True, droplet_digest=digest, droplet_path=str(
-            droplet_path.relative_to(self.blob_root)), droplet_size=size, image=image,
-            buildpack=bp.name, process_types=processes)
+        image = self._build_image(request, digest, droplet)
+        out.line(f"-----> Image {image} ready in {time.monotonic() - started:.1f} s")
+        return StageResult(ok=True, droplet_digest=digest, droplet_path=path,
+                           droplet_size=size, image=image, buildpack=bp.name,
+                           process_types=processes)
 
     @staticmethod
     def _process_types(app_dir: Path, request: StageRequest) -> dict[str, str]:
@@ -109,12 +115,20 @@ class Stager:
 
     # -- compile in a container ------------------------------------------------------------
     def _compile(self, request: StageRequest, bp: registry.Buildpack, app_tar: bytes,
-                 out: StreamWriter) -> io.BytesIO:
+                 out: StreamWriter) -> tuple[bytes, list[Layer]]:
+        """Run the buildpack; return the app part of /app and its layers.
+
+        Folders the buildpack lists in ``/app/.paas/layers`` (``DIR KEY`` lines) are layers
+        of their own, stored once per key. Keys the blobstore already holds are given to
+        the buildpack in ``/tmp/paas/layers-present`` so it need not even materialise them.
+        """
         cache = self._cache_volume(request.app_guid)
+        prefix = _layer_prefix(self.settings, request.app_guid)
+        present = sorted(p.name[len(prefix):-len(".tar")]
+                         for p in (self.blob_root / "layers").glob(f"{prefix}*.tar"))
         container = self.docker.containers.create(
             stack.build_image(self.settings.stack_build_image),
-            command=["python3", f"/buildpacks/{bp.name}/bin/compile", "/app", "/cache",
-                     "/tmp/env"],
+            command=["/bin/sh", "-c", DRIVER, "driver", bp.name],
             user=str(RUN_UID),
             working_dir="/app",
             environment={"HOME": "/app", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
@@ -126,14 +140,22 @@ class Stager:
             detach=True,
         )
         try:
+            inputs = io.BytesIO()
+            with tarfile.open(fileobj=inputs, mode="w") as tar:
+                _add_tree(tar, bp.folder, f"buildpacks/{bp.name}")
+                work = tarfile.TarInfo("tmp/paas")
+                work.type, work.mode, work.uid, work.gid = tarfile.DIRTYPE, 0o755, RUN_UID, RUN_UID
+                tar.addfile(work)
+                _add_bytes(tar, "tmp/paas/layers-present", "".join(
+                    f"{k}\n" for k in present).encode(), uid=RUN_UID)
+                ca = Path(self.settings.staging_ca_bundle)
+                if self.settings.staging_ca_bundle and ca.is_file():
+                    _add_bytes(tar, "etc/ssl/certs/ca-certificates.crt", ca.read_bytes())
             container.put_archive("/", app_tar)
-            container.put_archive("/", _buildpack_tar(bp))
-            ca = Path(self.settings.staging_ca_bundle)
-            if self.settings.staging_ca_bundle and ca.is_file():
-                container.put_archive("/", _single_file_tar(
-                    "etc/ssl/certs/ca-certificates.crt", ca.read_bytes()))
+            container.put_archive("/", inputs.getvalue())
             container.start()
-            tail = self._stream_output(container, out)
+            tail = _Tail(container, out)
+            tail.start()
             try:
                 status = container.wait(timeout=self.settings.staging_timeout)
             except Exception as e:  # requests' ReadTimeout, through docker-py
@@ -150,22 +172,38 @@ class Stager:
                     f"the {bp.name} buildpack failed with exit code {code} "
                     "(its last lines are above).")
                 raise CompileFailed(message, code, shown=bool(errors))
-            stream, _stat = container.get_archive("/app")
-            droplet = io.BytesIO()
-            for chunk in stream:
-                droplet.write(chunk)
-            droplet.seek(0)
-            return droplet
+            app_part = _read_single_file(container, "/tmp/paas/app.tar")
+            layers = []
+            for line in _read_single_file(container, "/tmp/paas/layers").decode().splitlines():
+                folder, _, key = line.strip().partition(" ")
+                if not folder:
+                    continue
+                layer = Layer(folder=folder.strip("/"), key=prefix + key.strip())
+                if not key.strip() or not (self.blob_root / layer.blob_path).exists():
+                    layer = self._fetch_layer(container, layer)
+                layers.append(layer)
+            return app_part, layers
         finally:
             try:
                 container.remove(force=True)
             except docker.errors.APIError as e:
                 log.warning("could not remove staging container %s: %s", container.id[:12], e)
 
-    def _stream_output(self, container, out: StreamWriter) -> _Tail:  # noqa: ANN001
-        tail = _Tail(container, out)
-        tail.start()
-        return tail
+    def _fetch_layer(self, container, layer: Layer) -> Layer:  # noqa: ANN001
+        """Copy a layer folder out of the staging container into the blobstore."""
+        stream, _stat = container.get_archive(f"/app/{layer.folder}")
+        digest = hashlib.sha256()
+        folder = self.blob_root / "layers"
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".layer-")
+        with os.fdopen(fd, "wb") as f:
+            for chunk in stream:
+                digest.update(chunk)
+                f.write(chunk)
+        if layer.key.endswith("-"):  # the buildpack gave no key: name it by content
+            layer = Layer(folder=layer.folder, key=layer.key + digest.hexdigest()[:32])
+        os.replace(tmp, self.blob_root / layer.blob_path)
+        return layer
 
     def _cache_volume(self, app_guid: str) -> str:
         name = f"paas-cache-{self.settings.platform_id}-{app_guid}"
@@ -177,43 +215,29 @@ class Stager:
                 LABEL_APP_GUID: app_guid})
         return name
 
-    # -- droplet and image -------------------------------------------------------------
-    def _store_droplet(self, droplet: io.BytesIO) -> tuple[str, int, Path]:
-        data = droplet.getbuffer()
-        digest = hashlib.sha256(data).hexdigest()
-        path = self.blob_root / "droplets" / f"{digest}.tar"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(path)
-        return digest, len(data), path
+    # -- the image -----------------------------------------------------------------------
+    def _build_image(self, request: StageRequest, digest: str, droplet: Droplet) -> str:
+        """Run stack, then one image layer per droplet layer (reused by key), then the app.
 
-    def _build_image(self, request: StageRequest, digest: str, droplet_path: Path) -> str:
-        """The droplet as an image: run stack, then a dependency layer, then the app layer.
-
-        Folders the buildpack lists in ``/app/.paas/layers`` (the Python buildpack: its
-        virtualenv) become a layer of their own, named by a digest of their content, so a
-        re-push with unchanged dependencies adds only the small app layer.
+        The first image above the stack carries the run config and the labels, which the
+        ones above inherit, so a re-push with unchanged layers is a two-step build.
         """
         tag = f"paas/droplet:{digest[:24]}"
         if self._image_exists(tag):
             return tag
-        labels = {LABEL_PLATFORM: self.settings.platform_id, LABEL_APP_GUID: request.app_guid}
-        with tarfile.open(droplet_path) as droplet:
-            members = droplet.getmembers()
-            layer_dirs = _layer_dirs(droplet, members)
-            deps = [m for m in members if _in_layer(m.name, layer_dirs)]
-            app = [m for m in members if not _in_layer(m.name, layer_dirs)]
-            base = stack.run_image(self.settings.stack_run_image)
-            if deps:
-                base = f"paas/layer:{_members_digest(droplet, deps)[:24]}"
-                if not self._image_exists(base):
-                    self._docker_build(base, stack.run_image(self.settings.stack_run_image),
-                                       droplet, deps, [], {**labels, LABEL_KIND: "layer"})
-            self._docker_build(tag, base, droplet, app,
-                               ["ENV HOME=/app", "WORKDIR /app", f"USER {RUN_UID}:{RUN_UID}"],
-                               {**labels, LABEL_KIND: "droplet"})
+        labels = {LABEL_PLATFORM: self.settings.platform_id, LABEL_APP_GUID: request.app_guid,
+                  LABEL_KIND: "droplet"}
+        config = ["ENV HOME=/app", "WORKDIR /app", f"USER {RUN_UID}:{RUN_UID}"]
+        base = stack.run_image(self.settings.stack_run_image)
+        for layer in droplet.layers:
+            layer_tag = f"paas/layer:{layer.key}"
+            if not self._image_exists(layer_tag):
+                parent = str(Path("/app", layer.folder).parent)
+                self._docker_build(layer_tag, base, self.blob_root / layer.blob_path,
+                                   f"ADD layer.tar {parent}/", config, labels)
+            base, config, labels = layer_tag, [], {}
+        self._docker_build(tag, base, self.blob_root / droplet.app_path, "ADD layer.tar /",
+                           config, labels)
         return tag
 
     def _image_exists(self, tag: str) -> bool:
@@ -223,50 +247,97 @@ class Stager:
         except docker.errors.ImageNotFound:
             return False
 
-    def _docker_build(self, tag: str, base: str, source: tarfile.TarFile,
-                      members: list[tarfile.TarInfo], extra: list[str],
+    def _docker_build(self, tag: str, base: str, layer: Path, add: str, extra: list[str],
                       labels: dict[str, str]) -> None:
-        layer = io.BytesIO()
-        with tarfile.open(fileobj=layer, mode="w") as out:
-            for member in members:
-                out.addfile(member, source.extractfile(member) if member.isfile() else None)
-        dockerfile = "\n".join([f"FROM {base}", "ADD layer.tar /", *extra, ""]).encode()
+        dockerfile = "\n".join([f"FROM {base}", add, *extra, ""]).encode()
         context = io.BytesIO()
         with tarfile.open(fileobj=context, mode="w") as tar:
             _add_bytes(tar, "Dockerfile", dockerfile)
-            _add_bytes(tar, "layer.tar", layer.getvalue())
+            tar.add(layer, arcname="layer.tar")
         context.seek(0)
         try:
             self.docker.images.build(fileobj=context, custom_context=True, tag=tag, rm=True,
-                                     forcerm=True, labels=labels)
+                                     forcerm=True, labels=labels or None)
         except docker.errors.BuildError as e:
             raise StagingError(f"building the image {tag} failed: {e.msg}") from e
 
 
-def _layer_dirs(droplet: tarfile.TarFile, members: list[tarfile.TarInfo]) -> list[str]:
-    for member in members:
-        if member.name == "app/.paas/layers" and member.isfile():
-            text = droplet.extractfile(member).read().decode("utf-8", "replace")
-            return [f"app/{line.strip().strip('/')}" for line in text.splitlines()
-                    if line.strip() and ".." not in line]
-    return []
+# Runs in the staging container: the buildpack's compile step, then the app part of /app as
+# a tar without the layer folders the buildpack listed in /app/.paas/layers.
+DRIVER = r"""
+set -e
+bp=$1
+python3 "/buildpacks/$bp/bin/compile" /app /cache /tmp/env
+: > /tmp/paas/exclude
+: > /tmp/paas/layers
+if [ -f /app/.paas/layers ]; then
+  while read -r dir key; do
+    [ -n "$dir" ] || continue
+    echo "app/${dir#/}" >> /tmp/paas/exclude
+    echo "$dir $key" >> /tmp/paas/layers
+  done < /app/.paas/layers
+fi
+tar -C / -cf /tmp/paas/app.tar --exclude-from=/tmp/paas/exclude app
+"""
 
 
-def _in_layer(name: str, layer_dirs: list[str]) -> bool:
-    return any(name == d or name.startswith(d + "/") for d in layer_dirs)
+@dataclass(frozen=True)
+class Layer:
+    """A folder of the droplet stored on its own (``layers/<key>.tar``), shared by key."""
+
+    folder: str  # relative to /app
+    key: str
+
+    @property
+    def blob_path(self) -> str:
+        return f"layers/{self.key}.tar"
 
 
-def _members_digest(source: tarfile.TarFile, members: list[tarfile.TarInfo]) -> str:
-    """A digest of names, modes, owners, link targets and contents: not of tar bytes."""
-    digest = hashlib.sha256()
-    for m in sorted(members, key=lambda m: m.name):
-        digest.update(f"{m.name}\0{m.type!r}\0{m.mode}\0{m.uid}\0{m.gid}\0{m.linkname}"
-                      f"\0{m.size}\0".encode())
-        if m.isfile():
-            f = source.extractfile(m)
-            while chunk := f.read(1024 * 1024):
-                digest.update(chunk)
-    return digest.hexdigest()
+class Droplet:
+    """The app part (``droplets/<digest>.tar``) plus its layers, described by a manifest.
+
+    The digest names the whole: the app part's bytes and the layers' keys.
+    """
+
+    def __init__(self, root: Path, app_part: bytes, layers: list[Layer]) -> None:
+        self.root = root
+        self.app_part = app_part
+        self.layers = layers
+        self.app_digest = hashlib.sha256(app_part).hexdigest()
+        self.app_path = f"droplets/{self.app_digest}.tar"
+
+    def manifest(self) -> dict[str, object]:
+        return {"app": self.app_path,
+                "layers": [{"folder": lay.folder, "blob": lay.blob_path} for lay in self.layers]}
+
+    def store(self) -> tuple[str, str]:
+        manifest = json.dumps(self.manifest(), sort_keys=True).encode()
+        digest = hashlib.sha256(manifest).hexdigest()
+        for rel, data in ((self.app_path, self.app_part),
+                          (f"droplets/{digest}.json", manifest)):
+            path = self.root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                tmp = path.with_name(f".{path.name}.tmp")
+                tmp.write_bytes(data)
+                tmp.replace(path)
+        return digest, f"droplets/{digest}.json"
+
+    def blob_paths(self) -> list[str]:
+        return [self.app_path, *(lay.blob_path for lay in self.layers)]
+
+
+def _layer_prefix(settings: Settings, app_guid: str) -> str:
+    """Layers are per stack and per app: a layer is only as trusted as the app that built it."""
+    return f"{stack.run_image(settings.stack_run_image).rpartition(':')[2][:12]}-{app_guid}-"
+
+
+def _read_single_file(container, path: str) -> bytes:  # noqa: ANN001
+    stream, _stat = container.get_archive(path)
+    buf = io.BytesIO(b"".join(stream))
+    with tarfile.open(fileobj=buf) as tar:
+        member = tar.next()
+        return tar.extractfile(member).read() if member and member.isfile() else b""
 
 
 class _Tail(threading.Thread):
@@ -305,13 +376,6 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644,
     tar.addfile(info, io.BytesIO(data))
 
 
-def _single_file_tar(name: str, data: bytes) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        _add_bytes(tar, name, data)
-    return buf.getvalue()
-
-
 def _tar_folder(folder: Path, arcname: str, uid: int) -> bytes:
     def owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.uid = info.gid = uid
@@ -321,13 +385,6 @@ def _tar_folder(folder: Path, arcname: str, uid: int) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add(folder, arcname=arcname, filter=owned)
-    return buf.getvalue()
-
-
-def _buildpack_tar(bp: registry.Buildpack) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        _add_tree(tar, bp.folder, f"buildpacks/{bp.name}")
     return buf.getvalue()
 
 

@@ -124,14 +124,16 @@ def remove_labelled(platform_id: str) -> None:
                 container.remove(force=True)
             except docker.errors.APIError:
                 pass
-        # Droplet images before the layers they stand on.
-        images = client.images.list(filters=label)
-        images.sort(key=lambda i: i.labels.get("paas.kind") != "droplet")
-        for image in images:
-            try:
-                client.images.remove(image.id, force=True)
-            except docker.errors.APIError:
-                pass  # still used by another platform's image
+        # Images stand on each other: remove what can go, then what that freed.
+        for _ in range(4):
+            images = client.images.list(filters=label)
+            if not images:
+                break
+            for image in images:
+                try:
+                    client.images.remove(image.id, force=True)
+                except docker.errors.APIError:
+                    pass  # has children still, or is used by another platform's image
         for volume in client.volumes.list(filters=label):
             try:
                 volume.remove(force=True)

@@ -8,6 +8,7 @@ agent re-adopts them.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -25,6 +26,7 @@ import requests
 from contracts import settings as settings_mod
 from contracts.settings import Settings, as_env
 
+PR_SET_PDEATHSIG = 1
 SERVICES: dict[str, str] = {
     "controller": "controller.serve",
     "health": "controller.health",
@@ -79,7 +81,8 @@ class Platform:
         log = (self.log_dir / f"{service.name}.log").open("ab")
         service.process = subprocess.Popen(
             [sys.executable, "-m", service.module], env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent)
         service.pump = threading.Thread(target=self._pump, daemon=True,
                                         args=(service.name, service.process.stdout, log))
         service.pump.start()
@@ -154,6 +157,15 @@ class Platform:
         for service in self.services.values():
             if service.pump:
                 service.pump.join(timeout=2)
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the launcher dies, however it dies (Linux)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
 
 
 def _answers(url: str) -> bool:
