@@ -32,7 +32,7 @@ class Buildpack:
 
 PYTHON = Buildpack(
     name="python",
-    markers=("requirements.txt", "pyproject.toml", "setup.py", "Pipfile"),
+    markers=("requirements.txt", "pyproject.toml", "setup.py"),
     describe="a Python app needs requirements.txt, pyproject.toml or setup.py at its root",
 )
 

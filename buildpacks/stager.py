@@ -23,6 +23,7 @@ from pathlib import Path
 import docker
 import docker.errors
 import redis
+import requests
 
 from buildpacks import procfile, registry
 from buildpacks.errors import CompileFailed, NoStartCommand, StagingError, StagingTimeout
@@ -135,6 +136,9 @@ class Stager:
                          "PYTHONUNBUFFERED": "1", "LANG": "C.UTF-8"},
             volumes={cache: {"bind": "/cache", "mode": "rw"}},
             mem_limit=f"{self.settings.staging_memory_mb}m",
+            pids_limit=2048,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
             labels={LABEL_PLATFORM: self.settings.platform_id, LABEL_KIND: "staging",
                     LABEL_APP_GUID: request.app_guid},
             detach=True,
@@ -158,8 +162,11 @@ class Stager:
             tail.start()
             try:
                 status = container.wait(timeout=self.settings.staging_timeout)
-            except Exception as e:  # requests' ReadTimeout, through docker-py
-                container.kill()
+            except requests.exceptions.ConnectionError as e:  # docker-py's read timeout
+                try:
+                    container.kill()
+                except docker.errors.APIError:
+                    pass
                 raise StagingTimeout(
                     f"staging ran longer than {self.settings.staging_timeout:.0f} s and was "
                     "stopped: look at the last lines above for what hung.") from e
@@ -318,9 +325,10 @@ class Droplet:
             path = self.root / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             if not path.exists():
-                tmp = path.with_name(f".{path.name}.tmp")
-                tmp.write_bytes(data)
-                tmp.replace(path)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
         return digest, f"droplets/{digest}.json"
 
     def blob_paths(self) -> list[str]:

@@ -22,7 +22,9 @@ def create_worker_app(settings: Settings) -> Celery:
 
     def stager() -> Stager:
         if "s" not in state:
-            state["s"] = Stager(settings, docker.from_env(timeout=300),
+            # Reads (log streams, waits) may be silent for as long as staging may take.
+            client = docker.from_env(timeout=int(settings.staging_timeout) + 60)
+            state["s"] = Stager(settings, client,
                                 redis.Redis.from_url(settings.redis_url))
         return state["s"]
 

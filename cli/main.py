@@ -70,7 +70,9 @@ def _default_name(path: Path) -> str:
 @click.argument("name", required=False)
 @click.option("-p", "--path", "path", type=click.Path(file_okay=False, path_type=Path),
               default=".", help="The app's folder (default: this one).")
-@click.option("-c", "--command", help="Start command of the web process (overrides Procfile).")
+@click.option("-c", "--command",
+              help="Start command of the web process (overrides the Procfile; kept for later "
+                   "pushes; 'default' goes back to the Procfile).")
 @click.option("-i", "--instances", type=click.IntRange(0, 100), help="Number of instances.")
 @click.option("-m", "--memory", "memory", help="Memory per instance, e.g. 256M or 1G.")
 @click.option("--wait-timeout", type=float, default=300.0, show_default=True,
@@ -95,7 +97,10 @@ def push(name: str | None, path: Path, command: str | None, instances: int | Non
 
     api = client()
     started = time.monotonic()
-    tarball, count = pack(path)
+    try:
+        tarball, count = pack(path)
+    except OSError as e:
+        raise click.ClickException(f"could not read the app folder: {e}") from e
     try:
         console.print(f"Pushing [bold]{name}[/] ({count} files, "
                       f"{tarball.stat().st_size / 1e6:.1f} MB)")
@@ -111,6 +116,8 @@ def push(name: str | None, path: Path, command: str | None, instances: int | Non
             click.echo(f"   {line['text']}")
         elif line["type"] == "result":
             result = line
+    if not result:  # the stream ended early: ask for the build's state instead
+        result = _wait_for_build(api, build["guid"])
     if result.get("state") != "SUCCEEDED":
         raise click.ClickException(f"staging failed: {result.get('error') or 'unknown error'}")
     version = int(result["release"])  # type: ignore[arg-type]
@@ -126,6 +133,16 @@ def push(name: str | None, path: Path, command: str | None, instances: int | Non
     _print_app(app)
     console.print(f"\n[bold green]{name}[/] is running at [bold]{app['urls'][0]}[/] "
                   f"(pushed in {time.monotonic() - started:.1f} s)")
+
+
+def _wait_for_build(api: Client, guid: str, timeout: float = 1200) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        build = api.get(f"/builds/{guid}")
+        if build["state"] != "STAGING":
+            return build
+        time.sleep(1)
+    raise click.ClickException(f"build {guid} was still staging after {timeout:.0f} s.")
 
 
 def _wait_for_release(api: Client, name: str, version: int, timeout: float) -> dict:

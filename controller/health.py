@@ -48,7 +48,9 @@ from controller.db import make_engine, make_sessionmaker
 from controller.models import App, AppState, Build, BuildState, Release, ReleaseStatus
 
 log = logging.getLogger("paas.health")
-PENDING_TTL = 30.0  # a start not seen in any heartbeat after this is forgotten
+# A start not seen in any heartbeat after this long is forgotten (and so tried again). Long
+# enough for an agent whose task threads are busy stopping instances with a grace period.
+PENDING_TTL = 120.0
 RESEND_STOP_AFTER = 30.0
 
 
@@ -89,15 +91,23 @@ class HealthManager:
         with self.sessions() as session:
             for build in session.scalars(select(Build).where(
                     Build.state == BuildState.STAGING)).all():
-                staging.settle(session, self.redis, self.settings, build)
+                try:
+                    staging.settle(session, self.redis, self.settings, build)
+                except Exception:  # one bad build must not stop every app's healing
+                    log.exception("settling build %s failed", build.guid)
+                    session.rollback()
             desired = self.desired(session)
             beats = read_heartbeats(self.redis)
             actual = self._actual(beats)
             agents = [AgentCapacity(b.agent_id, b.memory_mb, b.memory_used_mb) for b in beats]
             actions = plan(desired, actual, agents, self.settings.start_timeout)
             for action in actions:
-                self._act(session, action)
-            session.commit()
+                try:
+                    self._act(session, action)
+                    session.commit()
+                except Exception:
+                    log.exception("acting on %s failed", action)
+                    session.rollback()
         return actions
 
     def _actual(self, beats) -> list[InstanceReport]:  # noqa: ANN001
@@ -145,14 +155,19 @@ class HealthManager:
         elif isinstance(action, ReleaseFailed):
             self._failed(session, action)
 
-    def _release(self, session: Session, app_guid: str, version: int) -> tuple[App, Release]:
+    def _release(self, session: Session, app_guid: str,
+                 version: int) -> tuple[App, Release] | tuple[None, None]:
         app = session.scalar(select(App).where(App.guid == app_guid))
+        if app is None:  # deleted since this tick began
+            return None, None
         release = session.scalar(select(Release).where(
             Release.app_id == app.id, Release.version == version))
-        return app, release
+        return (app, release) if release is not None else (None, None)
 
     def _deployed(self, session: Session, action: ReleaseDeployed) -> None:
         app, release = self._release(session, action.app_guid, action.version)
+        if app is None or release is None:
+            return
         for older in session.scalars(select(Release).where(
                 Release.app_id == app.id, Release.status == ReleaseStatus.DEPLOYED)):
             older.status = ReleaseStatus.SUPERSEDED
@@ -162,6 +177,8 @@ class HealthManager:
 
     def _failed(self, session: Session, action: ReleaseFailed) -> None:
         app, release = self._release(session, action.app_guid, action.version)
+        if app is None or release is None:
+            return
         release.status = ReleaseStatus.FAILED
         release.error = action.reason
         previous = session.scalar(select(Release).where(
@@ -175,7 +192,7 @@ class HealthManager:
 
     # -- the loop ------------------------------------------------------------------------
     def _hold_lock(self) -> bool:
-        ttl = int(max(5.0, self.settings.health_interval * 5) * 1000)
+        ttl = int(max(15.0, self.settings.health_interval * 5) * 1000)
         if self.redis.set(keys.HEALTH_LOCK, self.identity, nx=True, px=ttl):
             log.info("this health manager is now the active one")
             return True

@@ -9,15 +9,22 @@ from pathlib import Path
 from controller.errors import InvalidInput
 
 MAX_FILES = 100_000
+MAX_UNPACKED_BYTES = 4 * 1024**3
 
 
-def check_archive(path: Path, max_files: int = MAX_FILES) -> int:
+def check_archive(path: Path, max_files: int = MAX_FILES,
+                  max_bytes: int = MAX_UNPACKED_BYTES) -> int:
     """Return the number of entries, or raise InvalidInput naming the offending file."""
     try:
         with tarfile.open(path, "r:gz") as tar:
-            count = 0
+            count = total = 0
             for member in tar:
                 count += 1
+                total += member.size
+                if total > max_bytes:
+                    raise InvalidInput(
+                        f"the package unpacks to more than {max_bytes // 1024**3} GiB (at "
+                        f"{member.name!r}): add what need not be deployed to .paasignore.")
                 if count > max_files:
                     raise InvalidInput(
                         f"the package has more than {max_files} files: add what need not be "

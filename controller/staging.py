@@ -33,12 +33,16 @@ log = logging.getLogger("paas.controller")
 
 
 def enqueue(celery: Celery, app: App, build: Build, package: Package) -> None:
+    if "command" in build.requested:  # given with this push (None: back to the Procfile)
+        command = build.requested["command"]
+    else:  # as the app was last pushed
+        command = next((p.command for p in app.processes if p.type == "web"), None)
     request = StageRequest(
         build_guid=build.guid,
         app_guid=app.guid,
         app_name=app.name,
         package_path=package.blob_path,
-        command=build.requested.get("command"),
+        command=command,
         buildpack=build.requested.get("buildpack"),
     )
     try:

@@ -39,6 +39,12 @@ class AgentError(Exception):
     pass
 
 
+def _explain(e: Exception) -> str:
+    if isinstance(e, docker.errors.APIError):
+        return str(e.explanation or e)
+    return f"{type(e).__name__}: {e}"
+
+
 class Agent:
     def __init__(self, settings: Settings, docker_client: docker.DockerClient,
                  redis_client: redis.Redis) -> None:
@@ -48,6 +54,7 @@ class Agent:
         self.lock = threading.RLock()
         self.instances: dict[str, Instance] = {}
         self.wake = threading.Event()
+        self.publish_lock = threading.Lock()
         self._last_routes: dict[str, str] | None = None
         self._last_beat = 0.0
 
@@ -76,36 +83,52 @@ class Agent:
                 return  # a redelivered task: already started
             port = self._free_port()
             # Reserve the port before the slow part so a parallel start picks another.
-            placeholder = Instance(
+            instance = Instance(
                 guid=spec.instance_guid, container_id="", app_guid=spec.app_guid,
                 app_name=spec.app_name, release=spec.release, process_type=spec.process_type,
                 index=spec.index, host_port=port, routes=spec.routes,
                 start_timeout=spec.start_timeout, started_at=time.time(),
                 memory_mb=spec.memory_mb)
-            self.instances[spec.instance_guid] = placeholder
+            self.instances[spec.instance_guid] = instance
         try:
-            instance = inst_mod.run_container(self.docker, spec, self.settings, port)
+            container = inst_mod.create_container(self.docker, spec, self.settings, port)
         except docker.errors.ImageNotFound:
-            self._crash_placeholder(placeholder, f"the image {spec.image} is missing on agent "
-                                    f"{self.settings.agent_id}: push the app again.")
+            self._crash(instance, f"the image {spec.image} is missing on agent "
+                        f"{self.settings.agent_id}: push the app again.")
             return
-        except docker.errors.APIError as e:
-            self._crash_placeholder(placeholder, f"Docker could not start the instance: "
-                                    f"{e.explanation or e}")
+        except Exception as e:  # Docker refused, or did not answer
+            self._crash(instance, f"Docker could not create the instance: {_explain(e)}")
             return
         with self.lock:
-            if spec.instance_guid in self.instances:
-                self.instances[spec.instance_guid] = instance
+            stopped_meanwhile = instance.state == InstanceState.STOPPING
+            if not stopped_meanwhile:
+                instance.container_id = container.id
+        if stopped_meanwhile:  # a stop came while Docker was creating it
+            self._remove(container)
+            with self.lock:
+                self.instances.pop(spec.instance_guid, None)
+            return
+        try:
+            container.start()
+        except Exception as e:
+            self._remove(container)
+            self._crash(instance, f"Docker could not start the instance: {_explain(e)}")
+            return
         log.info("started %s/%s index %d release %d on port %d", spec.app_name,
                  spec.process_type, spec.index, spec.release, port)
         self.wake.set()
 
-    def _crash_placeholder(self, placeholder: Instance, reason: str) -> None:
-        log.warning("%s", reason)
-        with self.lock:
-            placeholder.state, placeholder.reason, placeholder.since = (
-                InstanceState.CRASHED, reason, time.time())
-        self.wake.set()
+    def _crash(self, instance: Instance, reason: str) -> None:
+        log.warning("%s/%s index %d: %s", instance.app_name, instance.process_type,
+                    instance.index, reason)
+        self._mark(instance, InstanceState.CRASHED, reason)
+
+    @staticmethod
+    def _remove(container) -> None:  # noqa: ANN001
+        try:
+            container.remove(force=True)
+        except docker.errors.APIError as e:
+            log.warning("could not remove container %s: %s", container.id[:12], e)
 
     def stop(self, instance_guid: str) -> None:
         """Take the instance out of the router, then SIGTERM, grace period, SIGKILL."""
@@ -113,8 +136,13 @@ class Agent:
             instance = self.instances.get(instance_guid)
             if instance is None:
                 return
+            creating = not instance.container_id and instance.state == InstanceState.STARTING
             instance.state = InstanceState.STOPPING
-        self.publish(force=True)  # routes without it, before the signal
+            if not instance.container_id and not creating:
+                self.instances.pop(instance_guid, None)  # it never got a container
+        if creating:
+            return  # start() sees STOPPING once Docker answers, and removes the container
+        self.publish()  # routes without it, before the signal
         if instance.container_id:
             try:
                 container = self.docker.containers.get(instance.container_id)
@@ -156,6 +184,8 @@ class Agent:
             if instance.state in (InstanceState.STOPPING, InstanceState.CRASHED):
                 continue
             if not instance.container_id:
+                if now - instance.started_at > instance.start_timeout + 60:
+                    self._crash(instance, "Docker did not create the container in time")
                 continue  # still being created
             container = containers.get(instance.container_id)
             if container is None:
@@ -192,7 +222,8 @@ class Agent:
     def _mark(self, instance: Instance, state: str, reason: str | None = None,
               exit_code: int | None = None) -> None:
         with self.lock:
-            if instance.state == state:
+            # STOPPING and CRASHED are final: a late probe must not bring an instance back.
+            if instance.state in (state, InstanceState.STOPPING, InstanceState.CRASHED):
                 return
             instance.state, instance.reason, instance.exit_code = state, reason, exit_code
             instance.since = time.time()
@@ -222,7 +253,11 @@ class Agent:
         return table
 
     def publish(self, force: bool = False) -> None:
-        """Heartbeat and route table to Redis; routes only when they changed (or to refresh)."""
+        """Heartbeat and route table to Redis; routes rewritten when changed (or forced)."""
+        with self.publish_lock:  # one at a time, so an older table never lands last
+            self._publish(force)
+
+    def _publish(self, force: bool) -> None:
         ttl_ms = int(self.settings.heartbeat_ttl * 1000)
         beat = self.heartbeat()
         table = self.routes()
@@ -245,10 +280,13 @@ class Agent:
         self._last_beat = time.monotonic()
 
     def run(self, stop: threading.Event) -> None:
-        self.adopt()
         last_states: dict[str, str] = {}
+        adopted = False
         while not stop.is_set():
             try:
+                if not adopted:
+                    self.adopt()
+                    adopted = True
                 self.refresh()
                 with self.lock:
                     states = {g: i.state for g, i in self.instances.items()}
@@ -259,6 +297,10 @@ class Agent:
                     last_states = states
             except (redis.RedisError, docker.errors.DockerException, OSError) as e:
                 log.warning("monitor: %s (retrying)", e)
+                starting = False
+                stop.wait(1.0)
+            except Exception:  # never let the monitor die while the worker takes starts
+                log.exception("monitor: unexpected error (retrying)")
                 starting = False
                 stop.wait(1.0)
             self.wake.wait(FAST_TICK if starting else 0.5)

@@ -98,8 +98,9 @@ def vcap_application(spec: InstanceSpec, settings: Settings) -> str:
     })
 
 
-def run_container(client: docker.DockerClient, spec: InstanceSpec, settings: Settings,
-                  host_port: int) -> Instance:
+def create_container(client: docker.DockerClient, spec: InstanceSpec, settings: Settings,
+                     host_port: int):  # noqa: ANN201
+    """Create (not start) the instance's container; ImageNotFound if the image is missing."""
     started_at = time.time()
     env = {
         **spec.env,
@@ -128,11 +129,10 @@ def run_container(client: docker.DockerClient, spec: InstanceSpec, settings: Set
         LABEL_STARTED_AT: str(started_at),
         LABEL_MEMORY: str(spec.memory_mb),
     }
-    container = client.containers.run(
+    return client.containers.create(
         spec.image,
         command=["/bin/sh", "-c", LAUNCH],
         name=f"paas-{spec.app_name}-{spec.process_type}-{spec.index}-{spec.instance_guid[:8]}",
-        detach=True,
         environment=env,
         labels=labels,
         user=RUN_USER,
@@ -146,11 +146,6 @@ def run_container(client: docker.DockerClient, spec: InstanceSpec, settings: Set
         ports={f"{CONTAINER_PORT}/tcp": (settings.agent_address, host_port)},
         log_config={"type": "json-file", "config": {"max-size": "10m", "max-file": "2"}},
     )
-    return Instance(
-        guid=spec.instance_guid, container_id=container.id, app_guid=spec.app_guid,
-        app_name=spec.app_name, release=spec.release, process_type=spec.process_type,
-        index=spec.index, host_port=host_port, routes=spec.routes,
-        start_timeout=spec.start_timeout, started_at=started_at, memory_mb=spec.memory_mb)
 
 
 def last_log_line(container) -> str | None:  # noqa: ANN001

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -38,13 +39,17 @@ def free_port() -> int:
 
 
 class Sandbox:
-    def __init__(self, redis_db: int = 13, **overrides: object) -> None:
+    """A platform of its own: data dir, ports, a private redis-server, a platform id."""
+
+    def __init__(self, **overrides: object) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="paas-sandbox-"))
         self.platform_id = f"sandbox-{uuid.uuid4().hex[:8]}"
+        self.redis_port = free_port()
+        self.redis: subprocess.Popen | None = None
         base = 62000 + (os.getpid() % 50) * 40
         defaults: dict[str, object] = dict(
             data_dir=str(self.root / "data"),
-            redis_url=f"redis://127.0.0.1:6379/{redis_db}",
+            redis_url=f"redis://127.0.0.1:{self.redis_port}/0",
             platform_id=self.platform_id,
             api_port=free_port(),
             router_port=free_port(),
@@ -62,7 +67,7 @@ class Sandbox:
         self.token = ""
 
     def start(self) -> Sandbox:
-        redis.Redis.from_url(self.settings.redis_url).flushdb()
+        self._start_redis()
         self.token = self.platform.prepare()
         self.platform.start()
         self.platform.wait_ready()
@@ -70,6 +75,25 @@ class Sandbox:
         (self.home / "config").write_text(json.dumps(
             {"target": self.settings.api_url, "token": self.token}))
         return self
+
+    def _start_redis(self) -> None:
+        self.redis = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.redis_port),
+             "--save", "", "--appendonly", "no", "--dir", str(self.root)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.redis_port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError as e:
+                if time.monotonic() > deadline or self.redis.poll() is not None:
+                    raise RuntimeError(
+                        f"redis-server did not start on port {self.redis_port}") from e
+                time.sleep(0.05)
+            finally:
+                client.close()
 
     def __enter__(self) -> Sandbox:
         try:
@@ -110,6 +134,9 @@ class Sandbox:
     # -- cleaning up -----------------------------------------------------------------------
     def close(self) -> None:
         self.platform.stop()
+        if self.redis is not None:
+            self.redis.terminate()
+            self.redis.wait(10)
         remove_labelled(self.platform_id)
         shutil.rmtree(self.root, ignore_errors=True)
 

@@ -96,10 +96,10 @@ class Platform:
                     sys.stdout.write(f"{name:>10} | {line.decode('utf-8', 'replace')}")
                     sys.stdout.flush()
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
+    def wait_ready(self, timeout: float = 60.0, stop: threading.Event | None = None) -> None:
         deadline = time.monotonic() + timeout
         api = f"{self.settings.api_url}/v1/info"
-        while True:
+        while not (stop and stop.is_set()):
             self._check_alive()
             ok_api = _answers(api)
             ok_router = _port_open(self.settings.router_host, self.settings.router_port)
@@ -207,14 +207,28 @@ def main(quiet: bool, no_login: bool) -> None:
     """Run the whole platform in the foreground until Ctrl-C."""
     settings = settings_mod.load()
     platform = Platform(settings, echo=not quiet)
+    stop = threading.Event()
+
+    def _stop(*_: object) -> None:
+        stop.set()
+        platform.stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     try:
         _check_ports(settings)
         token = platform.prepare()
         platform.start()
-        platform.wait_ready()
+        platform.wait_ready(stop=stop)
     except LaunchError as e:
         platform.stop()
         raise click.ClickException(str(e)) from e
+    except BaseException:
+        platform.stop()
+        raise
+    if stop.is_set():
+        platform.stop()
+        return
     if not no_login:
         from cli.config import Config
 
@@ -234,14 +248,6 @@ def main(quiet: bool, no_login: bool) -> None:
 
   Ctrl-C stops the platform; app containers keep running and are re-adopted next time.
 """, err=False)
-    stop = threading.Event()
-
-    def _stop(*_: object) -> None:
-        stop.set()
-        platform.stopping = True
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
     supervisor = threading.Thread(target=platform.supervise, daemon=True)
     supervisor.start()
     stop.wait()

@@ -16,6 +16,14 @@ command -v dockerd >/dev/null || need+=(docker.io)
 command -v redis-server >/dev/null || need+=(redis-server)
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || need+=(nginx)
 command -v debootstrap >/dev/null || need+=(debootstrap)
+# Debian's docker.io (20.10) needs apparmor_parser where the kernel enforces AppArmor.
+if [ "$(cat /sys/module/apparmor/parameters/enabled 2>/dev/null)" = Y ]; then
+  command -v apparmor_parser >/dev/null || need+=(apparmor)
+fi
+# A venv needs ensurepip, which Debian ships apart (python3-venv).
+if [ -z "${PYTHON:-}" ] && [ "$(command -v python3)" = /usr/bin/python3 ]; then
+  python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
+fi
 for extra in ${PAAS_SETUP_EXTRA_PACKAGES:-}; do
   dpkg -s "$extra" >/dev/null 2>&1 || need+=("$extra")
 done
@@ -34,31 +42,43 @@ python=${PYTHON:-python3}
   || die "Python 3.11 or newer is needed as '$python': install python3 (or set PYTHON=/path/to/python3.11)."
 stamp=.venv/.paas-installed
 want=$(sha256sum pyproject.toml | cut -c1-16)
-if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  say "installing the project into .venv"
-  [ -x .venv/bin/python ] || "$python" -m venv .venv
-  .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q -e '.[test]'
+if [ ! -x .venv/bin/pip ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  say "installing the project into .venv (log: .venv/install.log)"
+  if [ ! -x .venv/bin/pip ]; then
+    rm -rf .venv
+    "$python" -m venv .venv || die "could not create a venv with '$python': install python3-venv and run this again."
+  fi
+  if ! { .venv/bin/pip install --upgrade pip && .venv/bin/pip install -e '.[test]'; } \
+      > .venv/install.log 2>&1; then
+    tail -n 20 .venv/install.log >&2
+    die "installing the project's Python packages failed (the lines above say why)."
+  fi
   echo "$want" > "$stamp"
 fi
 
 # --- dockerd and redis-server ----------------------------------------------------------
-wait_for() {  # $1 what, $2 seconds, rest: command that succeeds once it answers
-  local what=$1 secs=$2; shift 2
+wait_for() {  # $1 what, $2 seconds, $3 log, rest: command that succeeds once it answers
+  local what=$1 secs=$2 log=$3; shift 3
   for _ in $(seq "$((secs * 10))"); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-  die "$what did not answer within ${secs}s."
+  tail -n 15 "$log" >&2 2>/dev/null || true
+  die "$what did not answer within ${secs}s (its log: $log)."
 }
 if ! docker info >/dev/null 2>&1; then
   [ "$(id -u)" = 0 ] || die "the Docker engine is not running and only root can start it here: start dockerd (or add yourself to the docker group) and run this again."
+  if ! pgrep -x dockerd >/dev/null; then
+    # Pid files left by a dockerd that did not stop cleanly would stop a new one.
+    rm -f /var/run/docker.pid /var/run/docker/containerd/containerd.pid
+  fi
   say "starting dockerd (log: /var/log/paas-dockerd.log)"
-  nohup dockerd >/var/log/paas-dockerd.log 2>&1 &
-  wait_for dockerd 60 docker info
+  # Its own session: Ctrl-C on `make up` must not stop the engine (and every app with it).
+  setsid nohup dockerd >/var/log/paas-dockerd.log 2>&1 < /dev/null &
+  wait_for dockerd 60 /var/log/paas-dockerd.log docker info
 fi
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   say "starting redis-server on 127.0.0.1:6379"
   redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --save '' --appendonly no \
     --logfile /var/log/paas-redis.log >/dev/null
-  wait_for redis-server 20 redis-cli -h 127.0.0.1 -p 6379 ping
+  wait_for redis-server 20 /var/log/paas-redis.log redis-cli -h 127.0.0.1 -p 6379 ping
 fi
 
 # --- the stack images ----------------------------------------------------------------

@@ -140,7 +140,8 @@ def _push_options() -> dict[str, object]:
         cmd = options["command"]
         if not isinstance(cmd, str) or not cmd.strip() or "\n" in cmd:
             raise InvalidInput("the start command must be one non-empty line.")
-        requested["command"] = cmd.strip()
+        # As in Cloud Foundry, "null" or "default" goes back to the Procfile's command.
+        requested["command"] = None if cmd.strip() in ("null", "default") else cmd.strip()
     return requested
 
 

@@ -34,7 +34,12 @@ def show_build(guid: str):  # noqa: ANN201
     build = find_build(guid)
     staging.settle(g.db, current_app.extensions["paas.redis"],
                    current_app.config["PAAS_SETTINGS"], build)
-    return jsonify(present_build(build))
+    build = find_build(guid)
+    body = present_build(build)
+    if build.state == BuildState.SUCCEEDED:
+        release = g.db.scalar(select(Release).join(Droplet).where(Droplet.build_id == build.id))
+        body["release"] = release.version if release else None
+    return jsonify(body)
 
 
 @v1.get("/builds/<guid>/log")
@@ -69,6 +74,15 @@ def _follow(app, guid: str) -> Iterator[str]:  # noqa: ANN001
                     "utf-8", "replace")})
         if not ended:
             if _finished_without_stream(app, guid):
+                # The end marker may still be on its way: send what the stream has.
+                start = last_id.decode() if isinstance(last_id, bytes) else last_id
+                for entry_id, fields in client.xrange(
+                        stream, min=f"({start}" if start != "0" else "-"):
+                    if b"end" in fields:
+                        break
+                    yield _line({"type": "log", "text": fields.get(b"line", b"").decode(
+                        "utf-8", "replace")})
+                    last_id = entry_id
                 ended = True
             elif time.monotonic() - last_sent > PING_EVERY:
                 last_sent = time.monotonic()

@@ -10,7 +10,7 @@ from buildpacks import procfile, registry
 from buildpacks.errors import NoBuildpack
 
 
-@pytest.mark.parametrize("marker", ["requirements.txt", "pyproject.toml", "setup.py", "Pipfile"])
+@pytest.mark.parametrize("marker", ["requirements.txt", "pyproject.toml", "setup.py"])
 def test_python_apps_are_detected(tmp_path: Path, marker: str):
     (tmp_path / marker).write_text("")
     assert registry.detect(tmp_path).name == "python"
