@@ -128,7 +128,7 @@ def push(name: str | None, path: Path, command: str | None, instances: int | Non
             else "nothing is serving"
         raise click.ClickException(
             f"release {version} did not start ({serving}): {release['error']}")
-    app = api.get(f"/apps/{name}")
+    app = _wait_for_cutover(api, name, version)
     _wait_for_route(app["urls"][0])
     _print_app(app)
     console.print(f"\n[bold green]{name}[/] is running at [bold]{app['urls'][0]}[/] "
@@ -155,6 +155,17 @@ def _wait_for_release(api: Client, name: str, version: int, timeout: float) -> d
             raise click.ClickException(
                 f"release {version} was not serving after {timeout:.0f} s; "
                 f"'paas app {name}' shows its instances.")
+        time.sleep(0.1)
+
+
+def _wait_for_cutover(api: Client, name: str, version: int, timeout: float = 30.0) -> dict:
+    """Wait until no instance of an older release is left, so the URL serves the new one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        app = api.get(f"/apps/{name}")
+        old = [i for i in app.get("instances", []) if i["release"] != version]
+        if not old or time.monotonic() > deadline:
+            return app
         time.sleep(0.1)
 
 

@@ -27,6 +27,9 @@ CONVERGE = f"{PREFIX}:converge"
 HEALTH_LOCK = f"{PREFIX}:health-lock"
 # String: the router's last successful reload, as JSON.
 ROUTER_STATUS = f"{PREFIX}:router-status"
+# String: when the router last read the route table (epoch seconds) and made nginx equal to
+# it; an agent waits for this to pass the moment it removed a route before it signals.
+ROUTER_SYNCED = f"{PREFIX}:router-synced"
 
 
 def build_log(build_guid: str) -> str:

@@ -142,7 +142,9 @@ class Agent:
                 self.instances.pop(instance_guid, None)  # it never got a container
         if creating:
             return  # start() sees STOPPING once Docker answers, and removes the container
+        removed_at = time.time()
         self.publish()  # routes without it, before the signal
+        self._wait_for_router(removed_at)
         if instance.container_id:
             try:
                 container = self.docker.containers.get(instance.container_id)
@@ -157,6 +159,18 @@ class Agent:
         log.info("stopped %s/%s index %d release %d", instance.app_name,
                  instance.process_type, instance.index, instance.release)
         self.publish(force=True)
+
+    def _wait_for_router(self, since: float, timeout: float = 2.0) -> None:
+        """Wait until the router has read the route table published at ``since``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                synced = self.redis.get(keys.ROUTER_SYNCED)
+            except redis.RedisError:
+                return
+            if synced is None or float(synced) >= since:
+                return
+            time.sleep(0.02)
 
     def _free_port(self) -> int:
         used = {i.host_port for i in self.instances.values()}

@@ -98,16 +98,25 @@ class Router:
 
     def sync(self) -> bool:
         """Re-read the route table; reload nginx if the config changed. True if it reloaded."""
+        read_at = time.time()
         routes = self.read_routes()
         text = self.render(routes)
         if text in (self._applied, self._rejected):
+            self._synced(read_at)
             return False
         if not self.nginx.apply(text):
             self._rejected = text
             return False
         self._applied, self._rejected = text, None
         self._reloaded(routes)
+        self._synced(read_at)
         return True
+
+    def _synced(self, read_at: float) -> None:
+        try:
+            self.redis.set(keys.ROUTER_SYNCED, repr(read_at))
+        except redis.RedisError as e:
+            log.warning("could not record the router's sync time in Redis: %s", e)
 
     def run(self, stop_event: threading.Event) -> None:
         """Start nginx, follow the route table until ``stop_event`` is set, stop nginx."""
