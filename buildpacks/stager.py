@@ -24,6 +24,7 @@ import docker
 import docker.errors
 import redis
 import requests
+import yaml
 
 from buildpacks import procfile, registry
 from buildpacks.errors import CompileFailed, NoStartCommand, StagingError, StagingTimeout
@@ -89,9 +90,12 @@ class Stager:
                 tar.extractall(app_dir, filter="data")
             bp = registry.detect(app_dir, request.buildpack)
             out.line(f"-----> Buildpack: {bp.name}")
-            processes = self._process_types(app_dir, request)
+            declared = _procfile(app_dir)
+            if request.command:
+                declared["web"] = request.command
             app_tar = _tar_folder(app_dir, "app", uid=RUN_UID)
-        app_part, layers = self._compile(request, bp, app_tar, out)
+        app_part, layers, defaults = self._compile(request, bp, app_tar, out)
+        processes = process_types(defaults, declared)
         droplet = Droplet(self.blob_root, app_part, layers)
         digest, path = droplet.store()
         size = sum((self.blob_root / p).stat().st_size for p in droplet.blob_paths())
@@ -103,21 +107,10 @@ class Stager:
                            droplet_size=size, image=image, buildpack=bp.name,
                            process_types=processes)
 
-    @staticmethod
-    def _process_types(app_dir: Path, request: StageRequest) -> dict[str, str]:
-        path = app_dir / "Procfile"
-        processes = procfile.parse(path.read_text(errors="replace")) if path.is_file() else {}
-        if request.command:
-            processes["web"] = request.command
-        if "web" not in processes:
-            raise NoStartCommand("no start command: add a Procfile with a 'web:' line, "
-                                 "or pass one with -c.")
-        return processes
-
     # -- compile in a container ------------------------------------------------------------
     def _compile(self, request: StageRequest, bp: registry.Buildpack, app_tar: bytes,
-                 out: StreamWriter) -> tuple[bytes, list[Layer]]:
-        """Run the buildpack; return the app part of /app and its layers.
+                 out: StreamWriter) -> tuple[bytes, list[Layer], dict[str, str]]:
+        """Run the buildpack; return the app part of /app, its layers, its default processes.
 
         Folders the buildpack lists in ``/app/.paas/layers`` (``DIR KEY`` lines) are layers
         of their own, stored once per key. Keys the blobstore already holds are given to
@@ -189,7 +182,8 @@ class Stager:
                 if not key.strip() or not (self.blob_root / layer.blob_path).exists():
                     layer = self._fetch_layer(container, layer)
                 layers.append(layer)
-            return app_part, layers
+            release = _read_single_file(container, "/tmp/paas/release.yml")
+            return app_part, layers, _default_process_types(release, bp.name)
         finally:
             try:
                 container.remove(force=True)
@@ -274,7 +268,12 @@ class Stager:
 DRIVER = r"""
 set -e
 bp=$1
-python3 "/buildpacks/$bp/bin/compile" /app /cache /tmp/env
+"/buildpacks/$bp/bin/compile" /app /cache /tmp/env
+if [ -x "/buildpacks/$bp/bin/release" ]; then
+  "/buildpacks/$bp/bin/release" /app > /tmp/paas/release.yml
+else
+  : > /tmp/paas/release.yml
+fi
 : > /tmp/paas/exclude
 : > /tmp/paas/layers
 if [ -f /app/.paas/layers ]; then
@@ -333,6 +332,35 @@ class Droplet:
 
     def blob_paths(self) -> list[str]:
         return [self.app_path, *(lay.blob_path for lay in self.layers)]
+
+
+def _procfile(app_dir: Path) -> dict[str, str]:
+    path = app_dir / "Procfile"
+    return procfile.parse(path.read_text(errors="replace")) if path.is_file() else {}
+
+
+def _default_process_types(release: bytes, buildpack: str) -> dict[str, str]:
+    """``default_process_types`` from the YAML a buildpack's ``bin/release`` printed."""
+    if not release.strip():
+        return {}
+    try:
+        data = yaml.safe_load(release)
+    except yaml.YAMLError as e:
+        raise StagingError(f"the {buildpack} buildpack's bin/release printed invalid YAML: "
+                           f"{e}") from e
+    types = (data or {}).get("default_process_types") if isinstance(data, dict) else None
+    if not isinstance(types, dict):
+        return {}
+    return {str(k): str(v) for k, v in types.items() if v}
+
+
+def process_types(defaults: dict[str, str], declared: dict[str, str]) -> dict[str, str]:
+    """The buildpack's defaults, overridden by the Procfile and -c; there must be a web one."""
+    processes = {**defaults, **declared}
+    if "web" not in processes:
+        raise NoStartCommand("no start command: add a Procfile with a 'web:' line, "
+                             "or pass one with -c.")
+    return processes
 
 
 def _layer_prefix(settings: Settings, app_guid: str) -> str:

@@ -7,19 +7,23 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import click
 import requests
 from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
+from cli import manifest as manifest_mod
 from cli.client import ApiError, Client
 from cli.config import Config
-from cli.package import pack
+from cli.manifest import AppManifest, parse_size
+from cli.package import collect, pack
 
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)
 
 
 def client() -> Client:
@@ -69,44 +73,65 @@ def _default_name(path: Path) -> str:
 @main.command()
 @click.argument("name", required=False)
 @click.option("-p", "--path", "path", type=click.Path(file_okay=False, path_type=Path),
-              default=".", help="The app's folder (default: this one).")
+              help="The app's folder (default: the manifest's path, else this folder).")
+@click.option("-f", "--manifest", "manifest_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="The manifest (default: manifest.yml in the app's folder, if any).")
 @click.option("-c", "--command",
               help="Start command of the web process (overrides the Procfile; kept for later "
                    "pushes; 'default' goes back to the Procfile).")
 @click.option("-i", "--instances", type=click.IntRange(0, 100), help="Number of instances.")
 @click.option("-m", "--memory", "memory", help="Memory per instance, e.g. 256M or 1G.")
+@click.option("-b", "--buildpack", help="Use this buildpack instead of detecting one.")
 @click.option("--wait-timeout", type=float, default=300.0, show_default=True,
               help="Seconds to wait for the new release to serve.")
-def push(name: str | None, path: Path, command: str | None, instances: int | None,
-         memory: str | None, wait_timeout: float) -> None:
-    """Push the app in PATH as NAME (default: the folder's name): stage, release, run."""
-    if not path.is_dir():
-        raise click.ClickException(f"{path} is not a folder: pass the app's folder with -p.")
-    name = name or _default_name(path)
+def push(name: str | None, path: Path | None, manifest_path: Path | None, command: str | None,
+         instances: int | None, memory: str | None, buildpack: str | None,
+         wait_timeout: float) -> None:
+    """Push the app in PATH as NAME: stage, release, run.
+
+    NAME defaults to the manifest's name, else the folder's name. Flags override the manifest.
+    """
+    folder = path or Path(".")
+    manifest = load_manifest(manifest_path or folder / "manifest.yml", name)
+    if manifest is not None and path is None and manifest.path:
+        folder = (manifest_path or folder / "manifest.yml").parent / manifest.path
+    if not folder.is_dir():
+        raise click.ClickException(f"{folder} is not a folder: pass the app's folder with -p.")
+    name = name or (manifest.name if manifest else None) or _default_name(folder)
     if not NAME_RE.match(name):
         raise click.ClickException(
             f"{name!r} is not a valid app name: use 1 to 63 lower-case letters, digits and "
             "hyphens, starting and ending with a letter or digit.")
-    options: dict[str, object] = {}
-    if command is not None:
-        options["command"] = command
-    if instances is not None:
-        options["instances"] = instances
-    if memory is not None:
-        options["memory_mb"] = parse_memory(memory)
+    options = _push_options(manifest, command, instances, memory, buildpack)
 
     api = client()
     started = time.monotonic()
     try:
-        tarball, count = pack(path)
+        entries = collect(folder)
+    except OSError as e:
+        raise click.ClickException(f"could not read the app folder: {e}") from e
+    fingerprinted = [e for e in entries if e.sha1]
+    cached: set[str] = set()
+    if fingerprinted:
+        found = api.post(f"/apps/{name}/resource_match", json={"resources": [
+            {"sha1": e.sha1, "size": e.size} for e in fingerprinted]})["resources"]
+        cached = {r["sha1"] for r in found}
+    matched = [{"path": e.path, "sha1": e.sha1, "mode": e.mode} for e in fingerprinted
+               if e.sha1 in cached]
+    try:
+        tarball = pack(entries, cached)
     except OSError as e:
         raise click.ClickException(f"could not read the app folder: {e}") from e
     try:
-        console.print(f"Pushing [bold]{name}[/] ({count} files, "
-                      f"{tarball.stat().st_size / 1e6:.1f} MB)")
-        with tarball.open("rb") as f:
-            pushed = api.post(f"/apps/{name}/push", files={"package": ("app.tar.gz", f)},
-                              data={"options": json.dumps(options)}, timeout=600)
+        size = tarball.stat().st_size
+        n = len(matched)
+        reused = f", {n} unchanged large file{'s' * (n != 1)} not uploaded" if n else ""
+        console.print(f"Pushing [bold]{name}[/] ({len(entries)} files, upload "
+                      f"{size / 1e6:.1f} MB{reused})")
+        with tarball.open("rb") as f, _upload_progress(f, size) as body:
+            pushed = api.post(f"/apps/{name}/push", files={"package": ("app.tar.gz", body)},
+                              data={"options": json.dumps(options),
+                                    "resources": json.dumps(matched)}, timeout=600)
     finally:
         tarball.unlink(missing_ok=True)
     build = pushed["build"]
@@ -133,6 +158,70 @@ def push(name: str | None, path: Path, command: str | None, instances: int | Non
     _print_app(app)
     console.print(f"\n[bold green]{name}[/] is running at [bold]{app['urls'][0]}[/] "
                   f"(pushed in {time.monotonic() - started:.1f} s)")
+
+
+def load_manifest(path: Path, name: str | None) -> AppManifest | None:
+    manifest = manifest_mod.load(path, name)
+    if manifest is None:
+        return None
+    ignored = [label for label, value in (
+        ("routes", manifest.routes), ("no-route", manifest.no_route),
+        ("disk_quota", manifest.disk_mb), ("health-check-type", manifest.health_check_type),
+        ("health-check-http-endpoint", manifest.health_check_http_endpoint),
+        ("timeout", manifest.timeout), ("processes", manifest.processes)) if value]
+    if ignored:
+        console.print(f"[yellow]note:[/] {path.name}: {', '.join(ignored)} "
+                      "not applied yet by this platform (the app gets its default route and "
+                      "a port health check).")
+    return manifest
+
+
+def _push_options(manifest: AppManifest | None, command: str | None, instances: int | None,
+                  memory: str | None, buildpack: str | None) -> dict[str, object]:
+    m = manifest or AppManifest()
+    options: dict[str, object] = {}
+    if command is not None or m.command is not None:
+        options["command"] = command if command is not None else m.command
+    if instances is not None or m.instances is not None:
+        options["instances"] = instances if instances is not None else m.instances
+    if memory is not None:
+        options["memory_mb"] = parse_memory(memory)
+    elif m.memory_mb is not None:
+        options["memory_mb"] = m.memory_mb
+    if buildpack or m.buildpacks:
+        options["buildpack"] = buildpack or m.buildpacks[0]
+    if m.env:
+        options["env"] = m.env
+    return options
+
+
+class _upload_progress:  # noqa: N801  (a context manager used like a function)
+    """A progress bar over the upload when it is large enough to wait for."""
+
+    SHOW_FROM = 4 * 1024 * 1024
+
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        self.f, self.size = f, size
+        self.progress: Progress | None = None
+
+    def __enter__(self) -> BinaryIO | _upload_progress:
+        if self.size < self.SHOW_FROM or not console.is_terminal:
+            return self.f
+        self.progress = Progress(TextColumn("   uploading"), BarColumn(),
+                                 DownloadColumn(), TransferSpeedColumn(), console=console)
+        self.progress.start()
+        self.task = self.progress.add_task("upload", total=self.size)
+        return self
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self.f.read(n)
+        if self.progress is not None:
+            self.progress.advance(self.task, len(chunk))
+        return chunk
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
 
 
 def _wait_for_build(api: Client, guid: str, timeout: float = 1200) -> dict:
@@ -189,11 +278,10 @@ def _wait_for_route(url: str, timeout: float = 5.0) -> None:
 
 
 def parse_memory(text: str) -> int:
-    match = re.fullmatch(r"\s*(\d+)\s*([MmGg])?[Bb]?\s*", text)
-    if not match:
+    size = parse_size(text)
+    if size is None or size <= 0:
         raise click.BadParameter(f"{text!r} is not a memory size: use e.g. 256M or 1G.")
-    value, unit = int(match.group(1)), (match.group(2) or "M").upper()
-    return value * 1024 if unit == "G" else value
+    return size
 
 
 def _since(ts: float | None) -> str:

@@ -143,7 +143,7 @@ def _release(session: Session, app: App, build: Build, result: StageResult) -> R
         app_id=app.id,
         version=version,
         droplet=droplet,
-        env=dict(previous.env) if previous else {},
+        env={**(previous.env if previous else {}), **build.requested.get("env", {})},
         status=ReleaseStatus.DEPLOYING,
     )
     session.add(release)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 
 from flask import current_app, g, jsonify, request
 from sqlalchemy import select
 
 from contracts.messages import InstanceReport
-from controller import events, packages, staging
+from controller import events, packages, resources, staging
 from controller.actual import instances_by_app, nudge, read_heartbeats
 from controller.api import v1
 from controller.auth import Action, authorize, current_identity
@@ -23,6 +24,9 @@ from controller.models import (
     iso,
     validate_name,
 )
+
+BUILDPACK_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _settings():  # noqa: ANN202
@@ -142,7 +146,34 @@ def _push_options() -> dict[str, object]:
             raise InvalidInput("the start command must be one non-empty line.")
         # As in Cloud Foundry, "null" or "default" goes back to the Procfile's command.
         requested["command"] = None if cmd.strip() in ("null", "default") else cmd.strip()
+    if options.get("buildpack") is not None:
+        bp = options["buildpack"]
+        if not isinstance(bp, str) or not BUILDPACK_NAME.match(bp):
+            raise InvalidInput(f"{bp!r} is not a buildpack name.")
+        requested["buildpack"] = bp
+    if options.get("env") is not None:
+        env = options["env"]
+        if not isinstance(env, dict) or not all(
+                isinstance(k, str) and ENV_NAME.match(k) and isinstance(v, str)
+                for k, v in env.items()):
+            raise InvalidInput("env must map variable names (letters, digits, _) to text.")
+        requested["env"] = env
     return requested
+
+
+@v1.post("/apps/<name>/resource_match")
+def resource_match(name: str):  # noqa: ANN201
+    """Which of these files (by sha1 and size) the app's team has cached already."""
+    validate_name(name)
+    ident = current_identity()
+    app = g.db.scalar(select(App).where(App.name == name))
+    if app is not None:
+        authorize(ident, Action.WRITE, app)
+    body = request.get_json(silent=True) or {}
+    team_id = app.team_id if app is not None else ident.team_id
+    found = resources.match(current_app.extensions["paas.blobstore"], team_id,
+                            body.get("resources"))
+    return jsonify({"resources": found})
 
 
 @v1.post("/apps/<name>/push")
@@ -168,26 +199,34 @@ def push(name: str):  # noqa: ANN201
     blobs = current_app.extensions["paas.blobstore"]
     package = Package(guid=str(uuid.uuid4()))
     package.blob_path = f"packages/{package.guid}.tar.gz"
+    uploaded = f"uploads/{package.guid}.tar.gz"
     try:
-        package.digest, package.size = blobs.put_stream(
-            package.blob_path, upload.stream, limit=settings.max_upload_bytes)
+        blobs.put_stream(uploaded, upload.stream, limit=settings.max_upload_bytes)
     except OverflowError as e:
         raise TooLarge(
             f"the package is larger than {settings.max_upload_bytes // (1024 * 1024)} MiB: "
             "add what need not be deployed to .paasignore.") from e
     try:
+        packages.check_archive(blobs.path(uploaded))
+        matched = resources.parse_matched(request.form.get("resources"))
+        team_id = app.team_id or ident.team_id
+        package.digest, package.size = resources.assemble(
+            blobs, team_id, blobs.path(uploaded), matched, package.blob_path)
         packages.check_archive(blobs.path(package.blob_path))
         g.db.flush()
         package.app_id = app.id
         build = Build(app=app, package=package, requested=requested)
         g.db.add_all([package, build])
-        events.record(g.db, "app.pushed", ident.name, app, build=build.guid,
-                      created=created, **{k: v for k, v in requested.items() if k != "command"})
+        events.record(g.db, "app.pushed", ident.name, app, build=build.guid, created=created,
+                      **{k: v for k, v in requested.items() if k not in ("command", "env")},
+                      env_names=sorted(requested.get("env", {})))
         g.db.commit()
     except BaseException:
         g.db.rollback()
         blobs.delete(package.blob_path)
         raise
+    finally:
+        blobs.delete(uploaded)
     try:
         staging.enqueue(current_app.extensions["paas.celery"], app, build, package)
     except Exception:

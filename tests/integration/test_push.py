@@ -76,3 +76,34 @@ def _containers(platform) -> list:  # noqa: ANN001
 
     return docker.from_env().containers.list(all=True, filters={"label": [
         f"paas.platform={platform.platform_id}", "paas.kind=instance"]})
+
+
+def test_manifest_and_resource_matching(platform, fixtures, tmp_path):  # noqa: ANN001
+    import hashlib
+    import json
+    import os
+
+    app = copy_fixture(fixtures, "flask-hello", tmp_path)
+    (app / "manifest.yml").write_text(
+        "applications:\n- name: manifested\n  instances: 2\n  memory: 128M\n"
+        "  env:\n    GREETING: hi from the manifest\n")
+    blob = os.urandom(2 * 1024 * 1024)
+    (app / "asset.bin").write_bytes(blob)
+    host = platform.app_host("manifested")
+
+    first = platform.paas("push", "-p", str(app))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "not uploaded" not in first.stdout
+    assert "hi from the manifest" in platform.router_get(host).text
+    shown = json.loads(platform.paas("app", "manifested", "--json").stdout)
+    assert shown["instances_desired"] == 2
+    assert [i["state"] for i in shown["instances"]] == ["RUNNING", "RUNNING"]
+    assert shown["processes"][0]["memory_mb"] == 128
+
+    # The large file is cached: the re-push leaves it out, and the app still has it.
+    (app / "app.py").write_text((app / "app.py").read_text() + "\n# changed\n")
+    second = platform.paas("push", "-p", str(app))
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "1 unchanged large file not uploaded" in second.stdout
+    assert platform.router_get(host, "/sha1/asset.bin").text == hashlib.sha1(blob).hexdigest()
+    assert platform.paas("delete", "manifested", "-f").returncode == 0

@@ -6,7 +6,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import main, parse_memory
-from cli.package import ignored, pack
+from cli.manifest import load as load_manifest
+from cli.package import RESOURCE_MIN, collect, pack
 
 
 @pytest.fixture
@@ -39,17 +40,82 @@ def test_memory_sizes(text: str, mb: int):
     assert parse_memory(text) == mb
 
 
-def test_pack_skips_ignored_files(tmp_path):  # noqa: ANN001
+def test_pack_follows_gitignore_rules(tmp_path):  # noqa: ANN001
     (tmp_path / "app.py").write_text("x")
     (tmp_path / ".git").mkdir()
     (tmp_path / ".git" / "HEAD").write_text("x")
     (tmp_path / "secret.env").write_text("x")
-    (tmp_path / ".paasignore").write_text("# comment\n*.env\n")
-    tarball, count = pack(tmp_path)
+    (tmp_path / "keep.env").write_text("x")
+    (tmp_path / "manifest.yml").write_text("applications: []\n")
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "out.o").write_text("x")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "build").write_text("a file, not the folder")
+    (tmp_path / ".paasignore").write_text("# comment\n*.env\n!keep.env\nbuild/\n")
+    entries = collect(tmp_path)
+    assert [e.path for e in entries] == ["app.py", "docs/build", "keep.env"]
+    tarball = pack(entries)
     import tarfile
 
     with tarfile.open(tarball) as tar:
-        assert tar.getnames() == ["app.py"]
-    assert count == 1
+        assert tar.getnames() == ["app.py", "docs/build", "keep.env"]
     tarball.unlink()
-    assert ignored("deep/x/__pycache__", [".git", "__pycache__"])
+
+
+def test_node_modules_skipped_for_node_apps(tmp_path):  # noqa: ANN001
+    (tmp_path / "package.json").write_text("{}")
+    (tmp_path / "node_modules" / "x").mkdir(parents=True)
+    (tmp_path / "node_modules" / "x" / "index.js").write_text("")
+    assert [e.path for e in collect(tmp_path)] == ["package.json"]
+
+
+def test_large_files_are_fingerprinted_and_can_be_left_out(tmp_path):  # noqa: ANN001
+    (tmp_path / "big.bin").write_bytes(b"b" * RESOURCE_MIN)
+    (tmp_path / "small.txt").write_text("s")
+    entries = collect(tmp_path)
+    big = next(e for e in entries if e.path == "big.bin")
+    assert big.sha1 and next(e for e in entries if e.path == "small.txt").sha1 is None
+    tarball = pack(entries, skip={big.sha1})
+    import tarfile
+
+    with tarfile.open(tarball) as tar:
+        assert tar.getnames() == ["small.txt"]
+    tarball.unlink()
+
+
+def test_manifest_is_read(tmp_path):  # noqa: ANN001
+    path = tmp_path / "manifest.yml"
+    path.write_text("applications:\n- name: web\n  instances: 2\n  memory: 1G\n"
+                    "  command: gunicorn app:app\n  env:\n    DEBUG: true\n    N: 3\n"
+                    "  buildpacks: [python]\n")
+    app = load_manifest(path, None)
+    assert (app.name, app.instances, app.memory_mb, app.command) == (
+        "web", 2, 1024, "gunicorn app:app")
+    assert app.env == {"DEBUG": "true", "N": "3"} and app.buildpacks == ["python"]
+
+
+@pytest.mark.parametrize("text, words", [
+    ("applications:\n- name: web\n  instances: two\n", "manifest.yml line 3: instances"),
+    ("applications:\n- name: web\n  instnces: 2\n", "line 3: unknown field 'instnces': "
+                                                       "did you mean 'instances'?"),
+    ("applications:\n- name: web\n   bad: [\n", "not valid YAML"),
+    ("applications:\n- name: web\n  memory: lots\n", "line 3: memory must be a size"),
+    ("apps: []\n", "no 'applications:' list"),
+])
+def test_malformed_manifest_names_the_line(runner, tmp_path, text, words):  # noqa: ANN001
+    (tmp_path / "manifest.yml").write_text(text)
+    (tmp_path / "requirements.txt").write_text("")
+    result = runner.invoke(main, ["push", "-p", str(tmp_path)])
+    assert result.exit_code == 1
+    assert words in result.output
+    assert "nothing was uploaded" in result.output
+
+
+def test_manifest_with_several_apps_needs_a_name(tmp_path):  # noqa: ANN001
+    path = tmp_path / "manifest.yml"
+    path.write_text("applications:\n- name: a\n- name: b\n")
+    import click
+
+    with pytest.raises(click.ClickException, match="several apps"):
+        load_manifest(path, None)
+    assert load_manifest(path, "b").name == "b"
