@@ -116,10 +116,13 @@ class Stager:
         of their own, stored once per key. Keys the blobstore already holds are given to
         the buildpack in ``/tmp/paas/layers-present`` so it need not even materialise them.
         """
+        if request.no_cache:
+            self._drop_cache(request.app_guid, out)
         cache = self._cache_volume(request.app_guid)
         prefix = _layer_prefix(self.settings, request.app_guid)
-        present = sorted(p.name[len(prefix):-len(".tar")]
-                         for p in (self.blob_root / "layers").glob(f"{prefix}*.tar"))
+        present = [] if request.no_cache else sorted(
+            p.name[len(prefix):-len(".tar")]
+            for p in (self.blob_root / "layers").glob(f"{prefix}*.tar"))
         container = self.docker.containers.create(
             stack.build_image(self.settings.stack_build_image),
             command=["/bin/sh", "-c", DRIVER, "driver", bp.name],
@@ -206,8 +209,21 @@ class Stager:
         os.replace(tmp, self.blob_root / layer.blob_path)
         return layer
 
+    def _drop_cache(self, app_guid: str, out: StreamWriter) -> None:
+        out.line("-----> Throwing the build cache away")
+        try:
+            self.docker.volumes.get(self._cache_name(app_guid)).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        prefix = _layer_prefix(self.settings, app_guid)
+        for layer in (self.blob_root / "layers").glob(f"{prefix}*.tar"):
+            layer.unlink(missing_ok=True)
+
+    def _cache_name(self, app_guid: str) -> str:
+        return f"paas-cache-{self.settings.platform_id}-{app_guid}"
+
     def _cache_volume(self, app_guid: str) -> str:
-        name = f"paas-cache-{self.settings.platform_id}-{app_guid}"
+        name = self._cache_name(app_guid)
         try:
             self.docker.volumes.get(name)
         except docker.errors.NotFound:

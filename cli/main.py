@@ -134,6 +134,11 @@ def push(name: str | None, path: Path | None, manifest_path: Path | None, comman
                                     "resources": json.dumps(matched)}, timeout=600)
     finally:
         tarball.unlink(missing_ok=True)
+    _follow(api, name, pushed, wait_timeout, started)
+
+
+def _follow(api: Client, name: str, pushed: dict, wait_timeout: float, started: float) -> None:
+    """Stream a build's output, then wait until its release serves; print the app."""
     build = pushed["build"]
     result: dict[str, object] = {}
     for line in api.lines(f"/builds/{build['guid']}/log"):
@@ -157,7 +162,19 @@ def push(name: str | None, path: Path | None, manifest_path: Path | None, comman
     _wait_for_route(app["urls"][0])
     _print_app(app)
     console.print(f"\n[bold green]{name}[/] is running at [bold]{app['urls'][0]}[/] "
-                  f"(pushed in {time.monotonic() - started:.1f} s)")
+                  f"(in {time.monotonic() - started:.1f} s)")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--no-cache", is_flag=True, help="Throw the app's build cache away first.")
+@click.option("--wait-timeout", type=float, default=300.0, show_default=True)
+def restage(name: str, no_cache: bool, wait_timeout: float) -> None:
+    """Stage the app's last push again and roll it out (e.g. to pick up new dependencies)."""
+    api = client()
+    started = time.monotonic()
+    pushed = api.post(f"/apps/{name}/restage", json={"no_cache": no_cache})
+    _follow(api, name, pushed, wait_timeout, started)
 
 
 def load_manifest(path: Path, name: str | None) -> AppManifest | None:

@@ -46,6 +46,7 @@ class StageRequest:
     command: str | None = None
     buildpack: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    no_cache: bool = False  # throw the app's build cache away first
 
 
 @dataclass

@@ -44,6 +44,7 @@ def enqueue(celery: Celery, app: App, build: Build, package: Package) -> None:
         package_path=package.blob_path,
         command=command,
         buildpack=build.requested.get("buildpack"),
+        no_cache=bool(build.requested.get("no_cache")),
     )
     try:
         celery.send_task(STAGE_TASK, args=[dump(request)], queue=STAGING_QUEUE)

@@ -161,6 +161,33 @@ def _push_options() -> dict[str, object]:
     return requested
 
 
+@v1.post("/apps/<name>/restage")
+def restage(name: str):  # noqa: ANN201
+    """Stage the app's last package again (optionally without its build cache)."""
+    app = find_app(name, Action.WRITE)
+    body = request.get_json(silent=True) or {}
+    package = g.db.scalar(select(Package).where(Package.app_id == app.id)
+                          .order_by(Package.id.desc()))
+    if package is None:
+        raise NotFound(f"app {name!r} has no package to restage: push it first.")
+    last = g.db.scalar(select(Build).where(Build.app_id == app.id).order_by(Build.id.desc()))
+    requested = {k: v for k, v in (last.requested if last else {}).items()
+                 if k in ("buildpack",)}
+    requested["no_cache"] = bool(body.get("no_cache"))
+    build = Build(app=app, package=package, requested=requested)
+    g.db.add(build)
+    g.db.flush()
+    events.record(g.db, "app.restaged", current_identity().name, app, build=build.guid,
+                  no_cache=requested["no_cache"])
+    g.db.commit()
+    try:
+        staging.enqueue(current_app.extensions["paas.celery"], app, build, package)
+    except Exception:
+        staging.settle_failed_enqueue(g.db, current_app.extensions["paas.blobstore"], build)
+        raise
+    return jsonify({"app": present_app(app), "build": present_build(build)}), 201
+
+
 @v1.post("/apps/<name>/resource_match")
 def resource_match(name: str):  # noqa: ANN201
     """Which of these files (by sha1 and size) the app's team has cached already."""
@@ -217,6 +244,7 @@ def push(name: str):  # noqa: ANN201
         package.app_id = app.id
         build = Build(app=app, package=package, requested=requested)
         g.db.add_all([package, build])
+        g.db.flush()
         events.record(g.db, "app.pushed", ident.name, app, build=build.guid, created=created,
                       **{k: v for k, v in requested.items() if k not in ("command", "env")},
                       env_names=sorted(requested.get("env", {})))

@@ -107,3 +107,22 @@ def test_manifest_and_resource_matching(platform, fixtures, tmp_path):  # noqa: 
     assert "1 unchanged large file not uploaded" in second.stdout
     assert platform.router_get(host, "/sha1/asset.bin").text == hashlib.sha1(blob).hexdigest()
     assert platform.paas("delete", "manifested", "-f").returncode == 0
+
+
+def test_restage_with_and_without_the_cache(platform, fixtures, tmp_path):  # noqa: ANN001
+    app = copy_fixture(fixtures, "flask-hello", tmp_path)
+    assert platform.paas("push", "again", "-p", str(app)).returncode == 0
+
+    warm = platform.paas("restage", "again")
+    assert warm.returncode == 0, warm.stdout + warm.stderr
+    assert "reusing them from the build cache" in warm.stdout
+    cold = platform.paas("restage", "again", "--no-cache")
+    assert cold.returncode == 0, cold.stdout + cold.stderr
+    assert "Throwing the build cache away" in cold.stdout
+    assert "Installing requirements with pip" in cold.stdout
+    assert "hello from paas" in platform.router_get(platform.app_host("again")).text
+    shown = platform.paas("app", "again")
+    assert "release: 3 (DEPLOYED)" in shown.stdout
+    assert platform.paas("delete", "again", "-f").returncode == 0
+    missing = platform.paas("restage", "no-such-app")
+    assert missing.returncode == 1 and "there is no app named 'no-such-app'" in missing.stderr
