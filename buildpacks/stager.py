@@ -26,8 +26,15 @@ import redis
 import requests
 import yaml
 
+from buildpacks import custom as custom_mod
 from buildpacks import procfile, registry
-from buildpacks.errors import CompileFailed, NoStartCommand, StagingError, StagingTimeout
+from buildpacks.errors import (
+    CompileFailed,
+    NoBuildpack,
+    NoStartCommand,
+    StagingError,
+    StagingTimeout,
+)
 from contracts import keys, stack
 from contracts.logstream import StreamWriter
 from contracts.messages import (
@@ -88,13 +95,15 @@ class Stager:
             app_dir.mkdir()
             with tarfile.open(package, "r:gz") as tar:
                 tar.extractall(app_dir, filter="data")
-            bp = registry.detect(app_dir, request.buildpack)
-            out.line(f"-----> Buildpack: {bp.name}")
+            candidates, detect = self._candidates(request, app_dir, Path(tmp) / "buildpacks")
+            if not detect:
+                out.line(f"-----> Buildpack: {candidates[0].name}")
             declared = _procfile(app_dir)
             if request.command:
                 declared["web"] = request.command
             app_tar = _tar_folder(app_dir, "app", uid=RUN_UID)
-        app_part, layers, defaults = self._compile(request, bp, app_tar, out)
+            app_part, layers, defaults, name = self._compile(request, candidates, detect,
+                                                             app_tar, out)
         processes = process_types(defaults, declared)
         droplet = Droplet(self.blob_root, app_part, layers)
         digest, path = droplet.store()
@@ -104,13 +113,45 @@ class Stager:
         image = self._build_image(request, digest, droplet)
         out.line(f"-----> Image {image} ready in {time.monotonic() - started:.1f} s")
         return StageResult(ok=True, droplet_digest=digest, droplet_path=path,
-                           droplet_size=size, image=image, buildpack=bp.name,
+                           droplet_size=size, image=image, buildpack=name,
                            process_types=processes)
 
+    def _candidates(self, request: StageRequest, app_dir: Path,
+                    work: Path) -> tuple[list, bool]:
+        """The buildpacks to try, and whether their bin/detect must choose among them.
+
+        A buildpack given with the push is used as it is; a name picks a built-in or a
+        registered one; otherwise built-ins detect on this host, then the registered ones
+        run their bin/detect in the staging container, in order.
+        """
+        custom = {c["name"]: c["blob"] for c in request.custom_buildpacks}
+        if request.buildpack_blob:
+            name = request.buildpack or "uploaded"
+            return [custom_mod.unpack(self.blob_root / request.buildpack_blob, name, work)], False
+        if request.buildpack:
+            if request.buildpack in custom:
+                return [custom_mod.unpack(self.blob_root / custom[request.buildpack],
+                                          request.buildpack, work)], False
+            try:
+                return [registry.by_name(request.buildpack)], False
+            except NoBuildpack as e:
+                if custom:
+                    raise NoBuildpack(f"{e.message.rstrip('.')}; the registered ones are "
+                                      f"{', '.join(custom)}.") from e
+                raise
+        try:
+            return [registry.detect(app_dir)], False
+        except NoBuildpack:
+            if not custom:
+                raise
+        return [custom_mod.unpack(self.blob_root / blob, name, work)
+                for name, blob in custom.items()], True
+
     # -- compile in a container ------------------------------------------------------------
-    def _compile(self, request: StageRequest, bp: registry.Buildpack, app_tar: bytes,
-                 out: StreamWriter) -> tuple[bytes, list[Layer], dict[str, str]]:
-        """Run the buildpack; return the app part of /app, its layers, its default processes.
+    def _compile(self, request: StageRequest, candidates: list, detect: bool, app_tar: bytes,
+                 out: StreamWriter) -> tuple[bytes, list[Layer], dict[str, str], str]:
+        """Run the buildpack; return the app part of /app, its layers, default processes and
+        the buildpack's name (chosen by bin/detect when ``detect``).
 
         Folders the buildpack lists in ``/app/.paas/layers`` (``DIR KEY`` lines) are layers
         of their own, stored once per key. Keys the blobstore already holds are given to
@@ -125,7 +166,8 @@ class Stager:
             for p in (self.blob_root / "layers").glob(f"{prefix}*.tar"))
         container = self.docker.containers.create(
             stack.build_image(self.settings.stack_build_image),
-            command=["/bin/sh", "-c", DRIVER, "driver", bp.name],
+            command=["/bin/sh", "-c", DRIVER, "driver", "detect" if detect else "given",
+                     *(bp.name for bp in candidates)],
             user=str(RUN_UID),
             working_dir="/app",
             environment={"HOME": "/app", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
@@ -142,7 +184,8 @@ class Stager:
         try:
             inputs = io.BytesIO()
             with tarfile.open(fileobj=inputs, mode="w") as tar:
-                _add_tree(tar, bp.folder, f"buildpacks/{bp.name}")
+                for bp in candidates:
+                    _add_tree(tar, bp.folder, f"buildpacks/{bp.name}")
                 work = tarfile.TarInfo("tmp/paas")
                 work.type, work.mode, work.uid, work.gid = tarfile.DIRTYPE, 0o755, RUN_UID, RUN_UID
                 tar.addfile(work)
@@ -171,10 +214,11 @@ class Stager:
             if code != 0:
                 errors = [line[len(ERROR_PREFIX):] for line in tail.lines
                           if line.startswith(ERROR_PREFIX)]
+                which = "the buildpack" if detect else f"the {candidates[0].name} buildpack"
                 message = errors[-1] if errors else (
-                    f"the {bp.name} buildpack failed with exit code {code} "
-                    "(its last lines are above).")
+                    f"{which} failed with exit code {code} (its last lines are above).")
                 raise CompileFailed(message, code, shown=bool(errors))
+            name = _read_single_file(container, "/tmp/paas/buildpack").decode().strip()
             app_part = _read_single_file(container, "/tmp/paas/app.tar")
             layers = []
             for line in _read_single_file(container, "/tmp/paas/layers").decode().splitlines():
@@ -186,7 +230,7 @@ class Stager:
                     layer = self._fetch_layer(container, layer)
                 layers.append(layer)
             release = _read_single_file(container, "/tmp/paas/release.yml")
-            return app_part, layers, _default_process_types(release, bp.name)
+            return app_part, layers, _default_process_types(release, name), name
         finally:
             try:
                 container.remove(force=True)
@@ -283,7 +327,26 @@ class Stager:
 # a tar without the layer folders the buildpack listed in /app/.paas/layers.
 DRIVER = r"""
 set -e
+mode=$1; shift
 bp=$1
+if [ "$mode" = detect ]; then
+  bp=
+  for candidate in "$@"; do
+    if [ -x "/buildpacks/$candidate/bin/detect" ] \
+        && out=$("/buildpacks/$candidate/bin/detect" /app 2>&1); then
+      bp=$candidate
+      echo "-----> Buildpack: $candidate${out:+ ($out)}"
+      break
+    fi
+  done
+  if [ -z "$bp" ]; then
+    printf '!     no buildpack recognises this app (tried the built-in ones and: %s): %s\n' \
+      "$*" "add the files your buildpack looks for, or name one with -b."
+    exit 1
+  fi
+fi
+echo "$bp" > /tmp/paas/buildpack
+mkdir -p /tmp/env
 "/buildpacks/$bp/bin/compile" /app /cache /tmp/env
 if [ -x "/buildpacks/$bp/bin/release" ]; then
   "/buildpacks/$bp/bin/release" /app > /tmp/paas/release.yml

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
@@ -118,6 +119,7 @@ def push(name: str | None, path: Path | None, manifest_path: Path | None, comman
         cached = {r["sha1"] for r in found}
     matched = [{"path": e.path, "sha1": e.sha1, "mode": e.mode} for e in fingerprinted
                if e.sha1 in cached]
+    temporary: list[Path] = []
     try:
         tarball = pack(entries, cached)
     except OSError as e:
@@ -128,12 +130,19 @@ def push(name: str | None, path: Path | None, manifest_path: Path | None, comman
         reused = f", {n} unchanged large file{'s' * (n != 1)} not uploaded" if n else ""
         console.print(f"Pushing [bold]{name}[/] ({len(entries)} files, upload "
                       f"{size / 1e6:.1f} MB{reused})")
+        buildpack_file = _buildpack_tarball(options)
+        if buildpack_file is not None and buildpack_file.name.startswith("paas-buildpack-"):
+            temporary.append(buildpack_file)
         with tarball.open("rb") as f, _upload_progress(f, size) as body:
-            pushed = api.post(f"/apps/{name}/push", files={"package": ("app.tar.gz", body)},
+            files = {"package": ("app.tar.gz", body)}
+            if buildpack_file is not None:
+                files["buildpack"] = ("buildpack.tar.gz", buildpack_file.read_bytes())
+            pushed = api.post(f"/apps/{name}/push", files=files,
                               data={"options": json.dumps(options),
                                     "resources": json.dumps(matched)}, timeout=600)
     finally:
-        tarball.unlink(missing_ok=True)
+        for path in (tarball, *temporary):
+            path.unlink(missing_ok=True)
     _follow(api, name, pushed, wait_timeout, started)
 
 
@@ -175,6 +184,42 @@ def restage(name: str, no_cache: bool, wait_timeout: float) -> None:
     started = time.monotonic()
     pushed = api.post(f"/apps/{name}/restage", json={"no_cache": no_cache})
     _follow(api, name, pushed, wait_timeout, started)
+
+
+def _buildpack_tarball(options: dict[str, object]) -> Path | None:
+    """-b given as a folder or a .tar.gz: the tarball to upload (the option becomes its name)."""
+    given = options.get("buildpack")
+    if not isinstance(given, str) or not (
+            os.sep in given or given.startswith((".", "~")) or given.endswith((".tar.gz", ".tgz"))):
+        return None  # a name: built-in or registered
+    path = Path(given).expanduser()
+    if path.is_dir():
+        if not (path / "bin" / "compile").is_file():
+            raise click.ClickException(f"{path} has no bin/compile: a buildpack follows the "
+                                       "Heroku/Cloud Foundry contract.")
+        options["buildpack"] = _buildpack_name(path.name)
+        return buildpack_archive(path)
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+        options["buildpack"] = _buildpack_name(path.name.split(".")[0])
+        return path
+    raise click.ClickException(f"the buildpack {given!r} is neither a built-in or registered "
+                               "name nor a folder or .tar.gz file.")
+
+
+def _buildpack_name(text: str) -> str:
+    name = re.sub(r"[^a-z0-9_.-]+", "-", text.lower()).strip("-.") or "buildpack"
+    return name[:63]
+
+
+def buildpack_archive(folder: Path) -> Path:
+    import tarfile
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix="paas-buildpack-", suffix=".tar.gz")
+    os.close(fd)
+    with tarfile.open(name, "w:gz") as tar:
+        tar.add(folder, arcname=".", filter=lambda i: None if "/.git" in f"/{i.name}" else i)
+    return Path(name)
 
 
 def load_manifest(path: Path, name: str | None) -> AppManifest | None:
@@ -381,3 +426,48 @@ def delete(name: str, force: bool) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@main.command("buildpacks")
+def list_buildpacks() -> None:
+    """List the buildpacks, in the order they are tried."""
+    table = Table(box=None, pad_edge=False)
+    for column in ("position", "name", "kind"):
+        table.add_column(column)
+    for bp in client().get("/buildpacks")["buildpacks"]:
+        table.add_row(str(bp["position"]), bp["name"], bp["kind"])
+    console.print(table)
+
+
+@main.command("create-buildpack")
+@click.argument("name")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+def create_buildpack(name: str, path: Path) -> None:
+    """Register the buildpack in PATH (a folder or .tar.gz) as NAME (admins only)."""
+    if path.is_dir():
+        if not (path / "bin" / "compile").is_file():
+            raise click.ClickException(f"{path} has no bin/compile: a buildpack follows the "
+                                       "Heroku/Cloud Foundry contract.")
+        archive = buildpack_archive(path)
+    else:
+        archive = path
+    try:
+        created = client().post("/buildpacks", data={"name": name},
+                                files={"buildpack": ("buildpack.tar.gz", archive.read_bytes())})
+    finally:
+        if archive != path:
+            archive.unlink(missing_ok=True)
+    click.echo(f"Buildpack {name} registered at position {created['position']}.")
+
+
+@main.command("delete-buildpack")
+@click.argument("name")
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+def delete_buildpack(name: str, force: bool) -> None:
+    """Remove a registered buildpack (admins only)."""
+    if not force:
+        if not sys.stdin.isatty():
+            raise click.ClickException(f"deleting buildpack {name} needs confirmation: pass -f.")
+        click.confirm(f"Really delete the buildpack {name}?", abort=True)
+    client().delete(f"/buildpacks/{name}")
+    click.echo(f"Deleted buildpack {name}.")

@@ -47,6 +47,10 @@ class StageRequest:
     buildpack: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     no_cache: bool = False  # throw the app's build cache away first
+    # A buildpack uploaded with this push (-b PATH): blobstore path of its tarball.
+    buildpack_blob: str | None = None
+    # Buildpacks an admin registered, in detection order: [{"name", "blob"}].
+    custom_buildpacks: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass

@@ -26,6 +26,7 @@ class Identity:
 class Action:
     READ = "read"
     WRITE = "write"
+    ADMIN = "administer the platform"
 
 
 def identify(session: Session) -> Identity:
@@ -45,6 +46,8 @@ def authorize(identity: Identity, action: str, app: App | None = None) -> None:
     """Raise Forbidden unless ``identity`` may do ``action`` (on ``app``, if given)."""
     if identity.is_admin:
         return
+    if action == Action.ADMIN:
+        raise Forbidden("only platform admins may do this: ask one, or use an admin token.")
     if app is not None and app.team_id != identity.team_id:
         raise Forbidden(f"you are not a member of the team that owns app {app.name!r}.")
     if identity.role != Role.DEVELOPER:

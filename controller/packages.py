@@ -55,3 +55,20 @@ def _check_member(member: tarfile.TarInfo) -> None:
         raise InvalidInput(
             f"the package entry {name!r} is not a regular file, folder or symlink: remove it."
         )
+
+
+def check_buildpack(path: Path) -> None:
+    """A buildpack tarball: safe entries and a bin/compile (possibly under one top folder)."""
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            names = []
+            for member in tar:
+                _check_member(member)
+                names.append(posixpath.normpath(member.name))
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise InvalidInput(f"the buildpack is not a readable .tar.gz ({e}).") from e
+    tops = {n.split("/", 1)[0] for n in names}
+    compile_at = {"bin/compile"} | {f"{top}/bin/compile" for top in tops}
+    if not compile_at & set(names):
+        raise InvalidInput("the buildpack has no bin/compile: a buildpack follows the "
+                           "Heroku/Cloud Foundry contract (bin/detect, bin/compile, bin/release).")

@@ -24,6 +24,7 @@ from controller.models import (
     BuildState,
     Droplet,
     Package,
+    RegisteredBuildpack,
     Release,
     ReleaseStatus,
 )
@@ -32,7 +33,8 @@ from controller.models.base import utcnow
 log = logging.getLogger("paas.controller")
 
 
-def enqueue(celery: Celery, app: App, build: Build, package: Package) -> None:
+def enqueue(celery: Celery, session: Session, app: App, build: Build,
+            package: Package) -> None:
     if "command" in build.requested:  # given with this push (None: back to the Procfile)
         command = build.requested["command"]
     else:  # as the app was last pushed
@@ -45,6 +47,9 @@ def enqueue(celery: Celery, app: App, build: Build, package: Package) -> None:
         command=command,
         buildpack=build.requested.get("buildpack"),
         no_cache=bool(build.requested.get("no_cache")),
+        buildpack_blob=build.requested.get("buildpack_blob"),
+        custom_buildpacks=[{"name": b.name, "blob": b.blob_path} for b in session.scalars(
+            select(RegisteredBuildpack).order_by(RegisteredBuildpack.position))],
     )
     try:
         celery.send_task(STAGE_TASK, args=[dump(request)], queue=STAGING_QUEUE)

@@ -13,6 +13,7 @@ from contracts.messages import InstanceReport
 from controller import events, packages, resources, staging
 from controller.actual import instances_by_app, nudge, read_heartbeats
 from controller.api import v1
+from controller.api.buildpacks import store_buildpack
 from controller.auth import Action, authorize, current_identity
 from controller.errors import InvalidInput, NotFound, TooLarge
 from controller.models import (
@@ -172,7 +173,7 @@ def restage(name: str):  # noqa: ANN201
         raise NotFound(f"app {name!r} has no package to restage: push it first.")
     last = g.db.scalar(select(Build).where(Build.app_id == app.id).order_by(Build.id.desc()))
     requested = {k: v for k, v in (last.requested if last else {}).items()
-                 if k in ("buildpack",)}
+                 if k in ("buildpack", "buildpack_blob")}
     requested["no_cache"] = bool(body.get("no_cache"))
     build = Build(app=app, package=package, requested=requested)
     g.db.add(build)
@@ -181,7 +182,7 @@ def restage(name: str):  # noqa: ANN201
                   no_cache=requested["no_cache"])
     g.db.commit()
     try:
-        staging.enqueue(current_app.extensions["paas.celery"], app, build, package)
+        staging.enqueue(current_app.extensions["paas.celery"], g.db, app, build, package)
     except Exception:
         staging.settle_failed_enqueue(g.db, current_app.extensions["paas.blobstore"], build)
         raise
@@ -236,6 +237,8 @@ def push(name: str):  # noqa: ANN201
     try:
         packages.check_archive(blobs.path(uploaded))
         matched = resources.parse_matched(request.form.get("resources"))
+        if request.files.get("buildpack") is not None:
+            requested["buildpack_blob"], _ = store_buildpack(request.files["buildpack"])
         team_id = app.team_id or ident.team_id
         package.digest, package.size = resources.assemble(
             blobs, team_id, blobs.path(uploaded), matched, package.blob_path)
@@ -256,7 +259,7 @@ def push(name: str):  # noqa: ANN201
     finally:
         blobs.delete(uploaded)
     try:
-        staging.enqueue(current_app.extensions["paas.celery"], app, build, package)
+        staging.enqueue(current_app.extensions["paas.celery"], g.db, app, build, package)
     except Exception:
         staging.settle_failed_enqueue(g.db, blobs, build)
         raise

@@ -3,12 +3,14 @@
 from controller.models.app import App, AppState, Process, validate_name
 from controller.models.base import Base, iso
 from controller.models.build import Build, BuildState, Droplet, Package
+from controller.models.buildpack import RegisteredBuildpack
 from controller.models.event import Event
 from controller.models.release import Release, ReleaseStatus
 from controller.models.team import DEFAULT_TEAM, Role, Team, Token
 
 __all__ = [
     "App", "AppState", "Base", "Build", "BuildState", "DEFAULT_TEAM", "Droplet", "Event",
-    "Package", "Process", "Release", "ReleaseStatus", "Role", "Team", "Token", "iso",
+    "Package", "Process", "RegisteredBuildpack", "Release", "ReleaseStatus", "Role", "Team",
+    "Token", "iso",
     "validate_name",
 ]

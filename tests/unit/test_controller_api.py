@@ -199,3 +199,66 @@ def test_a_developer_cannot_touch_another_teams_app(env):  # noqa: ANN001
     with sessions() as session:
         assert session.query(App).count() == 1
         assert session.query(Release).count() == 0
+
+
+def buildpack_tarball(files: dict[str, str], top: str = "") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"{top}{name}")
+            info.size, info.mode = len(data), 0o755
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def create_buildpack(client, name: str, data: bytes, headers=None):  # noqa: ANN001, ANN201
+    return client.post("/v1/buildpacks", data={"name": name, "buildpack": (
+        io.BytesIO(data), "bp.tar.gz")}, content_type="multipart/form-data", headers=headers)
+
+
+def test_admin_registers_lists_and_deletes_buildpacks(env):  # noqa: ANN001
+    good = buildpack_tarball({"bin/compile": "#!/bin/sh\n", "bin/detect": "#!/bin/sh\n"},
+                             top="mybp-main/")
+    assert create_buildpack(env.client, "mine", good).status_code == 201
+    listed = env.client.get("/v1/buildpacks").json["buildpacks"]
+    assert [b["name"] for b in listed][-1] == "mine"
+    assert listed[0] == {"name": "python", "position": 1, "kind": "built-in"}
+    again = create_buildpack(env.client, "mine", good)
+    assert again.status_code == 409 and "already a buildpack" in again.json["error"]
+    # A push's staging request lists it for detection.
+    push(env.client, "myapp", package())
+    assert env.celery.sent[-1][1][0]["custom_buildpacks"][0]["name"] == "mine"
+    assert env.client.delete("/v1/buildpacks/mine").status_code == 200
+    assert env.client.delete("/v1/buildpacks/mine").status_code == 404
+
+
+def test_buildpack_without_compile_is_refused(env):  # noqa: ANN001
+    bad = buildpack_tarball({"README": "no scripts"})
+    response = create_buildpack(env.client, "broken", bad)
+    assert response.status_code == 400 and "no bin/compile" in response.json["error"]
+
+
+def test_only_admins_register_buildpacks(env):  # noqa: ANN001
+    sessions = env.app.extensions["paas.sessionmaker"]
+    with sessions() as session:
+        team = session.query(Team).one()
+        token, secret = Token.issue("dev", Role.DEVELOPER, team)
+        session.add(token)
+        session.commit()
+    good = buildpack_tarball({"bin/compile": "#!/bin/sh\n"})
+    response = create_buildpack(env.client, "mine", good,
+                                headers={"Authorization": f"Bearer {secret}"})
+    assert response.status_code == 403 and "only platform admins" in response.json["error"]
+
+
+def test_push_with_an_uploaded_buildpack(env):  # noqa: ANN001
+    bp = buildpack_tarball({"bin/compile": "#!/bin/sh\n"})
+    form = {"options": json.dumps({"buildpack": "mine"}), "package": (
+        io.BytesIO(package()), "app.tar.gz"), "buildpack": (io.BytesIO(bp), "bp.tar.gz")}
+    response = env.client.post("/v1/apps/myapp/push", data=form,
+                               content_type="multipart/form-data")
+    assert response.status_code == 201, response.json
+    request = env.celery.sent[-1][1][0]
+    assert request["buildpack"] == "mine"
+    assert request["buildpack_blob"].startswith("buildpacks/")

@@ -1,0 +1,43 @@
+"""Buildpacks from outside: uploaded with a push (-b PATH) or registered by an admin.
+
+They follow the Heroku/Cloud Foundry v2 contract: ``bin/detect BUILD_DIR`` (exit 0 means
+"mine"), ``bin/compile BUILD_DIR CACHE_DIR ENV_DIR``, ``bin/release BUILD_DIR`` printing YAML
+with ``default_process_types``. They come as .tar.gz files in the blobstore, unpacked for
+the staging container; a tarball whose files sit under one top folder is unpacked from it.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from buildpacks.errors import NoBuildpack
+
+
+@dataclass(frozen=True)
+class CustomBuildpack:
+    name: str
+    folder: Path  # holds bin/compile
+
+    @property
+    def custom(self) -> bool:
+        return True
+
+
+def unpack(blob: Path, name: str, into: Path) -> CustomBuildpack:
+    target = into / name
+    target.mkdir(parents=True)
+    try:
+        with tarfile.open(blob, "r:*") as tar:
+            tar.extractall(target, filter="data")
+    except (tarfile.TarError, OSError) as e:
+        raise NoBuildpack(f"the buildpack {name!r} could not be unpacked: {e}") from e
+    root = target
+    entries = [p for p in target.iterdir()]
+    if len(entries) == 1 and entries[0].is_dir() and not (target / "bin").exists():
+        root = entries[0]
+    if not (root / "bin" / "compile").is_file():
+        raise NoBuildpack(f"the buildpack {name!r} has no bin/compile: it must follow the "
+                          "Heroku/Cloud Foundry contract (bin/detect, bin/compile, bin/release).")
+    return CustomBuildpack(name=name, folder=root)
