@@ -197,7 +197,7 @@ class Stager:
             container.put_archive("/", app_tar)
             container.put_archive("/", inputs.getvalue())
             container.start()
-            tail = _Tail(container, out)
+            tail = _Tail(container, out, self.settings.staging_output_bytes)
             tail.start()
             try:
                 status = container.wait(timeout=self.settings.staging_timeout)
@@ -456,12 +456,22 @@ def _read_single_file(container, path: str) -> bytes:  # noqa: ANN001
 
 
 class _Tail(threading.Thread):
-    """Copies a container's output lines to the build stream; keeps the last few."""
+    """Copies a container's output lines to the build stream; keeps the last few.
 
-    def __init__(self, container, out: StreamWriter) -> None:  # noqa: ANN001
+    Past ``budget`` bytes it stops copying (a buildpack may print megabytes) and, at the
+    end, says how much it left out and shows the last lines.
+    """
+
+    MAX_PENDING = 64 * 1024  # a "line" this long without a newline is cut
+
+    def __init__(self, container, out: StreamWriter, budget: int) -> None:  # noqa: ANN001
         super().__init__(daemon=True)
         self.container = container
         self.out = out
+        self.budget = budget
+        self.sent = 0
+        self.dropped = 0
+        self.dropped_bytes = 0
         self.lines: deque[str] = deque(maxlen=TAIL_LINES)
 
     def run(self) -> None:
@@ -473,14 +483,28 @@ class _Tail(threading.Thread):
                 *complete, pending = pending.split(b"\n")
                 for raw in complete:
                     self._emit(raw)
+                if len(pending) > self.MAX_PENDING:
+                    self._emit(pending)
+                    pending = b""
             if pending:
                 self._emit(pending)
         except Exception as e:  # the container went away under us
             log.debug("log stream ended: %s", e)
+        if self.dropped:
+            self.out.line(f"-----> [{self.dropped} lines ({self.dropped_bytes / 1e6:.1f} MB) "
+                          f"of output not shown: build output is limited to "
+                          f"{self.budget / 1e6:.1f} MB; the last lines follow]")
+            for line in list(self.lines)[-min(self.dropped, TAIL_LINES):]:
+                self.out.line(line)
 
     def _emit(self, raw: bytes) -> None:
         text = raw.decode("utf-8", "replace").rstrip("\r")
         self.lines.append(text)
+        if self.sent + len(raw) > self.budget:
+            self.dropped += 1
+            self.dropped_bytes += len(raw)
+            return
+        self.sent += len(raw)
         self.out.line(text)
 
 

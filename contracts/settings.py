@@ -46,6 +46,7 @@ class Settings:
     staging_ca_bundle: str = "/etc/ssl/certs/ca-certificates.crt"
     staging_timeout: float = 900.0
     staging_memory_mb: int = 2048
+    staging_output_bytes: int = 4 * 1024 * 1024  # build output shown; the rest is counted
 
     # Agent.
     agent_id: str = "agent-0"
