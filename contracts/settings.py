@@ -60,6 +60,7 @@ class Settings:
 
     # Instances.
     default_memory_mb: int = 256
+    default_disk_mb: int = 1024
     default_instances: int = 1
     start_timeout: float = 60.0
 

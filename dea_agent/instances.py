@@ -93,7 +93,7 @@ def vcap_application(spec: InstanceSpec, settings: Settings) -> str:
         "instance_id": spec.instance_guid,
         "instance_index": spec.index,
         "space_name": "default",
-        "limits": {"mem": spec.memory_mb},
+        "limits": {"mem": spec.memory_mb, "disk": settings.default_disk_mb, "fds": 16384},
         "version": str(spec.release),
     })
 
