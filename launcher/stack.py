@@ -35,10 +35,25 @@ def ensure(client: docker.DockerClient) -> None:
         raise SystemExit("setup: building the stack images failed (see the lines above).")
 
 
+def prune_old(client: docker.DockerClient) -> None:
+    """Untag stack images of earlier recipes that nothing stands on any more."""
+    current = {stack.run_image(), stack.build_image()}
+    for repo in (stack.RUN_REPO, stack.BUILD_REPO):
+        for image in client.images.list(name=repo):
+            for tag in image.tags:
+                if tag in current:
+                    continue
+                try:
+                    client.images.remove(tag)  # refused while droplets or containers use it
+                except docker.errors.APIError:
+                    pass
+
+
 def main() -> None:
     client = docker.from_env()
     try:
         ensure(client)
+        prune_old(client)
     finally:
         client.close()
 
