@@ -32,11 +32,29 @@ class Buildpack:
 
 PYTHON = Buildpack(
     name="python",
-    markers=("requirements.txt", "pyproject.toml", "setup.py"),
-    describe="a Python app needs requirements.txt, pyproject.toml or setup.py at its root",
+    markers=("requirements.txt", "pyproject.toml", "setup.py", "Pipfile", "Pipfile.lock"),
+    describe="a Python app needs requirements.txt, pyproject.toml, setup.py or a Pipfile "
+             "at its root",
+)
+NODE = Buildpack(
+    name="node",
+    markers=("package.json",),
+    describe="a Node.js app needs package.json",
+)
+STATIC = Buildpack(
+    name="static",
+    markers=("index.html", "Staticfile"),
+    describe="a static site needs index.html or a Staticfile",
+)
+PROCFILE = Buildpack(
+    name="procfile",
+    markers=("Procfile",),
+    describe="any other app needs a Procfile saying how to start it",
 )
 
-BUILTIN: tuple[Buildpack, ...] = (PYTHON,)
+# Detection order: the first whose marker is at the app's root wins, so a Procfile alone
+# means "procfile" while a Python or Node.js app with a Procfile stays Python or Node.js.
+BUILTIN: tuple[Buildpack, ...] = (PYTHON, NODE, STATIC, PROCFILE)
 
 
 def by_name(name: str) -> Buildpack:
