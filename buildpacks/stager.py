@@ -262,6 +262,7 @@ class Stager:
         prefix = _layer_prefix(self.settings, app_guid)
         for layer in (self.blob_root / "layers").glob(f"{prefix}*.tar"):
             layer.unlink(missing_ok=True)
+        # Layer images under these keys are rebuilt too (see _build_image).
 
     def _cache_name(self, app_guid: str) -> str:
         return f"paas-cache-{self.settings.platform_id}-{app_guid}"
@@ -292,7 +293,7 @@ class Stager:
         base = stack.run_image(self.settings.stack_run_image)
         for layer in droplet.layers:
             layer_tag = f"paas/layer:{layer.key}"
-            if not self._image_exists(layer_tag):
+            if request.no_cache or not self._image_exists(layer_tag):
                 parent = str(Path("/app", layer.folder).parent)
                 self._docker_build(layer_tag, base, self.blob_root / layer.blob_path,
                                    f"ADD layer.tar {parent}/", config, labels)

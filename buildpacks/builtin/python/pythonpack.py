@@ -18,6 +18,7 @@ Runs inside the staging container with the stack's python3 (standard library onl
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -104,9 +105,13 @@ def installs_app_files(build: str, method: Method) -> bool:
     return bool(LOCAL_IN_LOCK[method.files[0]].search(text))
 
 
+# Bumped whenever this buildpack lays the venv out differently, so old layers are not reused.
+LAYOUT = "venv-without-pip-1"
+
+
 def dependency_key(build: str, method: Method) -> str:
     """A digest of what the virtualenv is made from (see the module's docstring)."""
-    digest = hashlib.sha256(f"{sys.version}\0{method.name}\0".encode())
+    digest = hashlib.sha256(f"{LAYOUT}\0{sys.version}\0{method.name}\0".encode())
     for name in method.files:
         path = os.path.join(build, name)
         if os.path.isfile(path):
@@ -194,9 +199,28 @@ def exported_requirements(build: str, cache: str, method: Method, work: str) -> 
     return target
 
 
-def install(build: str, cache: str, venv: str, method: Method) -> None:
-    if run([sys.executable, "-m", "venv", venv]) != 0:
+def stack_pip() -> str | None:
+    """The pip wheel the stack ships for ensurepip; pip runs straight from it."""
+    wheels = sorted(glob.glob("/usr/share/python-wheels/pip-*.whl"))
+    return os.path.join(wheels[-1], "pip") if wheels else None
+
+
+def app_pip_command(venv: str, cache: str) -> list[str]:
+    """pip installing into ``venv``. The venv itself gets no pip (7 s and 17 MB saved) when
+    the stack's pip can install into it from outside (``pip --python``)."""
+    outside = stack_pip()
+    if outside is None:
+        if run([sys.executable, "-m", "venv", venv]) != 0:
+            raise BuildFailed("could not create a virtualenv with the stack's Python.")
+        return pip_command(venv, cache)
+    if run([sys.executable, "-m", "venv", "--without-pip", venv]) != 0:
         raise BuildFailed("could not create a virtualenv with the stack's Python.")
+    return [sys.executable, outside, "--python", os.path.join(venv, "bin", "python"),
+            *pip_command(venv, cache)[1:]]
+
+
+def install(build: str, cache: str, venv: str, method: Method) -> None:
+    pip = app_pip_command(venv, cache)
     if method.name == "requirements":
         say("Installing requirements with pip")
         target = ["-r", os.path.join(build, "requirements.txt")]
@@ -209,7 +233,7 @@ def install(build: str, cache: str, venv: str, method: Method) -> None:
         requirements = exported_requirements(build, cache, method, work)
         say(f"Installing the locked requirements from {method.files[0]} with pip")
         target = ["-r", requirements]
-    if run(pip_command(venv, cache) + target, cwd=build) != 0:
+    if run(pip + target, cwd=build) != 0:
         raise BuildFailed(f"installing the app's dependencies failed (pip's error is above): "
                           f"fix {method.files[0]} and push again.")
 
@@ -220,9 +244,12 @@ def venv_commands(venv: str) -> list[str]:
 
 
 def save_to_cache(venv: str, cache: str, key: str, commands: list[str]) -> None:
-    """Keep this venv (and the list of its commands) for the next build; best effort."""
+    """Remember this venv's key and commands for the next build; best effort.
+
+    The venv itself is not copied: the platform keeps it as a layer under the same key
+    (and lists the keys it has in layers-present), which is the cache that matters.
+    """
     cached = os.path.join(cache, f"venv-{key}")
-    tmp = f"{cached}.tmp-{os.getpid()}"
     try:
         for old in os.listdir(cache):
             path = os.path.join(cache, old)
@@ -233,12 +260,8 @@ def save_to_cache(venv: str, cache: str, key: str, commands: list[str]) -> None:
                     os.remove(path)
         with open(f"{cached}.json", "w") as f:
             json.dump({"commands": commands}, f)
-        if run(["cp", "-a", venv, tmp]) == 0:
-            os.rename(tmp, cached)
     except OSError as e:
         note(f"(could not save the dependencies to the build cache: {e})")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cached_commands(cache: str, key: str) -> list[str] | None:
