@@ -68,6 +68,7 @@ class Stager:
         if done is not None:  # a redelivered task: the build already ended
             return StageResult(**json.loads(done))
         started = time.monotonic()
+        out.line("-----> Staging")  # also tells the health manager a stager has this build
         try:
             result = self._stage(request, out)
             out.line(f"-----> Staged in {time.monotonic() - started:.1f} s")

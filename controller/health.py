@@ -52,6 +52,7 @@ log = logging.getLogger("paas.health")
 # enough for an agent whose task threads are busy stopping instances with a grace period.
 PENDING_TTL = 120.0
 RESEND_STOP_AFTER = 30.0
+LOST_BUILD_AFTER = 30.0  # seconds a build may wait for a stager before it is sent again
 
 
 class HealthManager:
@@ -63,6 +64,7 @@ class HealthManager:
         self.celery = celery
         self.pending: dict[str, tuple[float, InstanceReport]] = {}
         self.stopping: dict[str, float] = {}
+        self.requeued: dict[str, float] = {}
         self.identity = f"{uuid.uuid4()}"
 
     # -- desired state -------------------------------------------------------------------
@@ -92,7 +94,8 @@ class HealthManager:
             for build in session.scalars(select(Build).where(
                     Build.state == BuildState.STAGING)).all():
                 try:
-                    staging.settle(session, self.redis, self.settings, build)
+                    if not staging.settle(session, self.redis, self.settings, build):
+                        self._requeue_if_lost(session, build)
                 except Exception:  # one bad build must not stop every app's healing
                     log.exception("settling build %s failed", build.guid)
                     session.rollback()
@@ -109,6 +112,21 @@ class HealthManager:
                     log.exception("acting on %s failed", action)
                     session.rollback()
         return actions
+
+    def _requeue_if_lost(self, session: Session, build: Build) -> None:
+        """A build no stager has started (its task lost with a Redis restart, say) is sent
+        again; staging is idempotent per build, so a late duplicate does no harm."""
+        if build.state != BuildState.STAGING or staging.age(build) < LOST_BUILD_AFTER:
+            return
+        if self.redis.exists(keys.build_log(build.guid)):
+            return  # a stager has it
+        sent = self.requeued.get(build.guid)
+        if sent is not None and time.monotonic() - sent < LOST_BUILD_AFTER:
+            return
+        log.warning("build %s of %s was not picked up by any stager; sending it again",
+                    build.guid, build.app.name)
+        self.requeued[build.guid] = time.monotonic()
+        staging.enqueue(self.celery, session, build.app, build, build.package)
 
     def _actual(self, beats) -> list[InstanceReport]:  # noqa: ANN001
         now = time.monotonic()

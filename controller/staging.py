@@ -70,7 +70,7 @@ def settle(session: Session, client: redis.Redis, settings: Settings, build: Bui
     raw = client.get(keys.build_result(build.guid))
     if raw is not None:
         result = StageResult(**json.loads(raw))
-    elif _age(build) > settings.staging_timeout + 60:
+    elif age(build) > settings.staging_timeout + 60:
         result = StageResult(
             ok=False,
             error=f"staging did not finish within {settings.staging_timeout:.0f} s: "
@@ -180,7 +180,7 @@ def _other_builds_running(session: Session, app: App, build: Build) -> bool:
         Build.app_id == app.id, Build.id != build.id, Build.state == BuildState.STAGING)))
 
 
-def _age(build: Build) -> float:
+def age(build: Build) -> float:
     created = build.created_at
     if created.tzinfo is None:
         created = created.replace(tzinfo=dt.UTC)

@@ -242,8 +242,14 @@ class Nginx:
             candidate.unlink(missing_ok=True)  # already gone if it became the live config
         if self.is_running():
             assert self._proc is not None
+            old_workers = _children(self._proc.pid)
             self._proc.send_signal(signal.SIGHUP)
+            _wait_gone(old_workers, timeout=self.drain_timeout)
         return True
+
+    # How long apply() waits for the workers of the old config to finish their requests and
+    # exit; until then a new connection may still meet the old config.
+    drain_timeout = 2.0
 
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop (SIGQUIT: finish open requests); SIGTERM, then SIGKILL, on timeout."""
@@ -277,3 +283,37 @@ class Nginx:
             pass  # the whole group is gone
         proc.wait()
         self._proc = None
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (nginx's workers), read from /proc."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces, so split after the last ")".
+        fields = stat.rpartition(")")[2].split()
+        if len(fields) > 1 and fields[1] == str(pid):
+            found.add(int(entry))
+    return found
+
+
+def _wait_gone(pids: set[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while pids and time.monotonic() < deadline:
+        pids = {p for p in pids if os.path.exists(f"/proc/{p}") and not _zombie(p)}
+        if pids:
+            time.sleep(0.005)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return True
