@@ -12,12 +12,15 @@ import io
 import json
 import logging
 import os
+import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import docker
@@ -50,6 +53,7 @@ from contracts.settings import Settings
 log = logging.getLogger("paas.stager")
 RUN_UID = 2000
 ERROR_PREFIX = "!     "
+FAST_PATH_DECLINED = 100  # bin/fast-compile's "run the real compile in a container"
 TAIL_LINES = 20
 
 
@@ -60,6 +64,7 @@ class Stager:
         self.docker = docker_client
         self.redis = redis_client
         self.blob_root = settings.blobstore_dir
+        self._stack_pythons: dict[str, str] = {}
 
     # -- the task ------------------------------------------------------------------------
     def stage(self, request: StageRequest) -> StageResult:
@@ -102,9 +107,13 @@ class Stager:
             declared = _procfile(app_dir)
             if request.command:
                 declared["web"] = request.command
-            app_tar = _tar_folder(app_dir, "app", uid=RUN_UID)
-            app_part, layers, defaults, name = self._compile(request, candidates, detect,
-                                                             app_tar, out)
+            fast = self._fast_compile(request, candidates, detect, app_dir, out)
+            if fast is not None:
+                app_part, layers, defaults, name = fast
+            else:
+                app_tar = _tar_folder(app_dir, "app", uid=RUN_UID)
+                app_part, layers, defaults, name = self._compile(request, candidates, detect,
+                                                                 app_tar, out)
         processes = process_types(defaults, declared)
         droplet = Droplet(self.blob_root, app_part, layers)
         digest, path = droplet.store()
@@ -147,6 +156,71 @@ class Stager:
                 raise
         return [custom_mod.unpack(self.blob_root / blob, name, work)
                 for name, blob in custom.items()], True
+
+    # -- the fast path: no container when a built-in buildpack has nothing to install ----
+    def _fast_compile(self, request: StageRequest, candidates: list, detect: bool,
+                      app_dir: Path, out: StreamWriter,
+                      ) -> tuple[bytes, list[Layer], dict[str, str], str] | None:
+        """A built-in buildpack's ``bin/fast-compile`` on this host, or None to use a container.
+
+        Only built-in buildpacks (trusted code that runs no app code and reaches no
+        network) have one, and it succeeds only when every dependency layer is stored.
+        """
+        bp = candidates[0]
+        if detect or request.no_cache or not self.settings.staging_fast_path \
+                or not isinstance(bp, registry.Buildpack):
+            return None
+        with resources.as_file(bp.folder) as folder:
+            script = folder / "bin" / "fast-compile"
+            if not script.is_file():
+                return None
+            prefix = _layer_prefix(self.settings, request.app_guid)
+            stored = {p.name[len(prefix):-len(".tar")]: p
+                      for p in (self.blob_root / "layers").glob(f"{prefix}*.tar")}
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(app_dir),
+                   "LANG": "C.UTF-8", "PAAS_STACK_PYTHON": self._stack_python()}
+            proc = subprocess.run(
+                [sys.executable, str(script), str(app_dir),
+                 *(f"{key}={path}" for key, path in stored.items())],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                timeout=120)
+            if proc.returncode == FAST_PATH_DECLINED:
+                return None
+            lines = proc.stdout.splitlines()
+            if proc.returncode != 0:
+                for line in lines:
+                    out.line(line)
+                errors = [line[len(ERROR_PREFIX):] for line in lines
+                          if line.startswith(ERROR_PREFIX)]
+                message = errors[-1] if errors else (
+                    f"the {bp.name} buildpack failed with exit code {proc.returncode}.")
+                raise CompileFailed(message, proc.returncode, shown=bool(errors))
+            layers = []
+            for line in _read_text(app_dir / ".paas" / "layers").splitlines():
+                folder_name, _, key = line.strip().partition(" ")
+                if folder_name:
+                    layer = Layer(folder=folder_name.strip("/"), key=prefix + key.strip())
+                    if not key.strip() or not (self.blob_root / layer.blob_path).exists():
+                        return None  # a layer would have to be built: use the container
+                    layers.append(layer)
+            release = subprocess.run([sys.executable, str(folder / "bin" / "release"),
+                                      str(app_dir)], capture_output=True, env=env, timeout=60)
+        for line in lines:
+            out.line(line)
+        excluded = {f"app/{layer.folder}" for layer in layers}
+        app_part = _tar_folder(app_dir, "app", uid=RUN_UID, exclude=excluded)
+        return app_part, layers, _default_process_types(release.stdout, bp.name), bp.name
+
+    def _stack_python(self) -> str:
+        """``sys.version`` of the build stack's python3 (asked once per image)."""
+        image = stack.build_image(self.settings.stack_build_image)
+        if image not in self._stack_pythons:
+            output = self.docker.containers.run(
+                image, ["python3", "-c", "import sys; print(sys.version)"], remove=True,
+                network_mode="none", labels={LABEL_PLATFORM: self.settings.platform_id,
+                                             LABEL_KIND: "staging"})
+            self._stack_pythons[image] = output.decode().strip()
+        return self._stack_pythons[image]
 
     # -- compile in a container ------------------------------------------------------------
     def _compile(self, request: StageRequest, candidates: list, detect: bool, app_tar: bytes,
@@ -517,8 +591,17 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644,
     tar.addfile(info, io.BytesIO(data))
 
 
-def _tar_folder(folder: Path, arcname: str, uid: int) -> bytes:
-    def owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace") if path.is_file() else ""
+    except OSError:
+        return ""
+
+
+def _tar_folder(folder: Path, arcname: str, uid: int, exclude: set[str] = frozenset()) -> bytes:
+    def owned(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        if any(info.name == e or info.name.startswith(e + "/") for e in exclude):
+            return None
         info.uid = info.gid = uid
         info.uname = info.gname = ""
         return info

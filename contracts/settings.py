@@ -47,6 +47,8 @@ class Settings:
     staging_timeout: float = 900.0
     staging_memory_mb: int = 2048
     staging_output_bytes: int = 4 * 1024 * 1024  # build output shown; the rest is counted
+    # Built-in buildpacks may skip the staging container when nothing needs installing.
+    staging_fast_path: bool = True
 
     # Agent.
     agent_id: str = "agent-0"

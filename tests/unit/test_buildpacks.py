@@ -374,3 +374,51 @@ def test_static_nginx_conf():
     assert "pid /tmp/nginx.pid;" in conf and "daemon off;" in conf
     assert "Staticfile" not in conf  # only hidden when the app folder itself is served
     assert "location = /Staticfile" in staticpack.nginx_conf("/app")
+
+
+def _run_fast_compile(app: Path, layers: dict[str, Path],
+                      stack: str) -> subprocess.CompletedProcess:
+    script = Path(str(registry.by_name("python").folder / "bin" / "fast-compile"))
+    return subprocess.run(
+        [sys.executable, str(script), str(app), *(f"{k}={v}" for k, v in layers.items())],
+        capture_output=True, text=True, env={**os.environ, "PAAS_STACK_PYTHON": stack})
+
+
+def _django_app(root: Path) -> Path:
+    (root / "mysite").mkdir(parents=True)
+    (root / "manage.py").write_text("")
+    (root / "mysite" / "wsgi.py").write_text("")
+    (root / "requirements.txt").write_text("django\ngunicorn\n")
+    return root
+
+
+def test_fast_compile_uses_a_stored_layer_without_a_container(tmp_path):  # noqa: ANN001
+    import tarfile
+
+    stack = "3.11.2 (main, Mar 13 2023, 12:18:29) [GCC 12.2.0]"
+    app = _django_app(tmp_path / "app")
+    declined = _run_fast_compile(app, {}, stack)
+    assert declined.returncode == 100  # nothing stored: the container must compile
+    assert not (app / ".paas").exists()  # and nothing was written
+
+    pack = load("python", "pythonpack")
+    os.environ["PAAS_STACK_PYTHON"] = stack
+    try:
+        key = pack.dependency_key(str(app), pack.install_method(str(app)))
+    finally:
+        del os.environ["PAAS_STACK_PYTHON"]
+    layer = tmp_path / "layer.tar"
+    with tarfile.open(layer, "w") as tar:
+        for name in (".venv", ".venv/bin", ".venv/bin/gunicorn", ".venv/bin/django-admin"):
+            info = tarfile.TarInfo(name)
+            if name.count("/") < 2:
+                info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+    done = _run_fast_compile(app, {key: layer}, stack)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "reusing them from the build cache" in done.stdout
+    assert (app / ".paas" / "layers").read_text() == f".venv {key}\n"
+    assert "gunicorn mysite.wsgi" in done.stdout  # Django inferred from the stored venv
+
+    wrong = _run_fast_compile(app, {key: layer}, "3.12.1 (main) [GCC]")
+    assert wrong.returncode == 100  # another stack Python: another key

@@ -26,6 +26,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from dataclasses import dataclass
 
@@ -105,13 +106,23 @@ def installs_app_files(build: str, method: Method) -> bool:
     return bool(LOCAL_IN_LOCK[method.files[0]].search(text))
 
 
+def stack_python() -> tuple[str, tuple[int, int, int]]:
+    """The stack's Python: this interpreter in the staging container; on the stager host (the
+    fast path) the platform names the stack's in PAAS_STACK_PYTHON ("3.11.2 (main, ...)")."""
+    given = os.environ.get("PAAS_STACK_PYTHON")
+    if not given:
+        return sys.version, tuple(sys.version_info[:3])  # type: ignore[return-value]
+    numbers = given.split()[0].split(".")
+    return given, (int(numbers[0]), int(numbers[1]), int(numbers[2]))
+
+
 # Bumped whenever this buildpack lays the venv out differently, so old layers are not reused.
 LAYOUT = "venv-without-pip-1"
 
 
 def dependency_key(build: str, method: Method) -> str:
     """A digest of what the virtualenv is made from (see the module's docstring)."""
-    digest = hashlib.sha256(f"{LAYOUT}\0{sys.version}\0{method.name}\0".encode())
+    digest = hashlib.sha256(f"{LAYOUT}\0{stack_python()[0]}\0{method.name}\0".encode())
     for name in method.files:
         path = os.path.join(build, name)
         if os.path.isfile(path):
@@ -131,7 +142,7 @@ def dependency_key(build: str, method: Method) -> str:
 
 def layers_present() -> set[str]:
     try:
-        with open("/tmp/paas/layers-present") as f:
+        with open(os.environ.get("PAAS_LAYERS_PRESENT", "/tmp/paas/layers-present")) as f:
             return {line.strip() for line in f if line.strip()}
     except OSError:
         return set()
@@ -277,10 +288,10 @@ PROFILE = ('export PATH="$HOME/.venv/bin:$PATH"\n'
            'export VIRTUAL_ENV="$HOME/.venv"\n')
 
 
-def compile_app(build: str, cache: str) -> None:
-    available = sys.version_info[:3]
+def _prepare(build: str) -> tuple[Method, str]:
+    """Checks and clean-up shared by both paths; the install method and the venv key."""
     say("Python app detected")
-    say(pyversion.check(pyversion.requested(build), available))
+    say(pyversion.check(pyversion.requested(build), stack_python()[1]))
     method = install_method(build)
     for name in ignored_files(build, method):
         note(f"({name} is not read: dependencies come from {method.describe})")
@@ -291,7 +302,12 @@ def compile_app(build: str, cache: str) -> None:
             shutil.rmtree(venv)
         else:
             os.remove(venv)
-    key = dependency_key(build, method)
+    return method, dependency_key(build, method)
+
+
+def compile_app(build: str, cache: str) -> None:
+    method, key = _prepare(build)
+    venv = os.path.join(build, ".venv")
     cached = os.path.join(cache, f"venv-{key}")
     started = time.monotonic()
     commands = cached_commands(cache, key)
@@ -307,7 +323,31 @@ def compile_app(build: str, cache: str) -> None:
         commands = venv_commands(venv)
         save_to_cache(venv, cache, key, commands)
     say(f"Dependencies ready in {time.monotonic() - started:.1f} s")
+    _finish(build, key, commands)
 
+
+NEEDS_CONTAINER = 100  # fast-compile's exit code for "run the real compile"
+
+
+def fast_compile(build: str, layers: dict[str, str]) -> bool:
+    """On the stager host, with no container: only when the venv layer for this app's
+    dependencies is stored already (``layers``: key -> its tarball). Runs no app code and
+    reaches no network; reads the venv's commands from the stored layer."""
+    method, key = _prepare(build)
+    if key not in layers:
+        return False
+    try:
+        with tarfile.open(layers[key]) as tar:
+            commands = sorted({m.name.split("/")[2] for m in tar.getmembers()
+                               if m.name.startswith(".venv/bin/") and m.name.count("/") == 2})
+    except (OSError, tarfile.TarError, IndexError):
+        return False
+    say("Dependencies unchanged: reusing them from the build cache")
+    _finish(build, key, commands)
+    return True
+
+
+def _finish(build: str, key: str, commands: list[str] | None) -> None:
     # The virtualenv is a layer of its own, stored once per key and reused while the
     # dependencies are unchanged (the platform then need not copy it at all).
     os.makedirs(os.path.join(build, ".paas"), exist_ok=True)
@@ -349,6 +389,16 @@ def compile_main(argv: list[str]) -> None:
         compile_app(argv[0], argv[1])
     except (BuildFailed, pyversion.VersionError) as e:
         fail(str(e))
+
+
+def fast_compile_main(argv: list[str]) -> None:
+    """bin/fast-compile BUILD_DIR [KEY=LAYER_TARBALL ...]; exit 100: run bin/compile."""
+    layers = dict(arg.split("=", 1) for arg in argv[1:] if "=" in arg)
+    try:
+        done = fast_compile(argv[0], layers)
+    except (BuildFailed, pyversion.VersionError) as e:
+        fail(str(e))
+    sys.exit(0 if done else NEEDS_CONTAINER)
 
 
 def release_main(argv: list[str]) -> None:
