@@ -127,7 +127,7 @@ def push(name: str | None, path: Path | None, manifest_path: Path | None, comman
     try:
         size = tarball.stat().st_size
         n = len(matched)
-        reused = f", {n} unchanged large file{'s' * (n != 1)} not uploaded" if n else ""
+        reused = f", {n} unchanged file{'s' * (n != 1)} not uploaded" if n else ""
         console.print(f"Pushing [bold]{name}[/] ({len(entries)} files, upload "
                       f"{size / 1e6:.1f} MB{reused})")
         buildpack_file = _buildpack_tarball(options)
@@ -310,14 +310,18 @@ def _wait_for_release(api: Client, name: str, version: int, timeout: float) -> d
 
 
 def _wait_for_cutover(api: Client, name: str, version: int, timeout: float = 30.0) -> dict:
-    """Wait until no instance of an older release is left, so the URL serves the new one."""
+    """Wait until the router sends the app's traffic to the new release's instances and no
+    instance of an older release is left, so the URL serves the new one."""
     deadline = time.monotonic() + timeout
     while True:
         app = api.get(f"/apps/{name}")
-        old = [i for i in app.get("instances", []) if i["release"] != version]
-        if not old or time.monotonic() > deadline:
+        instances = app.get("instances", [])
+        old = [i for i in instances if i["release"] != version]
+        unrouted = [i for i in instances if i["release"] == version
+                    and i["process_type"] == "web" and not i.get("routed")]
+        if (not old and not unrouted) or time.monotonic() > deadline:
             return app
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
 def _wait_for_route(url: str, timeout: float = 5.0) -> None:

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pathspec
 
+from contracts.messages import RESOURCE_MIN_BYTES
+
 DEFAULT_IGNORES = [".git/", ".hg/", ".svn/", "/.paasignore", "/.cfignore", "/manifest.yml",
                    "__pycache__/", "/.venv/", "/.paas-data/", ".DS_Store"]
-RESOURCE_MIN = 64 * 1024
+RESOURCE_MIN = RESOURCE_MIN_BYTES
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# Files of at least this size are fingerprinted by the CLI and kept in the controller's
+# resource cache, so a re-push uploads only what changed (smaller ones always travel).
+RESOURCE_MIN_BYTES = 4096
+
 # Celery task names, so senders need not import the workers.
 STAGE_TASK = "paas.stage"
 START_INSTANCE_TASK = "paas.start_instance"

@@ -17,11 +17,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from contracts.messages import RESOURCE_MIN_BYTES
 from controller.blobstore import Blobstore
 from controller.errors import InvalidInput
 
 SHA1 = re.compile(r"^[0-9a-f]{40}$")
-RESOURCE_MIN = 64 * 1024
+RESOURCE_MIN = RESOURCE_MIN_BYTES
 MAX_MATCH = 100_000
 
 

@@ -6,9 +6,11 @@ import json
 import re
 import uuid
 
+import redis
 from flask import current_app, g, jsonify, request
 from sqlalchemy import select
 
+from contracts import keys
 from contracts.messages import InstanceReport
 from controller import events, packages, resources, staging
 from controller.actual import instances_by_app, nudge, read_heartbeats
@@ -52,7 +54,7 @@ def find_app(name: str, action: str) -> App:
     return app
 
 
-def present_instance(inst: InstanceReport) -> dict[str, object]:
+def present_instance(inst: InstanceReport, router_synced: float = 0.0) -> dict[str, object]:
     return {
         "index": inst.index,
         "process_type": inst.process_type,
@@ -62,7 +64,18 @@ def present_instance(inst: InstanceReport) -> dict[str, object]:
         "agent": inst.agent_id,
         "reason": inst.reason,
         "exit_code": inst.exit_code,
+        # The router has made nginx equal to a route table read after this instance ran.
+        "routed": inst.state == "RUNNING" and inst.process_type == "web"
+        and router_synced >= inst.since,
     }
+
+
+def router_synced() -> float:
+    try:
+        raw = _redis().get(keys.ROUTER_SYNCED)
+        return float(raw) if raw else 0.0
+    except (redis.RedisError, ValueError):
+        return 0.0
 
 
 def present_app(app: App, instances: list[InstanceReport] | None = None) -> dict[str, object]:
@@ -97,7 +110,8 @@ def present_app(app: App, instances: list[InstanceReport] | None = None) -> dict
     if latest is not None and latest.status == "FAILED":
         body["failed_release"] = {"version": latest.version, "error": latest.error}
     if instances is not None:
-        body["instances"] = [present_instance(i) for i in instances]
+        synced = router_synced() if instances else 0.0
+        body["instances"] = [present_instance(i, synced) for i in instances]
         running = [i for i in instances if i.state == "RUNNING"
                    and release is not None and i.release == release.version]
         body["instances_running"] = len(running)

@@ -104,7 +104,7 @@ def test_manifest_and_resource_matching(platform, fixtures, tmp_path):  # noqa: 
     (app / "app.py").write_text((app / "app.py").read_text() + "\n# changed\n")
     second = platform.paas("push", "-p", str(app))
     assert second.returncode == 0, second.stdout + second.stderr
-    assert "1 unchanged large file not uploaded" in second.stdout
+    assert "1 unchanged file not uploaded" in second.stdout
     assert platform.router_get(host, "/sha1/asset.bin").text == hashlib.sha1(blob).hexdigest()
     assert platform.paas("delete", "manifested", "-f").returncode == 0
 
@@ -126,3 +126,28 @@ def test_restage_with_and_without_the_cache(platform, fixtures, tmp_path):  # no
     assert platform.paas("delete", "again", "-f").returncode == 0
     missing = platform.paas("restage", "no-such-app")
     assert missing.returncode == 1 and "there is no app named 'no-such-app'" in missing.stderr
+
+
+def test_unchanged_large_app_uploads_almost_nothing(platform, tmp_path):  # noqa: ANN001
+    """A 50 MB, 5,000-file app: the re-push after a one-line change uploads (almost) nothing."""
+    import os
+    import re
+
+    site = tmp_path / "bigsite"
+    (site / "assets").mkdir(parents=True)
+    (site / "index.html").write_text("<h1>version 1</h1>\n")
+    for n in range(5000):
+        (site / "assets" / f"file{n:04}.bin").write_bytes(os.urandom(10 * 1024))
+    first = platform.paas("push", "bigsite", "-p", str(site))
+    assert first.returncode == 0, first.stdout + first.stderr
+
+    (site / "index.html").write_text("<h1>version 2</h1>\n")
+    second = platform.paas("push", "bigsite", "-p", str(site))
+    assert second.returncode == 0, second.stdout + second.stderr
+    uploaded = re.search(r"upload ([\d.]+) MB, 5000 unchanged files not uploaded", second.stdout)
+    assert uploaded, second.stdout
+    assert float(uploaded.group(1)) < 0.5
+    assert "version 2" in platform.router_get(platform.app_host("bigsite")).text
+    asset = platform.router_get(platform.app_host("bigsite"), "/assets/file4999.bin")
+    assert asset.status_code == 200 and len(asset.content) == 10 * 1024
+    assert platform.paas("delete", "bigsite", "-f").returncode == 0

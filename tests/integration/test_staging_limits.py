@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("dump_logs_on_failure")
 
 @pytest.fixture(scope="module")
 def platform():  # noqa: ANN201  (overrides the session platform for this module)
-    sandbox = Sandbox(staging_timeout=8.0, staging_output_bytes=200_000, start_timeout=12.0)
+    sandbox = Sandbox(staging_timeout=15.0, staging_output_bytes=200_000, start_timeout=12.0)
     try:
         sandbox.start()
         yield sandbox
@@ -63,7 +63,7 @@ def test_hang_is_stopped_at_the_staging_timeout(platform, tmp_path):  # noqa: AN
     result = platform.paas("push", "hangs", "-p", str(app), "-b", str(hang))
     assert result.returncode == 1
     assert "about to wait forever" in result.stdout
-    assert "staging ran longer than 8 s" in result.stderr
+    assert "staging ran longer than 15 s" in result.stderr
     assert "hangs" not in platform.paas("apps").stdout
 
 
