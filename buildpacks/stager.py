@@ -12,6 +12,8 @@ import io
 import json
 import logging
 import os
+import posixpath
+import re
 import subprocess
 import sys
 import tarfile
@@ -179,11 +181,14 @@ class Stager:
                       for p in (self.blob_root / "layers").glob(f"{prefix}*.tar")}
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(app_dir),
                    "LANG": "C.UTF-8", "PAAS_STACK_PYTHON": self._stack_python()}
-            proc = subprocess.run(
-                [sys.executable, str(script), str(app_dir),
-                 *(f"{key}={path}" for key, path in stored.items())],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                timeout=120)
+            try:
+                proc = subprocess.run(
+                    [sys.executable, str(script), str(app_dir),
+                     *(f"{key}={path}" for key, path in stored.items())],
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                    timeout=120)
+            except subprocess.TimeoutExpired:
+                return None
             if proc.returncode == FAST_PATH_DECLINED:
                 return None
             lines = proc.stdout.splitlines()
@@ -196,15 +201,17 @@ class Stager:
                     f"the {bp.name} buildpack failed with exit code {proc.returncode}.")
                 raise CompileFailed(message, proc.returncode, shown=bool(errors))
             layers = []
-            for line in _read_text(app_dir / ".paas" / "layers").splitlines():
-                folder_name, _, key = line.strip().partition(" ")
-                if folder_name:
-                    layer = Layer(folder=folder_name.strip("/"), key=prefix + key.strip())
-                    if not key.strip() or not (self.blob_root / layer.blob_path).exists():
-                        return None  # a layer would have to be built: use the container
-                    layers.append(layer)
-            release = subprocess.run([sys.executable, str(folder / "bin" / "release"),
-                                      str(app_dir)], capture_output=True, env=env, timeout=60)
+            for folder_name, key in parse_layers(_read_text(app_dir / ".paas" / "layers")):
+                layer = Layer(folder=folder_name, key=prefix + key)
+                if not key or not (self.blob_root / layer.blob_path).exists():
+                    return None  # a layer would have to be built: use the container
+                layers.append(layer)
+            try:
+                release = subprocess.run([sys.executable, str(folder / "bin" / "release"),
+                                          str(app_dir)], capture_output=True, env=env,
+                                         timeout=60)
+            except subprocess.TimeoutExpired:
+                return None
         for line in lines:
             out.line(line)
         excluded = {f"app/{layer.folder}" for layer in layers}
@@ -276,7 +283,8 @@ class Stager:
             tail.start()
             try:
                 status = container.wait(timeout=self.settings.staging_timeout)
-            except requests.exceptions.ConnectionError as e:  # docker-py's read timeout
+            except (requests.exceptions.ConnectionError,
+                    requests.exceptions.ReadTimeout) as e:  # docker-py's wait timing out
                 try:
                     container.kill()
                 except docker.errors.APIError:
@@ -296,12 +304,10 @@ class Stager:
             name = _read_single_file(container, "/tmp/paas/buildpack").decode().strip()
             app_part = _read_single_file(container, "/tmp/paas/app.tar")
             layers = []
-            for line in _read_single_file(container, "/tmp/paas/layers").decode().splitlines():
-                folder, _, key = line.strip().partition(" ")
-                if not folder:
-                    continue
-                layer = Layer(folder=folder.strip("/"), key=prefix + key.strip())
-                if not key.strip() or not (self.blob_root / layer.blob_path).exists():
+            listed = _read_single_file(container, "/tmp/paas/layers").decode("utf-8", "replace")
+            for folder, key in parse_layers(listed):
+                layer = Layer(folder=folder, key=prefix + key)
+                if not key or not (self.blob_root / layer.blob_path).exists():
                     layer = self._fetch_layer(container, layer)
                 layers.append(layer)
             release = _read_single_file(container, "/tmp/paas/release.yml")
@@ -489,6 +495,28 @@ class Droplet:
         return [self.app_path, *(lay.blob_path for lay in self.layers)]
 
 
+LAYER_KEY = re.compile(r"^[a-z0-9_.-]{1,64}$")
+
+
+def parse_layers(text: str) -> list[tuple[str, str]]:
+    """``DIR KEY`` lines of ``/app/.paas/layers``: folders inside /app, keys fit for a tag."""
+    layers = []
+    for line in text.splitlines():
+        folder, _, key = line.strip().partition(" ")
+        if not folder:
+            continue
+        key = key.strip()
+        normal = posixpath.normpath(folder.strip("/"))
+        if normal in ("", ".") or normal == ".." or normal.startswith("../"):
+            raise StagingError(f"the buildpack listed the layer folder {folder!r}, which is not "
+                               "inside the app: fix the buildpack's .paas/layers.")
+        if key and not LAYER_KEY.match(key):
+            raise StagingError(f"the buildpack gave the layer {folder!r} the key {key!r}: keys "
+                               "are 1 to 64 lower-case letters, digits, '.', '_' or '-'.")
+        layers.append((normal, key))
+    return layers
+
+
 def _procfile(app_dir: Path) -> dict[str, str]:
     path = app_dir / "Procfile"
     return procfile.parse(path.read_text(errors="replace")) if path.is_file() else {}
@@ -613,6 +641,11 @@ def _tar_folder(folder: Path, arcname: str, uid: int, exclude: set[str] = frozen
 
 
 def _add_tree(tar: tarfile.TarFile, node, arcname: str) -> None:  # noqa: ANN001
+    if isinstance(node, Path) and node.is_symlink():  # kept as a link, never followed
+        info = tarfile.TarInfo(arcname)
+        info.type, info.linkname = tarfile.SYMTYPE, os.readlink(node)
+        tar.addfile(info)
+        return
     if node.is_dir():
         info = tarfile.TarInfo(arcname)
         info.type, info.mode = tarfile.DIRTYPE, 0o755

@@ -93,9 +93,10 @@ def push(name: str | None, path: Path | None, manifest_path: Path | None, comman
     NAME defaults to the manifest's name, else the folder's name. Flags override the manifest.
     """
     folder = path or Path(".")
-    manifest = load_manifest(manifest_path or folder / "manifest.yml", name)
+    manifest_file = manifest_path or folder / "manifest.yml"
+    manifest = load_manifest(manifest_file, name)
     if manifest is not None and path is None and manifest.path:
-        folder = (manifest_path or folder / "manifest.yml").parent / manifest.path
+        folder = manifest_file.parent / manifest.path
     if not folder.is_dir():
         raise click.ClickException(f"{folder} is not a folder: pass the app's folder with -p.")
     name = name or (manifest.name if manifest else None) or _default_name(folder)
@@ -104,6 +105,11 @@ def push(name: str | None, path: Path | None, manifest_path: Path | None, comman
             f"{name!r} is not a valid app name: use 1 to 63 lower-case letters, digits and "
             "hyphens, starting and ending with a letter or digit.")
     options = _push_options(manifest, command, instances, memory, buildpack)
+    given_bp = options.get("buildpack")
+    if manifest is not None and buildpack is None and isinstance(given_bp, str) \
+            and given_bp.startswith(("./", "../")):
+        # A path in the manifest is relative to the manifest, not to where paas runs.
+        options["buildpack"] = str(manifest_file.parent / given_bp)
 
     api = client()
     started = time.monotonic()
@@ -207,8 +213,8 @@ def _buildpack_tarball(options: dict[str, object]) -> Path | None:
 
 
 def _buildpack_name(text: str) -> str:
-    name = re.sub(r"[^a-z0-9_.-]+", "-", text.lower()).strip("-.") or "buildpack"
-    return name[:63]
+    name = re.sub(r"[^a-z0-9_.-]+", "-", text.lower()).strip("-._")[:63].rstrip("-._")
+    return name or "buildpack"
 
 
 def buildpack_archive(folder: Path) -> Path:

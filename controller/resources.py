@@ -8,14 +8,13 @@ Per team, so one team cannot learn from the cache what files another team has.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import posixpath
 import re
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from contracts.messages import RESOURCE_MIN_BYTES
 from controller.blobstore import Blobstore
@@ -87,10 +86,11 @@ def assemble(blobs: Blobstore, team_id: int, upload: Path, matched: list[dict[st
                 seen.add(posixpath.normpath(member.name))
                 data = src.extractfile(member) if member.isfile() else None
                 if data is not None and member.size >= RESOURCE_MIN:
-                    body = data.read()
-                    _remember(blobs, team_id, body)
-                    data = io.BytesIO(body)
-                out.addfile(member, data)
+                    cached = _remember(blobs, team_id, data)
+                    with cached.open("rb") as f:
+                        out.addfile(member, f)
+                else:
+                    out.addfile(member, data)
             for item in matched:
                 name = posixpath.normpath(item["path"])
                 if name in seen:
@@ -112,8 +112,21 @@ def assemble(blobs: Blobstore, team_id: int, upload: Path, matched: list[dict[st
     return digest, size
 
 
-def _remember(blobs: Blobstore, team_id: int, body: bytes) -> None:
-    sha1 = hashlib.sha1(body, usedforsecurity=False).hexdigest()
-    key = _key(team_id, sha1)
-    if not blobs.exists(key):
-        blobs.put_stream(key, io.BytesIO(body))
+def _remember(blobs: Blobstore, team_id: int, data: BinaryIO) -> Path:
+    """Copy a file into the team's cache (streamed, hashed on the way); return its path."""
+    folder = blobs.path(f"resources/{team_id}")
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha1(usedforsecurity=False)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".incoming-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            while chunk := data.read(1024 * 1024):
+                digest.update(chunk)
+                f.write(chunk)
+        target = blobs.path(_key(team_id, digest.hexdigest()))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return target

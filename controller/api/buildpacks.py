@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
+import os
 import re
+import uuid
 
 from flask import current_app, g, jsonify, request
 from sqlalchemy import func, select
@@ -11,7 +12,7 @@ from sqlalchemy import func, select
 from controller import events, packages
 from controller.api import v1
 from controller.auth import Action, authorize, current_identity
-from controller.errors import Conflict, InvalidInput, NotFound
+from controller.errors import Conflict, InvalidInput, NotFound, TooLarge
 from controller.models import RegisteredBuildpack
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -19,21 +20,22 @@ NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 BUILTIN = ("python", "node", "static", "procfile")
 
 
+MAX_BUILDPACK_BYTES = 512 * 1024 * 1024
+
+
 def store_buildpack(upload) -> tuple[str, str]:  # noqa: ANN001
     """Keep an uploaded buildpack tarball (checked) in the blobstore; path and digest."""
     blobs = current_app.extensions["paas.blobstore"]
-    data = upload.stream.read()
-    digest = hashlib.sha256(data).hexdigest()
-    path = f"buildpacks/{digest}.tar.gz"
-    if not blobs.exists(path):
-        import io
-
-        blobs.put_stream(path, io.BytesIO(data))
-        try:
-            packages.check_buildpack(blobs.path(path))
-        except InvalidInput:
-            blobs.delete(path)
-            raise
+    incoming = f"buildpacks/.incoming-{uuid.uuid4()}"
+    try:
+        digest, _size = blobs.put_stream(incoming, upload.stream, limit=MAX_BUILDPACK_BYTES)
+        packages.check_buildpack(blobs.path(incoming))
+        path = f"buildpacks/{digest}.tar.gz"
+        os.replace(blobs.path(incoming), blobs.path(path))
+    except OverflowError as e:
+        raise TooLarge(f"the buildpack is larger than {MAX_BUILDPACK_BYTES // 2**20} MiB.") from e
+    finally:
+        blobs.delete(incoming)
     return path, digest
 
 

@@ -422,3 +422,24 @@ def test_fast_compile_uses_a_stored_layer_without_a_container(tmp_path):  # noqa
 
     wrong = _run_fast_compile(app, {key: layer}, "3.12.1 (main) [GCC]")
     assert wrong.returncode == 100  # another stack Python: another key
+
+
+@pytest.mark.parametrize("text, words", [
+    ("../etc k1\n", "not inside the app"),
+    (". k1\n", "not inside the app"),
+    (".venv BAD KEY\n", "the key 'BAD KEY'"),
+    (".venv " + "k" * 65 + "\n", "keys are 1 to 64"),
+])
+def test_layer_lines_a_buildpack_writes_are_checked(text, words):  # noqa: ANN001
+    from buildpacks.errors import StagingError
+    from buildpacks.stager import parse_layers
+
+    with pytest.raises(StagingError, match=words):
+        parse_layers(text)
+
+
+def test_layer_lines_are_normalised():
+    from buildpacks.stager import parse_layers
+
+    assert parse_layers("/.venv/ abc\nnode_modules\n\n") == [(".venv", "abc"),
+                                                             ("node_modules", "")]
