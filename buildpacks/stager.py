@@ -177,8 +177,7 @@ class Stager:
             if not script.is_file():
                 return None
             prefix = _layer_prefix(self.settings, request.app_guid)
-            stored = {p.name[len(prefix):-len(".tar")]: p
-                      for p in (self.blob_root / "layers").glob(f"{prefix}*.tar")}
+            stored = self._stored_layers(request.app_guid)
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(app_dir),
                    "LANG": "C.UTF-8", "PAAS_STACK_PYTHON": self._stack_python()}
             try:
@@ -195,11 +194,7 @@ class Stager:
             if proc.returncode != 0:
                 for line in lines:
                     out.line(line)
-                errors = [line[len(ERROR_PREFIX):] for line in lines
-                          if line.startswith(ERROR_PREFIX)]
-                message = errors[-1] if errors else (
-                    f"the {bp.name} buildpack failed with exit code {proc.returncode}.")
-                raise CompileFailed(message, proc.returncode, shown=bool(errors))
+                raise _compile_failed(lines, proc.returncode, f"the {bp.name} buildpack")
             layers = []
             for folder_name, key in parse_layers(_read_text(app_dir / ".paas" / "layers")):
                 layer = Layer(folder=folder_name, key=prefix + key)
@@ -243,9 +238,7 @@ class Stager:
             self._drop_cache(request.app_guid, out)
         cache = self._cache_volume(request.app_guid)
         prefix = _layer_prefix(self.settings, request.app_guid)
-        present = [] if request.no_cache else sorted(
-            p.name[len(prefix):-len(".tar")]
-            for p in (self.blob_root / "layers").glob(f"{prefix}*.tar"))
+        present = [] if request.no_cache else sorted(self._stored_layers(request.app_guid))
         container = self.docker.containers.create(
             stack.build_image(self.settings.stack_build_image),
             command=["/bin/sh", "-c", DRIVER, "driver", "detect" if detect else "given",
@@ -295,12 +288,8 @@ class Stager:
             code = status.get("StatusCode", 1)
             tail.join(timeout=5)
             if code != 0:
-                errors = [line[len(ERROR_PREFIX):] for line in tail.lines
-                          if line.startswith(ERROR_PREFIX)]
                 which = "the buildpack" if detect else f"the {candidates[0].name} buildpack"
-                message = errors[-1] if errors else (
-                    f"{which} failed with exit code {code} (its last lines are above).")
-                raise CompileFailed(message, code, shown=bool(errors))
+                raise _compile_failed(list(tail.lines), code, which)
             name = _read_single_file(container, "/tmp/paas/buildpack").decode().strip()
             app_part = _read_single_file(container, "/tmp/paas/app.tar")
             layers = []
@@ -340,10 +329,15 @@ class Stager:
             self.docker.volumes.get(self._cache_name(app_guid)).remove(force=True)
         except docker.errors.NotFound:
             pass
-        prefix = _layer_prefix(self.settings, app_guid)
-        for layer in (self.blob_root / "layers").glob(f"{prefix}*.tar"):
+        for layer in self._stored_layers(app_guid).values():
             layer.unlink(missing_ok=True)
         # Layer images under these keys are rebuilt too (see _build_image).
+
+    def _stored_layers(self, app_guid: str) -> dict[str, Path]:
+        """The app's layers in the blobstore: key (without the prefix) -> tarball."""
+        prefix = _layer_prefix(self.settings, app_guid)
+        return {p.name[len(prefix):-len(".tar")]: p
+                for p in (self.blob_root / "layers").glob(f"{prefix}*.tar")}
 
     def _cache_name(self, app_guid: str) -> str:
         return f"paas-cache-{self.settings.platform_id}-{app_guid}"
@@ -493,6 +487,14 @@ class Droplet:
 
     def blob_paths(self) -> list[str]:
         return [self.app_path, *(lay.blob_path for lay in self.layers)]
+
+
+def _compile_failed(lines: list[str], code: int, which: str) -> CompileFailed:
+    """The buildpack's own last error sentence ("!     ...") if it printed one."""
+    errors = [line[len(ERROR_PREFIX):] for line in lines if line.startswith(ERROR_PREFIX)]
+    message = errors[-1] if errors else (
+        f"{which} failed with exit code {code} (its last lines are above).")
+    return CompileFailed(message, code, shown=bool(errors))
 
 
 LAYER_KEY = re.compile(r"^[a-z0-9_.-]{1,64}$")

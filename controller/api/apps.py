@@ -9,6 +9,7 @@ import uuid
 import redis
 from flask import current_app, g, jsonify, request
 from sqlalchemy import select
+from sqlalchemy.orm import object_session
 
 from contracts import keys
 from contracts.messages import InstanceReport
@@ -21,6 +22,8 @@ from controller.errors import InvalidInput, NotFound, TooLarge
 from controller.models import (
     App,
     Build,
+    BuildState,
+    Droplet,
     Package,
     Release,
     Team,
@@ -281,7 +284,7 @@ def push(name: str):  # noqa: ANN201
 
 
 def present_build(build: Build) -> dict[str, object]:
-    return {
+    body: dict[str, object] = {
         "guid": build.guid,
         "state": build.state,
         "error": build.error,
@@ -289,6 +292,11 @@ def present_build(build: Build) -> dict[str, object]:
         "created_at": iso(build.created_at),
         "finished_at": iso(build.finished_at),
     }
+    if build.state == BuildState.SUCCEEDED:  # the release its droplet became
+        release = object_session(build).scalar(
+            select(Release).join(Droplet).where(Droplet.build_id == build.id))
+        body["release"] = release.version if release else None
+    return body
 
 
 @v1.delete("/apps/<name>")

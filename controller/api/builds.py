@@ -16,7 +16,7 @@ from controller.api import v1
 from controller.api.apps import present_build
 from controller.auth import Action, authorize, current_identity
 from controller.errors import NotFound
-from controller.models import Build, BuildState, Droplet, Release
+from controller.models import Build, BuildState
 
 PING_EVERY = 10.0
 
@@ -34,12 +34,7 @@ def show_build(guid: str):  # noqa: ANN201
     build = find_build(guid)
     staging.settle(g.db, current_app.extensions["paas.redis"],
                    current_app.config["PAAS_SETTINGS"], build)
-    build = find_build(guid)
-    body = present_build(build)
-    if build.state == BuildState.SUCCEEDED:
-        release = g.db.scalar(select(Release).join(Droplet).where(Droplet.build_id == build.id))
-        body["release"] = release.version if release else None
-    return jsonify(body)
+    return jsonify(present_build(find_build(guid)))
 
 
 @v1.get("/builds/<guid>/log")
@@ -111,9 +106,4 @@ def _result(app, guid: str) -> dict[str, object]:  # noqa: ANN001
             raw = client.get(keys.build_result(guid))
             error = json.loads(raw).get("error") if raw else "the build is gone"
             return {"type": "result", "state": BuildState.FAILED, "error": error}
-        body: dict[str, object] = {"type": "result", **present_build(build)}
-        if build.state == BuildState.SUCCEEDED:
-            release = session.scalar(select(Release).join(Droplet)
-                                     .where(Droplet.build_id == build.id))
-            body["release"] = release.version if release else None
-        return body
+        return {"type": "result", **present_build(build)}

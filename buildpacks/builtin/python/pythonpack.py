@@ -308,16 +308,10 @@ def _prepare(build: str) -> tuple[Method, str]:
 def compile_app(build: str, cache: str) -> None:
     method, key = _prepare(build)
     venv = os.path.join(build, ".venv")
-    cached = os.path.join(cache, f"venv-{key}")
     started = time.monotonic()
     commands = cached_commands(cache, key)
     if key in layers_present() and commands is not None:
         say("Dependencies unchanged: reusing them from the build cache")
-    elif os.path.isdir(cached) and commands is not None:
-        say("Dependencies unchanged: reusing them from the build cache")
-        if run(["cp", "-a", cached, venv]) != 0:
-            raise BuildFailed("could not copy the cached dependencies: push again with "
-                              "'paas restage --no-cache' if it persists.")
     else:
         install(build, cache, venv, method)
         commands = venv_commands(venv)
