@@ -57,6 +57,7 @@ RUN_UID = 2000
 ERROR_PREFIX = "!     "
 FAST_PATH_DECLINED = 100  # bin/fast-compile's "run the real compile in a container"
 TAIL_LINES = 20
+TAIL_DRAIN_SECONDS = 60  # how long a finished build may take to hand over its remaining output
 
 
 class Stager:
@@ -286,7 +287,12 @@ class Stager:
                     f"staging ran longer than {self.settings.staging_timeout:.0f} s and was "
                     "stopped: look at the last lines above for what hung.") from e
             code = status.get("StatusCode", 1)
-            tail.join(timeout=5)
+            # The container has exited, so the log stream ends once Docker has sent what it
+            # holds; megabytes of output can take seconds on a busy host.
+            tail.join(timeout=TAIL_DRAIN_SECONDS)
+            if tail.is_alive():
+                log.warning("build output of %s still draining after %d s", container.id[:12],
+                            TAIL_DRAIN_SECONDS)
             if code != 0:
                 which = "the buildpack" if detect else f"the {candidates[0].name} buildpack"
                 raise _compile_failed(list(tail.lines), code, which)
