@@ -2,7 +2,9 @@
 
 The loop re-reads every ``paas:routes:*`` hash on each ``paas:routes-changed`` message and at
 least every second (to notice hashes that expired), renders nginx.conf and reloads nginx only
-when the text changed. Without Redis, nginx keeps serving the last good config.
+when the text changed. Without Redis, nginx keeps serving the last good config; once Redis
+answers again (or turns out to have restarted), no backend is removed for a heartbeat TTL
+while the agents republish (see :mod:`router.grace`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from contracts import keys
 from contracts.messages import Route
 from contracts.settings import Settings, load
 from router.errors import RouterError
+from router.grace import RemovalGrace, RouteTable, route_table
 from router.nginx import Nginx
 from router.render import normalize_host, render_nginx_config, route_problem
 
@@ -57,6 +60,11 @@ class Router:
         self._rejected: str | None = None  # last text nginx -t refused; not retried
         self._warned: set[str] = set()
         self._redis_down = False
+        self._table: RouteTable = {}  # routes of the text nginx serves
+        self._grace = RemovalGrace(settings.heartbeat_ttl)
+        self._held = 0  # routes nginx serves that Redis no longer has (during a grace)
+        # Read time of the last table nginx was made equal to (what ROUTER_SYNCED promises).
+        self._synced_at: float | None = None
 
     def read_routes(self) -> list[Route]:
         """Every valid route of every agent; raises ``redis.RedisError`` if Redis is away."""
@@ -75,6 +83,15 @@ class Router:
                 routes.append(route)
         return routes
 
+    def read_run_id(self) -> str | None:
+        """Redis's run_id (new after each restart), or None if ``INFO`` is not allowed."""
+        try:
+            run_id = self.redis.info("server").get("run_id")
+        except redis.ResponseError as e:  # INFO renamed or denied; connection errors go up
+            self._warn_once(f"cannot read Redis's run_id, restarts show only as errors: {e}")
+            return None
+        return str(run_id) if run_id else None
+
     def render(self, routes: Iterable[Route]) -> str:
         return render_nginx_config(
             routes,
@@ -86,35 +103,69 @@ class Router:
     def start(self) -> None:
         """Start nginx with the current route table (an empty one if Redis is away)."""
         try:
-            routes = self.read_routes()
+            table = route_table(self.read_routes())
+            self._grace.redis_answered(self.read_run_id(), time.monotonic())
         except redis.RedisError as e:
             self._redis_lost(e)
-            routes = []
-        text = self.render(routes)
+            table = {}
+        text = self.render(table.values())
         self.nginx.start(text, listen=self.listen)
-        self._applied = text
+        self._applied, self._table = text, table
         log.info("router listening on %s:%s", *self.listen)
-        self._reloaded(routes)
+        self._reloaded(table)
 
     def sync(self) -> bool:
-        """Re-read the route table; reload nginx if the config changed. True if it reloaded."""
-        read_at = time.time()
-        routes = self.read_routes()
-        text = self.render(routes)
-        if text in (self._applied, self._rejected):
-            self._synced(read_at)
-            return False
-        if not self.nginx.apply(text):
-            self._rejected = text
-            return False
-        self._applied, self._rejected = text, None
-        self._reloaded(routes)
-        self._synced(read_at)
-        return True
+        """Re-read the route table; reload nginx if the config changed. True if it reloaded.
 
-    def _synced(self, read_at: float) -> None:
+        Raises ``redis.RedisError`` if Redis is away; nginx then keeps its config.
+        """
+        read_at = time.time()
+        read = route_table(self.read_routes())
+        run_id = self.read_run_id()  # after the table: a restart before or during the read shows
+        now = time.monotonic()
+        why = self._grace.redis_answered(run_id, now)
+        if why:
+            log.warning(
+                "Redis %s; no backend is removed for %g s while the agents republish routes",
+                why,
+                self._grace.period,
+            )
+        table = self._grace.table_to_apply(self._table, read, now)
+        self._note_held(len(table.keys() - read.keys()), now)
+        text = self.render(table.values())
+        reloaded = False
+        if text == self._applied:
+            self._table = table
+        elif text != self._rejected:
+            if not self.nginx.apply(text):
+                self._rejected = text
+                return False
+            self._applied, self._rejected, self._table = text, None, table
+            self._reloaded(table)
+            reloaded = True
+        if not self._held:
+            self._synced_at = read_at
+        self._synced()
+        return reloaded
+
+    def _note_held(self, held: int, now: float) -> None:
+        if self._held and not held:
+            if self._grace.holding(now):
+                log.info("every held backend is back in Redis")
+            else:
+                log.info("grace over; backends no longer in Redis are removed")
+        self._held = held
+
+    def _synced(self) -> None:
+        """Write ROUTER_SYNCED on every sync (Redis may have restarted without it).
+
+        While removals are held nginx is not equal to the table read, so the time written
+        stays that of the last sync that was.
+        """
+        if self._synced_at is None:
+            return
         try:
-            self.redis.set(keys.ROUTER_SYNCED, repr(read_at))
+            self.redis.set(keys.ROUTER_SYNCED, repr(self._synced_at))
         except redis.RedisError as e:
             log.warning("could not record the router's sync time in Redis: %s", e)
 
@@ -164,16 +215,17 @@ class Router:
         except RouterError as e:
             log.error("%s", e)
 
-    def _reloaded(self, routes: list[Route]) -> None:
-        hosts = len({normalize_host(r.host) for r in routes})
-        log.info("nginx config applied: %d hosts, %d backends", hosts, len(routes))
-        status = {"reloaded_at": time.time(), "routes": len(routes), "hosts": hosts}
+    def _reloaded(self, table: RouteTable) -> None:
+        hosts = len({normalize_host(r.host) for r in table.values()})
+        log.info("nginx config applied: %d hosts, %d backends", hosts, len(table))
+        status = {"reloaded_at": time.time(), "routes": len(table), "hosts": hosts}
         try:
             self.redis.set(keys.ROUTER_STATUS, json.dumps(status))
         except redis.RedisError as e:
             log.warning("could not record the router status in Redis: %s", e)
 
     def _redis_lost(self, error: Exception) -> None:
+        self._grace.redis_failed()
         if not self._redis_down:
             log.warning(
                 "Redis is unreachable (%s); nginx keeps serving the last good config; "
@@ -184,8 +236,6 @@ class Router:
         self._redis_down = True
 
     def _redis_back(self) -> None:
-        if self._redis_down:
-            log.info("Redis is reachable again; route table re-read")
         self._redis_down = False
 
     def _warn_once(self, message: str) -> None:

@@ -1,4 +1,5 @@
-"""Router: follows the route table, reloads only on change, survives Redis going away."""
+"""Router: follows the route table, reloads only on change, survives Redis going away or
+restarting without dropping a backend."""
 
 from __future__ import annotations
 
@@ -48,6 +49,13 @@ class FakeRedis:
         self.values: dict[str, str] = {}
         self.subscribers: list[FakePubSub] = []
         self.down = False
+        self.run_id = "run-1"
+
+    def restart(self) -> None:
+        """What a Redis without persistence looks like after a restart: empty, new run_id."""
+        self.hashes.clear()
+        self.values.clear()
+        self.run_id += "-restarted"
 
     def check(self) -> None:
         if self.down:
@@ -60,6 +68,10 @@ class FakeRedis:
     def hgetall(self, key: str) -> dict[str, str]:
         self.check()
         return dict(self.hashes.get(key, {}))
+
+    def info(self, section: str) -> dict[str, str]:
+        self.check()
+        return {"run_id": self.run_id}
 
     def set(self, key: str, value: str) -> None:
         self.check()
@@ -109,7 +121,7 @@ def route(host: str, port: int, guid: str = "g1") -> Route:
 @pytest.fixture
 def fakes(tmp_path: Path) -> tuple[Router, FakeRedis, FakeNginx]:
     server, nginx = FakeRedis(), FakeNginx(tmp_path)
-    settings = load(env={}, data_dir=str(tmp_path), router_port=8791)
+    settings = load(env={}, data_dir=str(tmp_path), router_port=8791, heartbeat_ttl=1.0)
     router = Router(settings, redis_client=server, nginx=nginx, interval=0.05)  # type: ignore[arg-type]
     return router, server, nginx
 
@@ -174,7 +186,10 @@ def test_run_follows_changes_and_survives_redis_outage(fakes: tuple) -> None:
 
         server.down = False
         del server.hashes[keys.routes("agent-a")]  # expired while Redis was away
-        eventually(lambda: "server_name a.localhost;" not in nginx.live)
+        server.add("agent-b", route("b.localhost", 61002))  # new while Redis was away
+        eventually(lambda: "server_name b.localhost;" in nginx.live)
+        assert "server_name a.localhost;" in nginx.live  # held for the grace period
+        eventually(lambda: "server_name a.localhost;" not in nginx.live)  # then removed
     finally:
         stop.set()
         thread.join(5)
@@ -190,3 +205,94 @@ def test_nginx_that_died_is_restarted_with_the_last_config(fakes: tuple) -> None
     nginx.running, nginx.live = False, None
     router._ensure_nginx()
     assert nginx.running and nginx.live == served
+
+
+def grace_over(router: Router) -> None:
+    """Move the router's clock past the grace period without sleeping through it."""
+    router._grace.reconnected_at -= router._grace.period
+
+
+def test_a_normal_removal_is_applied_at_once(fakes: tuple) -> None:
+    router, server, nginx = fakes
+    server.add("agent-a", route("a.localhost", 61001))
+    router.start()
+    assert router.sync() is False
+    del server.hashes[keys.routes("agent-a")]
+    assert router.sync() is True
+    assert "server_name a.localhost;" not in nginx.live
+
+
+def test_a_redis_restart_between_two_reads_removes_nothing_until_the_grace_is_over(
+    fakes: tuple,
+) -> None:
+    router, server, nginx = fakes
+    server.add("agent-a", route("a.localhost", 61001))
+    server.add("agent-a", route("c.localhost", 61003, guid="g3"))
+    router.start()
+    router.sync()
+
+    server.restart()  # no error seen: the client reconnected between two reads
+    assert router.sync() is False
+    assert "server_name a.localhost;" in nginx.live
+    server.add("agent-b", route("b.localhost", 61002))  # additions go live at once
+    assert router.sync() is True
+    assert "server_name a.localhost;" in nginx.live and "server_name b.localhost;" in nginx.live
+    server.add("agent-a", route("a.localhost", 61001))  # agent-a republished, without c
+
+    grace_over(router)
+    assert router.sync() is True
+    assert "server_name a.localhost;" in nginx.live and "server_name b.localhost;" in nginx.live
+    assert "server_name c.localhost;" not in nginx.live
+
+
+def test_after_an_outage_nothing_is_removed_for_the_grace_period(fakes: tuple) -> None:
+    router, server, nginx = fakes
+    server.add("agent-a", route("a.localhost", 61001))
+    router.start()
+    served = nginx.live
+
+    server.down = True
+    with pytest.raises(redis.ConnectionError):
+        router.sync()
+    router._redis_lost(redis.ConnectionError("Connection refused"))
+    server.down = False
+    server.hashes.clear()  # expired while Redis was away; run_id unchanged
+    assert router.sync() is False
+    assert nginx.live == served and nginx.applied == []
+
+    grace_over(router)
+    assert router.sync() is True
+    assert "server_name a.localhost;" not in nginx.live
+
+
+def test_router_synced_is_written_again_after_a_restart_and_never_runs_ahead(
+    fakes: tuple,
+) -> None:
+    router, server, nginx = fakes
+    server.add("agent-a", route("a.localhost", 61001))
+    server.add("agent-a", route("c.localhost", 61003, guid="g3"))
+    router.start()
+    router.sync()
+    before = float(server.values[keys.ROUTER_SYNCED])
+
+    server.restart()
+    server.add("agent-a", route("a.localhost", 61001))  # c.localhost is held, not in Redis
+    router.sync()
+    # nginx still routes c.localhost, so it is not equal to any table read since the restart
+    assert float(server.values[keys.ROUTER_SYNCED]) == before
+
+    server.add("agent-a", route("c.localhost", 61003, guid="g3"))  # republished in full
+    router.sync()
+    assert float(server.values[keys.ROUTER_SYNCED]) > before
+
+
+def test_redis_away_at_start_then_back(fakes: tuple) -> None:
+    router, server, nginx = fakes
+    server.down = True
+    router.start()
+    assert nginx.running and "server_name a.localhost;" not in nginx.live
+    server.down = False
+    server.add("agent-a", route("a.localhost", 61001))
+    assert router.sync() is True
+    assert "server_name a.localhost;" in nginx.live
+    assert keys.ROUTER_SYNCED in server.values
