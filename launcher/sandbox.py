@@ -2,19 +2,27 @@
 
 Everything it makes is labelled with its own platform id, and :meth:`Sandbox.close`
 removes every container, image and volume with that label.
+
+Each agent gets its own block of host ports, above the kernel's ephemeral range, reserved
+with a lock file so that sandboxes in other processes (parallel pytest runs) never get the
+same block; the lock goes away with the process, however it ends.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
@@ -23,7 +31,14 @@ import redis
 
 from contracts.messages import LABEL_PLATFORM
 from contracts.settings import Settings, load
-from launcher.up import Platform
+from launcher.up import Platform, agent_overrides
+
+# Agents' host ports: blocks of PORT_BLOCK_SIZE from PORT_BLOCKS_FIRST up, all above Linux's
+# default ephemeral range (32768-60999, where free_port() picks from) and above the 61000-61999
+# of a developer's ``make up``.
+PORT_BLOCK_SIZE = 40
+PORT_BLOCKS_FIRST = 62000
+PORT_BLOCKS_LAST = 65535
 
 
 def paas_command() -> str:
@@ -38,15 +53,90 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Sandbox:
-    """A platform of its own: data dir, ports, a private redis-server, a platform id."""
+def port_blocks(first: int = PORT_BLOCKS_FIRST, last: int = PORT_BLOCKS_LAST,
+                size: int = PORT_BLOCK_SIZE) -> list[tuple[int, int]]:
+    """Every whole block of ``size`` ports in ``first..last``, as (min, max) pairs."""
+    return [(lo, lo + size - 1) for lo in range(first, last - size + 2, size)]
 
-    def __init__(self, **overrides: object) -> None:
+
+@dataclass
+class PortLease:
+    """A block of host ports held by this process until :meth:`release` (or its exit)."""
+
+    port_min: int
+    port_max: int
+    fd: int | None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
+
+
+def _ports_free(lo: int, hi: int, host: str = "127.0.0.1") -> bool:
+    for port in range(lo, hi + 1):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+def reserve_port_blocks(count: int, lock_dir: Path | None = None,
+                        blocks: list[tuple[int, int]] | None = None) -> list[PortLease]:
+    """Reserve ``count`` blocks of host ports nobody else holds, one per agent.
+
+    A block is taken when this or another process holds the flock on its file in
+    ``lock_dir`` (default ``$TMPDIR/paas-port-blocks``), or when one of its ports is bound
+    already (say by a container some other platform left behind).
+    """
+    lock_dir = lock_dir or Path(tempfile.gettempdir()) / "paas-port-blocks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    blocks = port_blocks() if blocks is None else blocks
+    start = os.getpid() % len(blocks) if blocks else 0  # spread processes out a little
+    leases: list[PortLease] = []
+    for lo, hi in blocks[start:] + blocks[:start]:
+        if len(leases) == count:
+            break
+        try:
+            fd = os.open(lock_dir / f"{lo}-{hi}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            continue  # someone else's lock file we may not open: theirs
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                continue
+            raise
+        if not _ports_free(lo, hi):
+            os.close(fd)
+            continue
+        leases.append(PortLease(lo, hi, fd))
+    if len(leases) < count:
+        for lease in leases:
+            lease.release()
+        raise RuntimeError(f"no {count} free blocks of host ports for agents in "
+                           f"{blocks[0][0] if blocks else '?'}-{blocks[-1][1] if blocks else '?'}"
+                           f" (locks in {lock_dir})")
+    return leases
+
+
+class Sandbox:
+    """A platform of its own: data dir, ports, a private redis-server, a platform id.
+
+    ``agents`` agent processes run, each with its own agent id and block of host ports
+    (unless ``agent_port_min``/``agent_port_max`` are given: then they share that range).
+    """
+
+    def __init__(self, agents: int = 1, **overrides: object) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="paas-sandbox-"))
         self.platform_id = f"sandbox-{uuid.uuid4().hex[:8]}"
         self.redis_port = free_port()
         self.redis: subprocess.Popen | None = None
-        base = 62000 + (os.getpid() % 50) * 40
+        own_ports = "agent_port_min" not in overrides and "agent_port_max" not in overrides
+        self.port_leases = reserve_port_blocks(agents) if own_ports else []
         defaults: dict[str, object] = dict(
             data_dir=str(self.root / "data"),
             redis_url=f"redis://127.0.0.1:{self.redis_port}/0",
@@ -54,17 +144,30 @@ class Sandbox:
             api_port=free_port(),
             router_port=free_port(),
             agent_id=f"agent-{self.platform_id}",
-            agent_port_min=base,
-            agent_port_max=base + 39,
             start_timeout=20.0,
             stop_grace_seconds=3.0,
             health_interval=0.5,
         )
+        if self.port_leases:
+            defaults.update(agent_port_min=self.port_leases[0].port_min,
+                            agent_port_max=self.port_leases[0].port_max)
         defaults.update(overrides)
         self.settings: Settings = load(env={}, **defaults)
         self.home = self.root / "home"
-        self.platform = Platform(self.settings)
+        per_agent = agent_overrides(
+            self.settings, agents,
+            [(lease.port_min, lease.port_max) for lease in self.port_leases] or None)
+        self.platform = Platform(self.settings, agents=agents, overrides=per_agent)
         self.token = ""
+
+    @property
+    def agent_ids(self) -> list[str]:
+        """The agents' ids, in order: the first is ``settings.agent_id``."""
+        return self.platform.agent_ids
+
+    def agent_service(self, agent_id: str) -> str:
+        """The service name (for ``platform.kill``, ``restart``, ...) of agent ``agent_id``."""
+        return self.platform.agent_service(agent_id)
 
     def start(self) -> Sandbox:
         self._start_redis()
@@ -94,6 +197,31 @@ class Sandbox:
                 time.sleep(0.05)
             finally:
                 client.close()
+
+    def stop_redis(self, sig: int = signal.SIGKILL) -> None:
+        """Stop the private redis-server (SIGKILL by default: a crash). Its data is lost."""
+        if self.redis is None:
+            return
+        if self.redis.poll() is None:
+            self.redis.send_signal(sig)
+        self.redis.wait(10)
+        self.redis = None
+
+    def start_redis(self) -> None:
+        """Start an empty redis-server on the sandbox's Redis port; wait until it answers."""
+        if self.redis is not None and self.redis.poll() is None:
+            raise RuntimeError(f"redis-server is already running on port {self.redis_port}")
+        self._start_redis()
+
+    def restart_redis(self, sig: int = signal.SIGKILL, down_for: float = 0.0) -> None:
+        """Lose Redis (``sig``, no persistence) and start an empty one on the same port.
+
+        The platform's processes are left alone: they must reconnect and republish.
+        """
+        self.stop_redis(sig)
+        if down_for:
+            time.sleep(down_for)
+        self.start_redis()
 
     def __enter__(self) -> Sandbox:
         try:
@@ -134,11 +262,11 @@ class Sandbox:
     # -- cleaning up -----------------------------------------------------------------------
     def close(self) -> None:
         self.platform.stop()
-        if self.redis is not None:
-            self.redis.terminate()
-            self.redis.wait(10)
+        self.stop_redis(signal.SIGTERM)
         remove_labelled(self.platform_id)
         shutil.rmtree(self.root, ignore_errors=True)
+        for lease in self.port_leases:
+            lease.release()
 
 
 def remove_labelled(platform_id: str) -> None:

@@ -1,9 +1,13 @@
 """``paas-up`` (what ``make up`` runs): the whole platform on one host, in the foreground.
 
-Starts the controller, health manager, stager, one agent and the router as child processes,
-waits until they answer, logs the local ``paas`` in, and prints how to push a first app.
-Ctrl-C stops the platform's processes; app containers keep running, and the next start's
-agent re-adopts them.
+Starts the controller, health manager, stager, one agent (or ``--agents N``) and the router as
+child processes, waits until they answer, logs the local ``paas`` in, and prints how to push a
+first app. Ctrl-C stops the platform's processes; app containers keep running, and the next
+start's agent re-adopts them.
+
+Agent services are named ``agent``, ``agent-1``, ``agent-2``, ...; each has its own agent id
+(``<agent_id>``, ``<agent_id>-1``, ...), its own share of the host-port range and its own log
+file ``logs/<service>.log``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import click
 import requests
@@ -27,11 +31,12 @@ from contracts import settings as settings_mod
 from contracts.settings import Settings, as_env
 
 PR_SET_PDEATHSIG = 1
+AGENT = "agent"
 SERVICES: dict[str, str] = {
     "controller": "controller.serve",
     "health": "controller.health",
     "stager": "buildpacks.worker",
-    "agent": "dea_agent.main",
+    AGENT: "dea_agent.main",
     "router": "router.main",
 }
 
@@ -40,23 +45,119 @@ class LaunchError(Exception):
     pass
 
 
+def agent_service(index: int) -> str:
+    """Service name of the ``index``-th agent: ``agent``, ``agent-1``, ``agent-2``, ..."""
+    return AGENT if index == 0 else f"{AGENT}-{index}"
+
+
+def agent_index(name: str) -> int | None:
+    """Inverse of :func:`agent_service`; None for a service that is not an agent."""
+    if name == AGENT:
+        return 0
+    prefix, _, number = name.partition("-")
+    if prefix == AGENT and number.isdigit() and int(number) > 0 and number[0] != "0":
+        return int(number)
+    return None
+
+
+def service_module(name: str) -> str:
+    """The module ``python -m`` runs for service ``name``."""
+    if agent_index(name) is not None:
+        return SERVICES[AGENT]
+    try:
+        return SERVICES[name]
+    except KeyError:
+        raise LaunchError(f"no service called {name!r}") from None
+
+
+def split_port_range(port_min: int, port_max: int, count: int) -> list[tuple[int, int]]:
+    """``count`` equal, disjoint slices of ``port_min..port_max`` (both ends included)."""
+    if count < 1:
+        raise LaunchError(f"the platform needs at least one agent, not {count}")
+    size = (port_max - port_min + 1) // count
+    if size < 1:
+        raise LaunchError(f"ports {port_min}-{port_max} cannot be shared by {count} agents")
+    return [(port_min + i * size, port_min + (i + 1) * size - 1) for i in range(count)]
+
+
+def agent_overrides(settings: Settings, count: int,
+                    port_blocks: list[tuple[int, int]] | None = None,
+                    ) -> dict[str, dict[str, Any]]:
+    """Per-agent settings changes: an agent id each and disjoint host-port ranges.
+
+    The first agent keeps ``settings.agent_id``; the others get ``<agent_id>-1``, ... The port
+    ranges are ``port_blocks`` if given (one per agent), else equal shares of the settings' range.
+    """
+    blocks = port_blocks if port_blocks is not None else split_port_range(
+        settings.agent_port_min, settings.agent_port_max, count)
+    if len(blocks) != count:
+        raise LaunchError(f"{count} agents need {count} port ranges, not {len(blocks)}")
+    return {
+        agent_service(i): {
+            "agent_id": settings.agent_id if i == 0 else f"{settings.agent_id}-{i}",
+            "agent_port_min": lo,
+            "agent_port_max": hi,
+        }
+        for i, (lo, hi) in enumerate(blocks)
+    }
+
+
 @dataclass
 class Service:
     name: str
     module: str
+    settings: Settings | None = None
     process: subprocess.Popen | None = None
     restarts: int = 0
     pump: threading.Thread | None = None
+    # Stopped on purpose (kill, stop_service): supervise() leaves it down, wait_ready ignores it.
+    held: bool = False
 
 
 @dataclass
 class Platform:
-    """The platform's processes, started and stopped together."""
+    """The platform's processes, started and stopped together (or one at a time).
+
+    ``overrides`` maps a service name to settings changes for that service only; they apply
+    on top of the per-agent defaults of :func:`agent_overrides`.
+    """
 
     settings: Settings
     echo: bool = False
+    agents: int = 1
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     services: dict[str, Service] = field(default_factory=dict)
     stopping: bool = False
+
+    def __post_init__(self) -> None:
+        given = [self.overrides.get(agent_service(i), {}) for i in range(self.agents)]
+        blocks = None
+        if all("agent_port_min" in o and "agent_port_max" in o for o in given):
+            blocks = [(o["agent_port_min"], o["agent_port_max"]) for o in given]
+        merged = agent_overrides(self.settings, self.agents, blocks)
+        for name, changes in self.overrides.items():
+            merged[name] = {**merged.get(name, {}), **changes}
+        self.overrides = merged
+
+    @property
+    def service_names(self) -> tuple[str, ...]:
+        agents = tuple(agent_service(i) for i in range(self.agents))
+        return ("controller", "health", "stager", *agents, "router")
+
+    @property
+    def agent_ids(self) -> list[str]:
+        return [self.settings_for(agent_service(i)).agent_id for i in range(self.agents)]
+
+    def agent_service(self, agent_id: str) -> str:
+        """The service name of the agent with ``agent_id``."""
+        for i in range(self.agents):
+            if self.settings_for(agent_service(i)).agent_id == agent_id:
+                return agent_service(i)
+        raise LaunchError(f"no agent {agent_id!r} in this platform (agents: {self.agent_ids})")
+
+    def settings_for(self, name: str) -> Settings:
+        """The settings service ``name`` runs with."""
+        return self.settings.replace(**self.overrides.get(name, {}))
 
     @property
     def log_dir(self) -> Path:
@@ -71,16 +172,78 @@ class Platform:
         migrate(self.settings)
         return ensure_admin_token(self.settings)
 
-    def start(self, names: tuple[str, ...] = tuple(SERVICES)) -> None:
-        for name in names:
-            self.services[name] = service = Service(name, SERVICES[name])
+    def start(self, names: tuple[str, ...] | None = None) -> None:
+        """Spawn ``names`` (default: every service of this platform)."""
+        for name in self.service_names if names is None else names:
+            self.services[name] = service = Service(
+                name, service_module(name), settings=self.settings_for(name))
             self._spawn(service)
 
+    def start_service(self, name: str) -> None:
+        """Spawn one service again (after :meth:`kill` or :meth:`stop_service`)."""
+        service = self.services.get(name)
+        if service is None:
+            if name not in self.service_names:
+                raise LaunchError(f"no service called {name!r} in this platform "
+                                  f"(services: {', '.join(self.service_names)})")
+            self.services[name] = service = Service(
+                name, service_module(name), settings=self.settings_for(name))
+        elif service.process is not None and service.process.poll() is None:
+            raise LaunchError(f"{name} is already running (pid {service.process.pid})")
+        if service.pump is not None:
+            service.pump.join(timeout=2)
+        service.held = False
+        self._spawn(service)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL, timeout: float = 10.0) -> int | None:
+        """Send ``sig`` to one service's process group and wait for it to exit.
+
+        The service stays down (``supervise()`` does not restart it) until
+        :meth:`start_service`. Returns the exit status (negative: the signal), or None if it
+        was not running.
+        """
+        service = self._service(name)
+        service.held = True
+        proc = service.process
+        if proc is None or proc.poll() is not None:
+            return None if proc is None else proc.returncode
+        family = _family(proc.pid)
+        _signal_group(proc.pid, sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired as e:
+            raise LaunchError(f"{name} (pid {proc.pid}) did not exit within {timeout:.0f} s "
+                              f"of {signal.Signals(sig).name}") from e
+        _wait_gone(family)
+        return proc.returncode
+
+    def stop_service(self, name: str, timeout: float = 15.0) -> None:
+        """Stop one service gracefully: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+        service = self._service(name)
+        service.held = True
+        self._terminate([service], timeout)
+
+    def restart(self, name: str, timeout: float = 15.0) -> None:
+        """Stop one service gracefully (see :meth:`stop_service`), then spawn it again."""
+        self.stop_service(name, timeout)
+        self.start_service(name)
+
+    def _service(self, name: str) -> Service:
+        try:
+            return self.services[name]
+        except KeyError:
+            raise LaunchError(f"{name} was never started (started: "
+                              f"{', '.join(self.services) or 'nothing'})") from None
+
+    def _command(self, service: Service) -> list[str]:
+        return [sys.executable, "-m", service.module]
+
     def _spawn(self, service: Service) -> None:
-        env = {**os.environ, **as_env(self.settings), "PYTHONUNBUFFERED": "1"}
+        settings = service.settings or self.settings_for(service.name)
+        env = {**os.environ, **as_env(settings), "PYTHONUNBUFFERED": "1"}
         log = (self.log_dir / f"{service.name}.log").open("ab")
         service.process = subprocess.Popen(
-            [sys.executable, "-m", service.module], env=env, stdin=subprocess.DEVNULL,
+            self._command(service), env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=_die_with_parent)
         service.pump = threading.Thread(target=self._pump, daemon=True,
@@ -114,7 +277,7 @@ class Platform:
 
     def _check_alive(self) -> None:
         for service in self.services.values():
-            if service.process and service.process.poll() is not None:
+            if not service.held and service.process and service.process.poll() is not None:
                 tail = _tail(self.log_dir / f"{service.name}.log")
                 raise LaunchError(f"{service.name} exited with code "
                                   f"{service.process.returncode} while starting:\n{tail}")
@@ -122,41 +285,94 @@ class Platform:
     def supervise(self) -> None:
         """Restart a service that dies (after a pause that grows), until stop() is called."""
         while not self.stopping:
-            for service in self.services.values():
+            for service in list(self.services.values()):
                 proc = service.process
-                if proc is not None and proc.poll() is not None and not self.stopping:
+                if (proc is not None and proc.poll() is not None and not service.held
+                        and not self.stopping):
                     service.restarts += 1
                     delay = min(30, 2 ** min(service.restarts, 5))
                     print(f"paas-up: {service.name} exited with code {proc.returncode}; "
                           f"restarting in {delay} s (log: {self.log_dir}/{service.name}.log)",
                           flush=True)
                     time.sleep(delay)
-                    if not self.stopping:
+                    # Not if it was stopped, or started again by someone else, meanwhile.
+                    if not (self.stopping or service.held or service.process is not proc):
                         self._spawn(service)
             time.sleep(0.5)
 
     def stop(self, timeout: float = 15.0) -> None:
+        """Stop every service: SIGTERM all, SIGKILL what is left after ``timeout`` seconds."""
         self.stopping = True
-        procs = [s.process for s in self.services.values() if s.process]
+        self._terminate(list(self.services.values()), timeout)
+
+    def _terminate(self, services: list[Service], timeout: float) -> None:
+        procs = [s.process for s in services if s.process]
+        family: set[int] = set()
         for proc in procs:
             if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+                family |= _family(proc.pid)
+                _signal_group(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for proc in procs:
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                _signal_group(proc.pid, signal.SIGKILL)
                 proc.wait()
-        for service in self.services.values():
+        for proc in procs:
+            # The leader may exit before the rest of its group (gunicorn workers).
+            _signal_group(proc.pid, signal.SIGKILL)
+        _wait_gone(family)
+        for service in services:
             if service.pump:
                 service.pump.join(timeout=2)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _processes() -> dict[int, tuple[str, int, int]]:
+    """pid -> (state, ppid, pgrp) of every process, from /proc (Linux); {} without /proc."""
+    table: dict[int, tuple[str, int, int]] = {}
+    try:
+        pids = [int(e.name) for e in os.scandir("/proc") if e.name.isdigit()]
+    except OSError:
+        return table
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        after = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, ...
+        if len(after) > 2:
+            table[pid] = (after[0], int(after[1]), int(after[2]))
+    return table
+
+
+def _family(leader: int) -> set[int]:
+    """The leader's process group and all its descendants (nginx runs in its own session)."""
+    table = _processes()
+    family = {pid for pid, (_, _, pgrp) in table.items() if pgrp == leader} | {leader}
+    grew = True
+    while grew:
+        children = {pid for pid, (_, ppid, _) in table.items() if ppid in family}
+        grew = not children <= family
+        family |= children
+    return family
+
+
+def _wait_gone(pids: set[int], timeout: float = 5.0) -> None:
+    """Wait (a little) until none of ``pids`` is alive, so the ports they held are free."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        table = _processes()
+        if not any(pid in table and table[pid][0] != "Z" for pid in pids):
+            return  # zombies hold no ports
+        time.sleep(0.02)
 
 
 def _die_with_parent() -> None:
@@ -203,10 +419,16 @@ def _check_ports(settings: Settings) -> None:
 @click.command()
 @click.option("--quiet", is_flag=True, help="Only write the services' logs to files.")
 @click.option("--no-login", is_flag=True, help="Do not log the local paas CLI in.")
-def main(quiet: bool, no_login: bool) -> None:
+@click.option("--agents", type=click.IntRange(min=1), default=1, show_default=True,
+              envvar="PAAS_AGENTS",
+              help="How many agents to run; they share the agent port range equally.")
+def main(quiet: bool, no_login: bool, agents: int) -> None:
     """Run the whole platform in the foreground until Ctrl-C."""
     settings = settings_mod.load()
-    platform = Platform(settings, echo=not quiet)
+    try:
+        platform = Platform(settings, echo=not quiet, agents=agents)
+    except LaunchError as e:
+        raise click.ClickException(str(e)) from e
     stop = threading.Event()
 
     def _stop(*_: object) -> None:
