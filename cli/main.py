@@ -233,14 +233,10 @@ def load_manifest(path: Path, name: str | None) -> AppManifest | None:
     if manifest is None:
         return None
     ignored = [label for label, value in (
-        ("routes", manifest.routes), ("no-route", manifest.no_route),
-        ("disk_quota", manifest.disk_mb), ("health-check-type", manifest.health_check_type),
-        ("health-check-http-endpoint", manifest.health_check_http_endpoint),
-        ("timeout", manifest.timeout), ("processes", manifest.processes)) if value]
+        ("routes", manifest.routes), ("no-route", manifest.no_route)) if value]
     if ignored:
         console.print(f"[yellow]note:[/] {path.name}: {', '.join(ignored)} "
-                      "not applied yet by this platform (the app gets its default route and "
-                      "a port health check).")
+                      "not applied yet by this platform (the app gets its default route).")
     return manifest
 
 
@@ -260,7 +256,36 @@ def _push_options(manifest: AppManifest | None, command: str | None, instances: 
         options["buildpack"] = buildpack or m.buildpacks[0]
     if m.env:
         options["env"] = m.env
+    if m.disk_mb is not None:
+        options["disk_mb"] = m.disk_mb
+    if m.health_check_type is not None:
+        options["health_check_type"] = m.health_check_type
+    if m.health_check_http_endpoint is not None:
+        options["health_check_endpoint"] = m.health_check_http_endpoint
+    if m.timeout is not None:
+        options["timeout"] = m.timeout
+    if m.processes:
+        options["processes"] = [_process_options(p) for p in m.processes]
     return options
+
+
+def _process_options(proc: dict) -> dict[str, object]:
+    """A manifest's process entry in the API's words (sizes in MB)."""
+    names = {"type": "type", "instances": "instances", "command": "command",
+             "health-check-type": "health_check_type", "timeout": "timeout",
+             "health-check-http-endpoint": "health_check_endpoint"}
+    out: dict[str, object] = {names[k]: v for k, v in proc.items() if k in names}
+    if out.get("health_check_type") == "none":
+        out["health_check_type"] = "process"
+    for key, api_key in (("memory", "memory_mb"), ("disk_quota", "disk_mb")):
+        if key in proc:
+            size = manifest_mod.parse_size(proc[key])
+            if size is None or size <= 0:
+                raise click.ClickException(
+                    f"process {proc['type']}: {key} must be a size such as 256M, not "
+                    f"{proc[key]!r} (nothing was uploaded)")
+            out[api_key] = size
+    return out
 
 
 class _upload_progress:  # noqa: N801  (a context manager used like a function)
@@ -377,13 +402,22 @@ def _print_app(app: dict) -> None:
     if failed:
         console.print(f"[red]release {failed['version']} failed:[/] {failed['error']}")
     table = Table(box=None, pad_edge=False)
-    for column in ("#", "state", "since", "release", "agent", "details"):
+    for column in ("process", "#", "state", "since", "release", "agent", "details"):
         table.add_column(column)
-    for inst in app.get("instances", []):
+    for inst in sorted(app.get("instances", []), key=lambda i: (i["process_type"] != "web",
+                                                                 i["process_type"], i["index"])):
         state = inst["state"]
-        colour = {"RUNNING": "green", "CRASHED": "red"}.get(state, "yellow")
-        table.add_row(str(inst["index"]), f"[{colour}]{state}[/]", _since(inst["since"]),
-                      str(inst["release"]), inst.get("agent") or "-", inst.get("reason") or "")
+        details = inst.get("reason") or ""
+        if state == "RUNNING" and not inst.get("ready", True):
+            state, details = "UNHEALTHY", details or "failing its health check"
+        if inst.get("crash_count"):
+            wait = inst.get("restart_in") or 0
+            details = (f"crashed {inst['crash_count']} times in a row"
+                       f"{f', restarts in {wait:.0f} s' if wait else ''}: {details}")
+        colour = {"RUNNING": "green", "CRASHED": "red", "UNHEALTHY": "red"}.get(state, "yellow")
+        table.add_row(inst["process_type"], str(inst["index"]), f"[{colour}]{state}[/]",
+                      _since(inst["since"]), str(inst["release"] or "-"),
+                      inst.get("agent") or "-", details)
     if app.get("instances"):
         console.print(table)
     else:
@@ -434,8 +468,6 @@ def delete(name: str, force: bool) -> None:
     click.echo(f"Deleted {name}; its instances are stopping.")
 
 
-if __name__ == "__main__":
-    main()
 
 
 @main.command("buildpacks")
@@ -481,3 +513,12 @@ def delete_buildpack(name: str, force: bool) -> None:
         click.confirm(f"Really delete the buildpack {name}?", abort=True)
     client().delete(f"/buildpacks/{name}")
     click.echo(f"Deleted buildpack {name}.")
+
+
+from cli.run import run  # noqa: E402  (paas run: its own module)
+
+main.add_command(run)
+from cli import runtime  # noqa: E402,F401  (scale, restart, env, releases, ...: register)
+
+if __name__ == "__main__":
+    main()

@@ -40,3 +40,18 @@ def build_log(build_guid: str) -> str:
 def build_result(build_guid: str) -> str:
     """JSON result of a finished build, written by the stager before the end entry."""
     return f"{PREFIX}:build-result:{build_guid}"
+
+
+def task_log(task_guid: str) -> str:
+    """Stream of a one-off task: the controller's opening ``task`` entry (JSON: app guid,
+    agent), then output ``line`` entries, then ``exit_code`` or ``error``, then ``end``."""
+    return f"{PREFIX}:task-log:{task_guid}"
+
+
+# Hash of "<app guid>/<process type>/<index>" -> JSON crash record (count, restart time,
+# reason), kept by the health manager for its crash back-off and shown by ``paas app``.
+CRASHES = f"{PREFIX}:crashes"
+
+
+def crash_field(app_guid: str, process_type: str, index: int) -> str:
+    return f"{app_guid}/{process_type}/{index}"

@@ -85,8 +85,13 @@ class InstanceSpec:
     env: dict[str, str]
     routes: list[str]
     droplet_path: str = ""
-    health_check: str = "port"
+    health_check: str = "port"  # port, http or process
+    health_check_endpoint: str = "/"
     start_timeout: float = 60.0
+    check_interval: float = 2.0
+    probe_timeout: float = 1.0
+    generation: int = 0
+    disk_mb: int = 1024
 
 
 @dataclass
@@ -105,6 +110,11 @@ class InstanceReport:
     agent_id: str = ""
     reason: str | None = None
     exit_code: int | None = None
+    generation: int = 0
+    # Passing its health check; a running instance that fails it leaves the router.
+    ready: bool = True
+    started_at: float = 0.0  # when its container started (crash counts reset on uptime)
+    last_lines: list[str] = field(default_factory=list)  # a crashed instance's last output
 
 
 @dataclass
@@ -115,6 +125,10 @@ class Heartbeat:
     memory_mb: int
     memory_used_mb: int
     instances: list[InstanceReport] = field(default_factory=list)
+    disk_mb: int = 1 << 20
+    disk_used_mb: int = 0
+    slots: int = 1000
+    slots_used: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -146,3 +160,20 @@ class Route:
 
 def dump(obj: Any) -> dict[str, Any]:
     return asdict(obj)
+
+
+RUN_TASK_TASK = "paas.run_task"  # a one-off command in a new container (``paas run``)
+
+
+@dataclass
+class TaskSpec:
+    """Everything an agent needs to run one one-off task; sent in ``run_task``."""
+
+    task_guid: str
+    app_guid: str
+    app_name: str
+    release: int
+    image: str
+    command: str
+    memory_mb: int
+    env: dict[str, str] = field(default_factory=dict)

@@ -56,6 +56,8 @@ class Settings:
     agent_port_min: int = 61000
     agent_port_max: int = 61999
     agent_memory_mb: int = 8192
+    agent_disk_mb: int = 100 * 1024
+    agent_slots: int = 250
     heartbeat_interval: float = 2.0
     heartbeat_ttl: float = 6.0
     stop_grace_seconds: float = 10.0
@@ -65,9 +67,21 @@ class Settings:
     default_disk_mb: int = 1024
     default_instances: int = 1
     start_timeout: float = 60.0
+    health_check_interval: float = 2.0
+    health_probe_timeout: float = 1.0
+    # Failed health checks in a row after which a running instance is restarted (the first
+    # failure already takes it out of the router).
+    liveness_failures: int = 3
 
     # Health manager.
     health_interval: float = 1.0
+    # Crash policy (an app may override it): restarts at once, then a doubling back-off.
+    crash_immediate_restarts: int = 3
+    crash_backoff_base: float = 30.0
+    crash_backoff_max: float = 960.0
+    crash_reset_after: float = 300.0
+    # Rolling deploys: new instances started at once before old ones stop (per app setting).
+    max_in_flight: int = 1
 
     @property
     def sqlalchemy_url(self) -> str:

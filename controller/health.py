@@ -8,11 +8,13 @@ every ``health_interval`` seconds and at once when anything publishes on ``CONVE
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
 import time
 import uuid
+from dataclasses import asdict
 
 import redis
 from celery import Celery
@@ -36,12 +38,20 @@ from controller.actual import read_heartbeats
 from controller.convergence import (
     Action,
     AgentCapacity,
+    Clock,
+    Crashed,
+    CrashKey,
+    CrashPolicy,
+    CrashRecord,
     DesiredApp,
+    DesiredProcess,
     DesiredRelease,
+    HealthCheckSpec,
     ReleaseDeployed,
     ReleaseFailed,
     Start,
     Stop,
+    Unplaceable,
     plan,
 )
 from controller.db import make_engine, make_sessionmaker
@@ -65,31 +75,55 @@ class HealthManager:
         self.pending: dict[str, tuple[float, InstanceReport]] = {}
         self.stopping: dict[str, float] = {}
         self.requeued: dict[str, float] = {}
+        self.crashes: dict[CrashKey, CrashRecord] | None = None  # loaded when active
+        self.unplaceable: set[CrashKey] = set()
+        self.redis_run_id: str | None = None
+        self.hold_until = 0.0
         self.identity = f"{uuid.uuid4()}"
 
     # -- desired state -------------------------------------------------------------------
+    def crash_policy(self, app: App) -> CrashPolicy:
+        s, custom = self.settings, app.crash_policy or {}
+        return CrashPolicy(
+            immediate_restarts=int(custom.get("immediate_restarts",
+                                              s.crash_immediate_restarts)),
+            backoff_base=float(custom.get("backoff_base", s.crash_backoff_base)),
+            backoff_max=float(custom.get("backoff_max", s.crash_backoff_max)),
+            reset_after=float(custom.get("reset_after", s.crash_reset_after)))
+
     def desired(self, session: Session) -> list[DesiredApp]:
         apps = []
+        s = self.settings
         for app in session.scalars(select(App)):
             release = session.get(Release, app.release_id) if app.release_id else None
-            web = next((p for p in app.processes if p.type == "web"), None)
-            desired_release = None
+            desired_release, processes = None, []
             if release is not None:
-                command = (web.command if web and web.command else
-                           release.droplet.process_types.get("web", ""))
                 desired_release = DesiredRelease(
                     version=release.version, status=release.status,
-                    image=release.droplet.image, command=command, env=dict(release.env))
+                    image=release.droplet.image, env=dict(release.env))
+                for p in app.processes:
+                    command = release.command(p.type)
+                    if not command:
+                        continue  # a process type this release does not have
+                    processes.append(DesiredProcess(
+                        type=p.type, instances=p.instances, memory_mb=p.memory_mb,
+                        disk_mb=p.disk_mb, command=command,
+                        health_check=HealthCheckSpec(
+                            type=p.health_check_type, endpoint=p.health_check_endpoint,
+                            start_timeout=float(p.start_timeout or s.start_timeout),
+                            interval=s.health_check_interval,
+                            probe_timeout=s.health_probe_timeout)))
             apps.append(DesiredApp(
                 guid=app.guid, name=app.name, started=app.state == AppState.STARTED,
-                instances=web.instances if web else 0,
-                memory_mb=web.memory_mb if web else self.settings.default_memory_mb,
-                routes=(f"{app.name}.{self.settings.domain}",),
-                release=desired_release))
+                routes=(f"{app.name}.{s.domain}",), release=desired_release,
+                processes=tuple(processes), generation=app.generation,
+                max_in_flight=app.max_in_flight, crash_policy=self.crash_policy(app)))
         return apps
 
     # -- one tick ------------------------------------------------------------------------
     def tick(self) -> list[Action]:
+        if self._redis_restarted():
+            return []
         with self.sessions() as session:
             for build in session.scalars(select(Build).where(
                     Build.state == BuildState.STAGING)).all():
@@ -102,8 +136,11 @@ class HealthManager:
             desired = self.desired(session)
             beats = read_heartbeats(self.redis)
             actual = self._actual(beats)
-            agents = [AgentCapacity(b.agent_id, b.memory_mb, b.memory_used_mb) for b in beats]
-            actions = plan(desired, actual, agents, self.settings.start_timeout)
+            agents = [AgentCapacity(b.agent_id, b.memory_mb, b.memory_used_mb, b.disk_mb,
+                                    b.disk_used_mb, b.slots, b.slots_used) for b in beats]
+            clock = Clock(now=time.time(), router_synced=self._router_synced())
+            crashes = self._crash_records()
+            actions = plan(desired, actual, agents, clock, crashes)
             for action in actions:
                 try:
                     self._act(session, action)
@@ -111,7 +148,52 @@ class HealthManager:
                 except Exception:
                     log.exception("acting on %s failed", action)
                     session.rollback()
+            self._forget_crashes(desired, crashes)
         return actions
+
+    def _redis_restarted(self) -> bool:
+        """True for a heartbeat TTL after Redis came back empty (it keeps no data): the
+        agents have not republished yet, and their instances must not look lost."""
+        run_id = self.redis.info("server").get("run_id")
+        if self.redis_run_id is not None and run_id != self.redis_run_id:
+            log.warning("Redis restarted; waiting %.0f s for the agents to report again",
+                        self.settings.heartbeat_ttl)
+            self.hold_until = time.monotonic() + self.settings.heartbeat_ttl
+            self.pending.clear()
+            self.crashes = None
+        self.redis_run_id = run_id
+        return time.monotonic() < self.hold_until
+
+    def _router_synced(self) -> float:
+        raw = self.redis.get(keys.ROUTER_SYNCED)
+        try:
+            return float(raw) if raw else 0.0
+        except ValueError:
+            return 0.0
+
+    def _crash_records(self) -> dict[CrashKey, CrashRecord]:
+        if self.crashes is None:  # became active: take over what the last one knew
+            self.crashes = {}
+            for field_, raw in self.redis.hgetall(keys.CRASHES).items():
+                try:
+                    app_guid, type_, index = field_.decode().rsplit("/", 2)
+                    self.crashes[(app_guid, type_, int(index))] = CrashRecord(
+                        **json.loads(raw))
+                except (ValueError, TypeError):
+                    log.warning("ignoring a malformed crash record %r", field_)
+        return self.crashes
+
+    def _forget_crashes(self, desired: list[DesiredApp],
+                        crashes: dict[CrashKey, CrashRecord]) -> None:
+        """Drop the records of apps that are gone, and of indices up long enough."""
+        apps = {a.guid: a for a in desired}
+        now = time.time()
+        for key, record in list(crashes.items()):
+            app = apps.get(key[0])
+            if app is None or now - record.last_at > 2 * app.crash_policy.reset_after + \
+                    app.crash_policy.backoff_max:
+                del crashes[key]
+                self.redis.hdel(keys.CRASHES, keys.crash_field(*key))
 
     def _requeue_if_lost(self, session: Session, build: Build) -> None:
         """A build no stager has started (its task lost with a Redis restart, say) is sent
@@ -172,6 +254,34 @@ class HealthManager:
             self._deployed(session, action)
         elif isinstance(action, ReleaseFailed):
             self._failed(session, action)
+        elif isinstance(action, Crashed):
+            self._crashed(session, action)
+        elif isinstance(action, Unplaceable):
+            key = (action.app_guid, action.process_type, action.index)
+            if key not in self.unplaceable:
+                self.unplaceable.add(key)
+                log.warning("no agent has room for %s/%s index %d (%d MB memory, %d MB disk)",
+                            action.app_guid, action.process_type, action.index,
+                            action.memory_mb, action.disk_mb)
+
+    def _crashed(self, session: Session, action: Crashed) -> None:
+        record = action.record
+        key = (action.app_guid, action.process_type, action.index)
+        assert self.crashes is not None
+        self.crashes[key] = record
+        self.unplaceable.discard(key)
+        self.redis.hset(keys.CRASHES, keys.crash_field(*key), json.dumps(asdict(record)))
+        app = session.scalar(select(App).where(App.guid == action.app_guid))
+        if app is None:
+            return
+        delay = max(0.0, record.restart_at - time.time())
+        events.record(session, "app.crashed", "health", app, process_type=action.process_type,
+                      index=action.index, exit_code=record.exit_code, reason=record.reason,
+                      crash_count=record.count, restart_in=round(delay, 1),
+                      last_lines=list(action.last_lines))
+        log.info("%s/%s index %d crashed (%d in a row): %s; restarting %s", app.name,
+                 action.process_type, action.index, record.count, record.reason,
+                 f"in {delay:.0f} s" if delay else "now")
 
     def _release(self, session: Session, app_guid: str,
                  version: int) -> tuple[App, Release] | tuple[None, None]:
@@ -213,6 +323,7 @@ class HealthManager:
         ttl = int(max(15.0, self.settings.health_interval * 5) * 1000)
         if self.redis.set(keys.HEALTH_LOCK, self.identity, nx=True, px=ttl):
             log.info("this health manager is now the active one")
+            self.crashes = None  # read again: another manager may have counted some
             return True
         if self.redis.get(keys.HEALTH_LOCK) == self.identity.encode():
             self.redis.pexpire(keys.HEALTH_LOCK, ttl)

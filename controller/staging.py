@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from contracts import keys
 from contracts.messages import STAGE_TASK, STAGING_QUEUE, StageRequest, StageResult, dump
 from contracts.settings import Settings
-from controller import events
+from controller import events, releases
 from controller.blobstore import Blobstore
 from controller.errors import Unavailable
 from controller.models import (
@@ -24,9 +24,9 @@ from controller.models import (
     BuildState,
     Droplet,
     Package,
+    Process,
     RegisteredBuildpack,
     Release,
-    ReleaseStatus,
 )
 from controller.models.base import utcnow
 
@@ -38,7 +38,8 @@ def enqueue(celery: Celery, session: Session, app: App, build: Build,
     if "command" in build.requested:  # given with this push (None: back to the Procfile)
         command = build.requested["command"]
     else:  # as the app was last pushed
-        command = next((p.command for p in app.processes if p.type == "web"), None)
+        release = releases.current(session, app)
+        command = release.commands.get("web") if release else None
     request = StageRequest(
         build_guid=build.guid,
         app_guid=app.guid,
@@ -142,33 +143,43 @@ def _release(session: Session, app: App, build: Build, result: StageResult) -> R
         process_types=result.process_types,
     )
     session.add(droplet)
-    previous = session.get(Release, app.release_id) if app.release_id else None
-    version = (session.scalar(select(func.max(Release.version)).where(
-        Release.app_id == app.id)) or 0) + 1
-    release = Release(
-        app_id=app.id,
-        version=version,
-        droplet=droplet,
-        env={**(previous.env if previous else {}), **build.requested.get("env", {})},
-        status=ReleaseStatus.DEPLOYING,
-    )
-    session.add(release)
-    _apply_requested(app, build.requested)
-    session.flush()
-    app.release_id = release.id
-    return release
+    previous = releases.current(session, app)
+    requested = build.requested
+    env = {**(previous.env if previous else {}), **requested.get("env", {})}
+    commands = dict(previous.commands) if previous else {}
+    for type_, given in [("web", requested)] + [(p["type"], p) for p in
+                                                requested.get("processes", [])]:
+        if "command" in given:  # given with this push (None: back to the Procfile)
+            commands.pop(type_, None)
+            if given["command"]:
+                commands[type_] = given["command"]
+    _apply_requested(app.process("web"), requested)
+    for type_ in {*result.process_types, *commands}:  # other types exist, scaled to 0
+        app.process(type_)
+    for given in requested.get("processes", []):
+        _apply_requested(app.process(given["type"]), given)
+    return releases.create(
+        session, app, droplet=droplet, env=env, commands=commands,
+        description=f"deploy of build {build.guid[:8]} ({result.buildpack or 'no buildpack'})",
+        actor=requested.get("actor"))
 
 
-def _apply_requested(app: App, requested: dict[str, Any]) -> None:
-    web = app.process("web")
+def _apply_requested(web: Process, requested: dict[str, Any]) -> None:
+    """Scale and health check given with a push, for one process type."""
     if requested.get("instances") is not None:
         web.instances = int(requested["instances"])
-    elif web.instances == 0 and web.id is None:
+    elif web.instances == 0 and web.id is None and web.type == "web":
         web.instances = 1
     if requested.get("memory_mb") is not None:
         web.memory_mb = int(requested["memory_mb"])
-    if "command" in requested:
-        web.command = requested["command"] or None
+    if requested.get("disk_mb") is not None:
+        web.disk_mb = int(requested["disk_mb"])
+    if requested.get("health_check_type") is not None:
+        web.health_check_type = requested["health_check_type"]
+    if requested.get("health_check_endpoint") is not None:
+        web.health_check_endpoint = requested["health_check_endpoint"]
+    if requested.get("timeout") is not None:
+        web.start_timeout = int(requested["timeout"])
 
 
 def _never_released(session: Session, app: App) -> bool:

@@ -11,6 +11,7 @@ import logging
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import docker
 import docker.errors
@@ -29,7 +30,7 @@ from contracts.messages import (
 from contracts.settings import Settings
 from dea_agent import instances as inst_mod
 from dea_agent.instances import Instance
-from dea_agent.probe import port_open
+from dea_agent.probe import http_ok, port_open
 
 log = logging.getLogger("paas.agent")
 FAST_TICK = 0.1  # while an instance is starting
@@ -57,6 +58,7 @@ class Agent:
         self.publish_lock = threading.Lock()
         self._last_routes: dict[str, str] | None = None
         self._last_beat = 0.0
+        self.checker = ThreadPoolExecutor(max_workers=8, thread_name_prefix="check")
 
     # -- adoption ----------------------------------------------------------------------
     def _own_filter(self) -> dict[str, list[str]]:
@@ -83,12 +85,7 @@ class Agent:
                 return  # a redelivered task: already started
             port = self._free_port()
             # Reserve the port before the slow part so a parallel start picks another.
-            instance = Instance(
-                guid=spec.instance_guid, container_id="", app_guid=spec.app_guid,
-                app_name=spec.app_name, release=spec.release, process_type=spec.process_type,
-                index=spec.index, host_port=port, routes=spec.routes,
-                start_timeout=spec.start_timeout, started_at=time.time(),
-                memory_mb=spec.memory_mb)
+            instance = Instance.from_spec(spec, port)
             self.instances[spec.instance_guid] = instance
         try:
             container = inst_mod.create_container(self.docker, spec, self.settings, port)
@@ -188,12 +185,13 @@ class Agent:
 
     # -- the monitor loop ----------------------------------------------------------------
     def refresh(self) -> None:
-        """Bring every instance's state up to date from Docker and port probes."""
+        """Bring every instance's state up to date from Docker and health checks."""
         with self.lock:
             current = list(self.instances.values())
         containers = {c.id: c for c in self.docker.containers.list(
             all=True, filters=self._own_filter())}
         now = time.time()
+        due: list[tuple[Instance, object]] = []
         for instance in current:
             if instance.state in (InstanceState.STOPPING, InstanceState.CRASHED):
                 continue
@@ -212,26 +210,84 @@ class Agent:
                     reason = f"the app ran out of memory and was killed (exit code {code})"
                 else:
                     reason = f"the app exited with code {code}"
-                last = inst_mod.last_log_line(container)
-                if last:
-                    reason += f"; its last output: {last}"
-                self._mark(instance, InstanceState.CRASHED, reason, code)
+                self._crash_with_output(instance, container, reason, code)
                 continue
-            if instance.state == InstanceState.STARTING:
-                if port_open(self.settings.agent_address, instance.host_port):
-                    self._mark(instance, InstanceState.RUNNING)
-                elif now - instance.started_at > instance.start_timeout:
-                    try:
-                        container.kill()
-                    except docker.errors.APIError:
-                        pass
-                    last = inst_mod.last_log_line(container)
-                    reason = (f"the app did not listen on its port ($PORT, "
-                              f"{inst_mod.CONTAINER_PORT}) within {instance.start_timeout:.0f} "
-                              "s: make it listen on 0.0.0.0:$PORT")
-                    if last:
-                        reason += f"; its last output: {last}"
-                    self._mark(instance, InstanceState.CRASHED, reason)
+            if instance.state == InstanceState.STARTING or \
+                    now - instance.checked_at >= instance.check_interval:
+                due.append((instance, container))
+        if due:
+            results = list(self.checker.map(lambda pair: self._check(pair[0]), due))
+            for (instance, container), (ok, detail) in zip(due, results, strict=True):
+                self._checked(instance, container, ok, detail, now)
+
+    def _check(self, instance: Instance) -> tuple[bool, str]:
+        """Run the instance's health check once."""
+        kind = instance.health_check
+        if kind == "process":
+            return True, ""  # the container runs (checked above)
+        if kind == "http" and (instance.state == InstanceState.RUNNING or port_open(
+                self.settings.agent_address, instance.host_port)):
+            return http_ok(self.settings.agent_address, instance.host_port,
+                           instance.health_check_endpoint, instance.probe_timeout)
+        if port_open(self.settings.agent_address, instance.host_port,
+                     timeout=instance.probe_timeout):
+            return kind != "http", "not answering HTTP yet"
+        return False, f"nothing listens on its port ($PORT, {inst_mod.CONTAINER_PORT})"
+
+    def _checked(self, instance: Instance, container, ok: bool, detail: str,  # noqa: ANN001
+                 now: float) -> None:
+        instance.checked_at = now
+        if instance.state == InstanceState.STARTING:
+            if ok:
+                self._mark(instance, InstanceState.RUNNING)
+            elif now - instance.started_at > instance.start_timeout:
+                self._kill(container)
+                what = (f"answer 2xx on {instance.health_check_endpoint}"
+                        if instance.health_check == "http" else "listen on 0.0.0.0:$PORT")
+                self._crash_with_output(
+                    instance, container,
+                    f"the app did not pass its {instance.health_check} health check within "
+                    f"{instance.start_timeout:.0f} s ({detail}): make it {what}")
+            return
+        if ok:
+            instance.failures = 0
+            if not instance.ready:
+                self._set_ready(instance, True, "its health check passes again")
+            return
+        instance.failures += 1
+        if instance.ready:
+            self._set_ready(instance, False, f"its health check failed: {detail}")
+        if instance.failures >= self.settings.liveness_failures:
+            self._kill(container)
+            self._crash_with_output(
+                instance, container,
+                f"its {instance.health_check} health check failed {instance.failures} times "
+                f"in a row ({detail}), so it was restarted")
+
+    def _set_ready(self, instance: Instance, ready: bool, why: str) -> None:
+        with self.lock:
+            if instance.state != InstanceState.RUNNING:
+                return
+            instance.ready, instance.since = ready, time.time()
+        log.info("%s/%s index %d %s: %s", instance.app_name, instance.process_type,
+                 instance.index, "is back in the router" if ready else "leaves the router",
+                 why)
+        self.wake.set()
+
+    @staticmethod
+    def _kill(container) -> None:  # noqa: ANN001
+        try:
+            container.kill()
+        except docker.errors.APIError:
+            pass
+
+    def _crash_with_output(self, instance: Instance, container, reason: str,  # noqa: ANN001
+                           exit_code: int | None = None) -> None:
+        lines = inst_mod.last_log_lines(container)
+        if lines:
+            reason += f"; its last output: {lines[-1]}"
+        instance.last_lines = lines
+        self._mark(instance, InstanceState.CRASHED, reason, exit_code)
 
     def _mark(self, instance: Instance, state: str, reason: str | None = None,
               exit_code: int | None = None) -> None:
@@ -248,16 +304,19 @@ class Agent:
     def heartbeat(self) -> Heartbeat:
         with self.lock:
             reports = [i.report() for i in self.instances.values()]
-            used = sum(i.memory_mb for i in self.instances.values())
-        return Heartbeat(agent_id=self.settings.agent_id, address=self.settings.agent_address,
-                         sent_at=time.time(), memory_mb=self.settings.agent_memory_mb,
-                         memory_used_mb=used, instances=reports)
+            held = [i for i in self.instances.values() if i.state != InstanceState.CRASHED]
+        s = self.settings
+        return Heartbeat(agent_id=s.agent_id, address=s.agent_address, sent_at=time.time(),
+                         memory_mb=s.agent_memory_mb,
+                         memory_used_mb=sum(i.memory_mb for i in held), instances=reports,
+                         disk_mb=s.agent_disk_mb, disk_used_mb=sum(i.disk_mb for i in held),
+                         slots=s.agent_slots, slots_used=len(held))
 
     def routes(self) -> dict[str, str]:
         table: dict[str, str] = {}
         with self.lock:
             for i in self.instances.values():
-                if i.state != InstanceState.RUNNING or i.process_type != "web":
+                if i.state != InstanceState.RUNNING or not i.ready or i.process_type != "web":
                     continue
                 for n, host in enumerate(i.routes):
                     route = Route(host=host, backend=f"{self.settings.agent_address}:"
@@ -279,11 +338,10 @@ class Agent:
         pipe = self.redis.pipeline()
         pipe.set(keys.agent(self.settings.agent_id), beat.to_json(), px=ttl_ms)
         route_key = keys.routes(self.settings.agent_id)
-        if changed or force:
-            pipe.delete(route_key)
-            if table:
-                pipe.hset(route_key, mapping=table)
+        # Rewritten on every beat, not only on change: a restarted Redis has lost it.
+        pipe.delete(route_key)
         if table:
+            pipe.hset(route_key, mapping=table)
             pipe.pexpire(route_key, ttl_ms)
         if changed:
             pipe.publish(keys.ROUTES_CHANGED, self.settings.agent_id)

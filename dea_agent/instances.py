@@ -31,6 +31,9 @@ LABEL_ROUTES = "paas.routes"
 LABEL_START_TIMEOUT = "paas.start_timeout"
 LABEL_STARTED_AT = "paas.started_at"
 LABEL_MEMORY = "paas.memory_mb"
+LABEL_DISK = "paas.disk_mb"
+LABEL_GENERATION = "paas.generation"
+LABEL_HEALTH_CHECK = "paas.health_check"  # JSON: type, endpoint, interval, probe timeout
 RUN_USER = "2000:2000"
 LAUNCH = 'for f in /app/.profile.d/*.sh; do [ -r "$f" ] && . "$f"; done; ' \
          'exec /bin/sh -c "$PAAS_START_COMMAND"'
@@ -52,21 +55,44 @@ class Instance:
     start_timeout: float
     started_at: float
     memory_mb: int = 0
+    disk_mb: int = 0
+    generation: int = 0
+    health_check: str = "port"
+    health_check_endpoint: str = "/"
+    check_interval: float = 2.0
+    probe_timeout: float = 1.0
     state: str = InstanceState.STARTING
     since: float = field(default_factory=time.time)
     reason: str | None = None
     exit_code: int | None = None
+    ready: bool = True
+    failures: int = 0  # health checks failed in a row
+    checked_at: float = 0.0
+    last_lines: list[str] = field(default_factory=list)
 
     def report(self) -> InstanceReport:
         return InstanceReport(
             instance_guid=self.guid, app_guid=self.app_guid, app_name=self.app_name,
             release=self.release, process_type=self.process_type, index=self.index,
             state=self.state, host_port=self.host_port, since=self.since,
-            reason=self.reason, exit_code=self.exit_code)
+            reason=self.reason, exit_code=self.exit_code, generation=self.generation,
+            ready=self.ready, started_at=self.started_at, last_lines=list(self.last_lines))
+
+    @classmethod
+    def from_spec(cls, spec: InstanceSpec, host_port: int) -> Instance:
+        return cls(
+            guid=spec.instance_guid, container_id="", app_guid=spec.app_guid,
+            app_name=spec.app_name, release=spec.release, process_type=spec.process_type,
+            index=spec.index, host_port=host_port, routes=spec.routes,
+            start_timeout=spec.start_timeout, started_at=time.time(),
+            memory_mb=spec.memory_mb, disk_mb=spec.disk_mb, generation=spec.generation,
+            health_check=spec.health_check, health_check_endpoint=spec.health_check_endpoint,
+            check_interval=spec.check_interval, probe_timeout=spec.probe_timeout)
 
     @classmethod
     def from_container(cls, container) -> Instance:  # noqa: ANN001
         labels = container.labels
+        check = json.loads(labels.get(LABEL_HEALTH_CHECK, "{}"))
         return cls(
             guid=labels[LABEL_INSTANCE],
             container_id=container.id,
@@ -80,6 +106,12 @@ class Instance:
             start_timeout=float(labels.get(LABEL_START_TIMEOUT, 60)),
             started_at=float(labels.get(LABEL_STARTED_AT, time.time())),
             memory_mb=int(labels.get(LABEL_MEMORY, 0)),
+            disk_mb=int(labels.get(LABEL_DISK, 0)),
+            generation=int(labels.get(LABEL_GENERATION, 0)),
+            health_check=check.get("type", "port"),
+            health_check_endpoint=check.get("endpoint", "/"),
+            check_interval=float(check.get("interval", 2.0)),
+            probe_timeout=float(check.get("probe_timeout", 1.0)),
         )
 
 
@@ -128,6 +160,11 @@ def create_container(client: docker.DockerClient, spec: InstanceSpec, settings: 
         LABEL_START_TIMEOUT: str(spec.start_timeout),
         LABEL_STARTED_AT: str(started_at),
         LABEL_MEMORY: str(spec.memory_mb),
+        LABEL_DISK: str(spec.disk_mb),
+        LABEL_GENERATION: str(spec.generation),
+        LABEL_HEALTH_CHECK: json.dumps({
+            "type": spec.health_check, "endpoint": spec.health_check_endpoint,
+            "interval": spec.check_interval, "probe_timeout": spec.probe_timeout}),
     }
     return client.containers.create(
         spec.image,
@@ -148,10 +185,11 @@ def create_container(client: docker.DockerClient, spec: InstanceSpec, settings: 
     )
 
 
-def last_log_line(container) -> str | None:  # noqa: ANN001
+def last_log_lines(container, count: int = 10) -> list[str]:  # noqa: ANN001
+    """The container's last non-blank output lines (each cut to 300 characters)."""
     try:
-        raw = container.logs(tail=20).decode("utf-8", "replace")
+        raw = container.logs(tail=count * 2).decode("utf-8", "replace")
     except docker.errors.APIError:
-        return None
-    lines = [line.strip() for line in raw.splitlines() if line.strip()]
-    return lines[-1][:300] if lines else None
+        return []
+    lines = [line.rstrip()[:300] for line in raw.splitlines() if line.strip()]
+    return lines[-count:]

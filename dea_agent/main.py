@@ -12,13 +12,16 @@ from celery import Celery
 from contracts import settings as settings_mod
 from contracts.celery_app import make_celery
 from contracts.messages import (
+    RUN_TASK_TASK,
     START_INSTANCE_TASK,
     STOP_INSTANCE_TASK,
     InstanceSpec,
+    TaskSpec,
     agent_queue,
 )
 from contracts.settings import Settings
 from dea_agent.agent import Agent
+from dea_agent.tasks import TaskRunner
 
 log = logging.getLogger("paas.agent")
 
@@ -33,6 +36,10 @@ def create_worker_app(settings: Settings, agent: Agent) -> Celery:
     @app.task(name=STOP_INSTANCE_TASK, acks_late=True)
     def stop_instance(instance_guid: str) -> None:
         agent.stop(instance_guid)
+
+    @app.task(name=RUN_TASK_TASK)  # not acks_late: a one-off command runs at most once
+    def run_task(spec: dict) -> None:
+        TaskRunner(settings, agent.docker, agent.redis).start(TaskSpec(**spec))
 
     return app
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import socket
 
 
@@ -23,3 +24,19 @@ def port_open(host: str, port: int, timeout: float = 0.5, settle: float = 0.05) 
             return bool(data)  # b"" is the proxy hanging up; bytes are a talkative server
     except OSError:
         return False
+
+
+def http_ok(host: str, port: int, path: str, timeout: float = 1.0) -> tuple[bool, str]:
+    """GET ``path``: (True, "") on a 2xx answer, else (False, what went wrong)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path or "/", headers={"User-Agent": "paas-health-check",
+                                                  "Connection": "close"})
+        status = conn.getresponse().status
+    except (OSError, http.client.HTTPException) as e:
+        return False, f"GET {path} failed: {type(e).__name__}"
+    finally:
+        conn.close()
+    if 200 <= status < 300:
+        return True, ""
+    return False, f"GET {path} answered {status}"

@@ -54,4 +54,11 @@ def register_error_handlers(app: Flask) -> None:
             "the controller failed unexpectedly; its log has the details.")), 500
 
 
-from controller.api import apps, buildpacks, builds, info  # noqa: E402,F401  (routes register)
+from controller.api import (  # noqa: E402,F401  (routes register)
+    apps,
+    buildpacks,
+    builds,
+    info,
+    runtime,
+    tasks,
+)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 
 import redis
@@ -18,12 +19,14 @@ from controller.actual import instances_by_app, nudge, read_heartbeats
 from controller.api import v1
 from controller.api.buildpacks import store_buildpack
 from controller.auth import Action, authorize, current_identity
+from controller.convergence import is_ready
 from controller.errors import InvalidInput, NotFound, TooLarge
 from controller.models import (
     App,
     Build,
     BuildState,
     Droplet,
+    HealthCheck,
     Package,
     Release,
     Team,
@@ -64,13 +67,57 @@ def present_instance(inst: InstanceReport, router_synced: float = 0.0) -> dict[s
         "state": inst.state,
         "since": inst.since,
         "release": inst.release,
+        "generation": inst.generation,
+        "ready": inst.ready,
         "agent": inst.agent_id,
         "reason": inst.reason,
         "exit_code": inst.exit_code,
         # The router has made nginx equal to a route table read after this instance ran.
-        "routed": inst.state == "RUNNING" and inst.process_type == "web"
-        and router_synced >= inst.since,
+        "routed": is_ready(inst, router_synced) and inst.process_type == "web",
     }
+
+
+def crashes(app: App) -> dict[tuple[str, int], dict[str, object]]:
+    """The health manager's crash records of this app: (process type, index) -> record."""
+    if "paas_crashes" not in g:  # one read per request, however many apps it shows
+        try:
+            g.paas_crashes = _redis().hgetall(keys.CRASHES)
+        except redis.RedisError:
+            g.paas_crashes = {}
+    raw = g.paas_crashes
+    found = {}
+    for name, value in raw.items():
+        name = name.decode() if isinstance(name, bytes) else name
+        guid, _, rest = name.partition("/")
+        if guid != app.guid:
+            continue
+        type_, _, index = rest.rpartition("/")
+        try:
+            found[(type_, int(index))] = json.loads(value)
+        except ValueError:
+            continue
+    return found
+
+
+def _waiting_crashed(app: App, instances: list[InstanceReport],
+                     ) -> list[dict[str, object]]:
+    """Indices with no instance because they crashed and wait for their restart."""
+    live = {(i.process_type, i.index) for i in instances}
+    desired = {p.type: p.instances for p in app.processes}
+    rows = []
+    now = time.time()
+    for (type_, index), record in sorted(crashes(app).items()):
+        if (type_, index) in live or index >= desired.get(type_, 0):
+            continue
+        rows.append({
+            "index": index, "process_type": type_, "state": "CRASHED",
+            "since": record.get("last_at"), "release": None, "generation": None,
+            "ready": False, "agent": None, "reason": record.get("reason"),
+            "exit_code": record.get("exit_code"), "routed": False,
+            "crash_count": record.get("count"),
+            "restart_in": max(0.0, round(record.get("restart_at", now) - now, 1)),
+        })
+    return rows
 
 
 def router_synced() -> float:
@@ -91,9 +138,15 @@ def present_app(app: App, instances: list[InstanceReport] | None = None) -> dict
         "state": app.state,
         "urls": urls(app),
         "created_at": iso(app.created_at),
+        "generation": app.generation,
+        "max_in_flight": app.max_in_flight,
+        "crash_policy": app.crash_policy,
         "processes": [
             {"type": p.type, "instances": p.instances, "memory_mb": p.memory_mb,
-             "command": p.command}
+             "disk_mb": p.disk_mb, "command": release.command(p.type) if release else None,
+             "health_check": {"type": p.health_check_type,
+                              "endpoint": p.health_check_endpoint,
+                              "timeout": p.start_timeout}}
             for p in app.processes
         ],
         "instances_desired": web.instances if web else 0,
@@ -114,8 +167,9 @@ def present_app(app: App, instances: list[InstanceReport] | None = None) -> dict
         body["failed_release"] = {"version": latest.version, "error": latest.error}
     if instances is not None:
         synced = router_synced() if instances else 0.0
-        body["instances"] = [present_instance(i, synced) for i in instances]
-        running = [i for i in instances if i.state == "RUNNING"
+        body["instances"] = [present_instance(i, synced) for i in instances] + \
+            _waiting_crashed(app, instances)
+        running = [i for i in instances if i.state == "RUNNING" and i.process_type == "web"
                    and release is not None and i.release == release.version]
         body["instances_running"] = len(running)
     return body
@@ -147,6 +201,10 @@ def _push_options() -> dict[str, object]:
         raise InvalidInput(f"the push options are not valid JSON: {e}.") from e
     if not isinstance(options, dict):
         raise InvalidInput("the push options must be a JSON object.")
+    return _check_options(options)
+
+
+def _check_options(options: dict[str, object]) -> dict[str, object]:
     requested: dict[str, object] = {}
     if options.get("instances") is not None:
         n = options["instances"]
@@ -158,6 +216,29 @@ def _push_options() -> dict[str, object]:
         if not isinstance(m, int) or isinstance(m, bool) or not 16 <= m <= 65536:
             raise InvalidInput(f"memory must be from 16 MB to 64 GB, not {m!r} MB.")
         requested["memory_mb"] = m
+    if options.get("health_check_type") is not None:
+        kind = options["health_check_type"]
+        if kind not in HealthCheck.ALL:
+            raise InvalidInput(f"health-check-type must be one of {', '.join(HealthCheck.ALL)},"
+                               f" not {kind!r}.")
+        requested["health_check_type"] = kind
+    if options.get("health_check_endpoint") is not None:
+        endpoint = options["health_check_endpoint"]
+        if not isinstance(endpoint, str) or not endpoint.startswith("/"):
+            raise InvalidInput("health-check-http-endpoint must be a path starting with /.")
+        requested["health_check_endpoint"] = endpoint
+    if options.get("timeout") is not None:
+        t = options["timeout"]
+        if not isinstance(t, int) or isinstance(t, bool) or not 1 <= t <= 600:
+            raise InvalidInput(f"timeout must be from 1 to 600 seconds, not {t!r}.")
+        requested["timeout"] = t
+    if options.get("disk_mb") is not None:
+        d = options["disk_mb"]
+        if not isinstance(d, int) or isinstance(d, bool) or not 64 <= d <= 1024 * 1024:
+            raise InvalidInput(f"disk quota must be from 64 MB to 1 TB, not {d!r} MB.")
+        requested["disk_mb"] = d
+    if options.get("processes") is not None:
+        requested["processes"] = _process_options(options["processes"])
     if "command" in options and options["command"] is not None:
         cmd = options["command"]
         if not isinstance(cmd, str) or not cmd.strip() or "\n" in cmd:
@@ -177,6 +258,34 @@ def _push_options() -> dict[str, object]:
             raise InvalidInput("env must map variable names (letters, digits, _) to text.")
         requested["env"] = env
     return requested
+
+
+PROCESS_TYPE = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
+
+
+def _process_options(processes: object) -> list[dict[str, object]]:
+    """A manifest's processes: each type's scale, command and health check."""
+    if not isinstance(processes, list):
+        raise InvalidInput("processes must be a list.")
+    out = []
+    for proc in processes:
+        if not isinstance(proc, dict) or not PROCESS_TYPE.match(str(proc.get("type", ""))):
+            raise InvalidInput("each process needs a type: lower-case letters, digits, - or _.")
+        checked = {"type": proc["type"], **_push_options_from(
+            {k: v for k, v in proc.items() if k != "type"})}
+        out.append(checked)
+    return out
+
+
+def _push_options_from(options: dict[str, object]) -> dict[str, object]:
+    """The per-process subset of push options, checked like the app-wide ones."""
+    allowed = {"instances", "memory_mb", "disk_mb", "command", "health_check_type",
+               "health_check_endpoint", "timeout"}
+    unknown = set(options) - allowed
+    if unknown:
+        raise InvalidInput(f"a process takes only {', '.join(sorted(allowed))}, not "
+                           f"{', '.join(sorted(unknown))}.")
+    return _check_options(options)
 
 
 @v1.post("/apps/<name>/restage")
@@ -265,8 +374,10 @@ def push(name: str):  # noqa: ANN201
         build = Build(app=app, package=package, requested=requested)
         g.db.add_all([package, build])
         g.db.flush()
+        requested["actor"] = ident.name
         events.record(g.db, "app.pushed", ident.name, app, build=build.guid, created=created,
-                      **{k: v for k, v in requested.items() if k not in ("command", "env")},
+                      **{k: v for k, v in requested.items()
+                         if k not in ("command", "env", "actor")},
                       env_names=sorted(requested.get("env", {})))
         g.db.commit()
     except BaseException:

@@ -1,6 +1,6 @@
 """Domain models, one file per noun."""
 
-from controller.models.app import App, AppState, Process, validate_name
+from controller.models.app import App, AppState, HealthCheck, Process, validate_name
 from controller.models.base import Base, iso
 from controller.models.build import Build, BuildState, Droplet, Package
 from controller.models.buildpack import RegisteredBuildpack
@@ -10,7 +10,6 @@ from controller.models.team import DEFAULT_TEAM, Role, Team, Token
 
 __all__ = [
     "App", "AppState", "Base", "Build", "BuildState", "DEFAULT_TEAM", "Droplet", "Event",
-    "Package", "Process", "RegisteredBuildpack", "Release", "ReleaseStatus", "Role", "Team",
-    "Token", "iso",
-    "validate_name",
+    "HealthCheck", "Package", "Process", "RegisteredBuildpack", "Release", "ReleaseStatus",
+    "Role", "Team", "Token", "iso", "validate_name",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from sqlalchemy import DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from controller.errors import InvalidInput
@@ -39,6 +39,13 @@ class App(Base):
     # The release instances should run; None until the first successful staging.
     # (No foreign key: releases point at apps, and a cycle buys nothing but ordering pain.)
     release_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Bumped by a restart (or a memory change): instances of an older generation are
+    # replaced one by one, like a new release.
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    # How many new instances a rolling deploy starts before old ones stop.
+    max_in_flight: Mapped[int] = mapped_column(Integer, default=1)
+    # Overrides of the platform's crash policy (keys as in contracts.settings crash_*).
+    crash_policy: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[created]
     updated_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
@@ -53,13 +60,25 @@ class App(Base):
         for p in self.processes:
             if p.type == type_:
                 return p
-        p = Process(type=type_, instances=0)
+        # As in Cloud Foundry, only web listens by default; other types are checked by
+        # their process running.
+        p = Process(type=type_, instances=0,
+                    health_check_type=HealthCheck.PORT if type_ == "web" else
+                    HealthCheck.PROCESS)
         self.processes.append(p)
         return p
 
 
+class HealthCheck:
+    PORT = "port"  # the app listens on $PORT
+    HTTP = "http"  # GET endpoint answers 2xx
+    PROCESS = "process"  # the process runs
+
+    ALL = (PORT, HTTP, PROCESS)
+
+
 class Process(Base):
-    """Desired scale of one process type (``web`` is routed)."""
+    """Desired scale and health check of one process type (``web`` is routed)."""
 
     __tablename__ = "processes"
     id: Mapped[intpk]
@@ -67,7 +86,10 @@ class Process(Base):
     type: Mapped[str] = mapped_column(String(63))
     instances: Mapped[int] = mapped_column(Integer, default=1)
     memory_mb: Mapped[int] = mapped_column(Integer, default=256)
-    # A command given with the push (-c); overrides the droplet's process type command.
-    command: Mapped[str | None] = mapped_column(Text, nullable=True)
+    disk_mb: Mapped[int] = mapped_column(Integer, default=1024)
+    health_check_type: Mapped[str] = mapped_column(String(16), default=HealthCheck.PORT)
+    health_check_endpoint: Mapped[str] = mapped_column(String(255), default="/")
+    # Seconds an instance may take to pass its first health check; None: the platform's.
+    start_timeout: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     app: Mapped[App] = relationship(back_populates="processes")

@@ -24,8 +24,20 @@ class Release(Base):
     version: Mapped[int] = mapped_column(Integer)
     droplet_id: Mapped[int] = mapped_column(ForeignKey("droplets.id", ondelete="CASCADE"))
     env: Mapped[dict] = mapped_column(JSON, default=dict)
+    # Start commands given by the user (push -c), by process type; they win over the
+    # droplet's process types.
+    commands: Mapped[dict] = mapped_column(JSON, default=dict)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
     status: Mapped[str] = mapped_column(String(16), default=ReleaseStatus.DEPLOYING)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[created]
 
     droplet: Mapped[Droplet] = relationship()
+
+    def command(self, process_type: str) -> str | None:
+        return self.commands.get(process_type) or self.droplet.process_types.get(process_type)
+
+    @property
+    def process_types(self) -> list[str]:
+        return sorted({*self.droplet.process_types, *self.commands})

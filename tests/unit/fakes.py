@@ -10,6 +10,7 @@ class FakeRedis:
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}
         self.published: list[tuple[str, str]] = []
+        self.hashes: dict[str, dict[bytes, bytes]] = {}
 
     @staticmethod
     def _b(value: Any) -> bytes:
@@ -30,6 +31,16 @@ class FakeRedis:
 
     def scan_iter(self, match: str = "*", count: int = 0) -> list[str]:
         return [k for k in self.data if fnmatch.fnmatch(k, match)]
+
+    def hgetall(self, key: str) -> dict[bytes, bytes]:
+        return dict(self.hashes.get(key, {}))
+
+    def hset(self, key: str, field: str, value: Any) -> int:
+        self.hashes.setdefault(key, {})[self._b(field)] = self._b(value)
+        return 1
+
+    def hdel(self, key: str, field: str) -> int:
+        return int(self.hashes.get(key, {}).pop(self._b(field), None) is not None)
 
     def publish(self, channel: str, message: Any) -> int:
         self.published.append((channel, str(message)))
