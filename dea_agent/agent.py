@@ -69,14 +69,23 @@ class Agent:
     def adopt(self) -> int:
         """Take over the containers this agent started before it restarted."""
         found = self.docker.containers.list(all=True, filters=self._own_filter())
-        with self.lock:
-            for container in found:
-                instance = Instance.from_container(container)
+        adopted = removed = 0
+        for container in found:
+            if container.status not in ("running", "restarting", "paused"):
+                removed += 1
+                # It died while no agent watched (the host went down, say): the health
+                # manager has replaced it already, so it is no crash to report.
+                self._remove(container)
+                continue
+            instance = Instance.from_container(container)
+            with self.lock:
                 if instance.guid not in self.instances:
                     self.instances[instance.guid] = instance
+                    adopted += 1
         if found:
-            log.info("re-adopted %d instance container(s)", len(found))
-        return len(found)
+            log.info("re-adopted %d running instance container(s), removed %d stopped one(s)",
+                     adopted, removed)
+        return adopted
 
     # -- commands ----------------------------------------------------------------------
     def start(self, spec: InstanceSpec) -> None:
