@@ -20,6 +20,7 @@ integration: setup
 
 bench: setup
 	@$(VENV)/python bench/push.py
+	@$(VENV)/python bench/runtime.py
 
 lint: setup
 	@$(VENV)/ruff check .

@@ -98,6 +98,23 @@ def restart(name: str, wait: bool, wait_timeout: float) -> None:
 
 @main.command()
 @click.argument("name")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.option("--wait-timeout", type=float, default=300.0, show_default=True)
+def rebalance(name: str, wait: bool, wait_timeout: float) -> None:
+    """Even out an app's instances over the agents (after one came back), without downtime."""
+    api = client()
+    app = api.post(f"/apps/{name}/rebalance")
+    spread = ", ".join(f"{agent}: {n}" for agent, n in sorted(app["spread"].items()))
+    if not app["rebalancing"]:
+        console.print(f"{name} is spread evenly already ({spread or 'no agents'}).")
+        return
+    console.print(f"Rebalancing {name} ({spread}), one instance at a time")
+    if wait:
+        _print_app(_wait_for_rollout(api, name, wait_timeout))
+
+
+@main.command()
+@click.argument("name")
 def stop(name: str) -> None:
     """Stop every instance of an app (its route answers 503 until it starts again)."""
     client().post(f"/apps/{name}/stop")

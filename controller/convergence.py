@@ -6,9 +6,9 @@ Rules, per app:
 - an app that is stopped, deleted or has no release runs nothing;
 - an instance belongs to the app's *target* when it runs the target release at the app's
   current generation (a restart bumps the generation); every other instance is *old*;
-- each process type gets every missing index of the target started, placed on the agent
-  with the fewest of the app's instances that fits memory, disk and a slot, then the most
-  free memory;
+- each process type gets every missing index of the target started, placed on an agent
+  that fits memory, disk and a slot: the one with the fewest of the target's instances, then
+  of the app's, then the most free memory (so a rollout or restart evens the spread);
 - a **rolling deploy**: while old instances of a process type still serve, at most
   ``max_in_flight`` target instances are starting (or running but not yet routed) at once,
   and old instances stop only as target instances become ready, so the number of ready
@@ -277,6 +277,9 @@ class _AppPlan:
 
         old_live = [i for i in old if i.state in LIVE]
         ready = sum(1 for i in live.values() if is_ready(i, synced))
+        spread: dict[str, int] = {}  # the target's instances per agent, for placement
+        for inst in live.values():
+            spread[inst.agent_id] = spread.get(inst.agent_id, 0) + 1
         in_flight = len(live) - ready
         room = max(0, self.app.max_in_flight - in_flight) if old_live else process.instances
         for index in range(process.instances):
@@ -284,7 +287,8 @@ class _AppPlan:
                 continue
             if self._backing_off(process.type, index):
                 continue
-            agent_id = self.placer.place(self.app.guid, process.memory_mb, process.disk_mb)
+            agent_id = self.placer.place(self.app.guid, process.memory_mb, process.disk_mb,
+                                         spread)
             if agent_id is None:
                 self.actions.append(Unplaceable(self.app.guid, process.type, index,
                                                 process.memory_mb, process.disk_mb))
@@ -346,12 +350,18 @@ class _Placer:
                 key = (app_guid, i.agent_id)
                 self.count[key] = self.count.get(key, 0) + 1
 
-    def place(self, app_guid: str, memory_mb: int, disk_mb: int = 0) -> str | None:
+    def place(self, app_guid: str, memory_mb: int, disk_mb: int = 0,
+              spread: dict[str, int] | None = None) -> str | None:
+        """An agent with room; fewest of ``spread`` (the new instances of a rollout, which
+        evens the spread as old ones go), then fewest of the app's, then most free memory."""
+        spread = {} if spread is None else spread
         fits = [a for a, (mem, disk, slots) in self.free.items()
                 if mem >= memory_mb and disk >= disk_mb and slots >= 1]
         if not fits:
             return None
-        best = min(fits, key=lambda a: (self.count.get((app_guid, a), 0), -self.free[a][0], a))
+        best = min(fits, key=lambda a: (spread.get(a, 0), self.count.get((app_guid, a), 0),
+                                        -self.free[a][0], a))
+        spread[best] = spread.get(best, 0) + 1
         self.free[best][0] -= memory_mb
         self.free[best][1] -= disk_mb
         self.free[best][2] -= 1

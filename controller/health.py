@@ -146,7 +146,10 @@ class HealthManager:
                     self._act(session, action)
                     session.commit()
                 except Exception:
-                    log.exception("acting on %s failed", action)
+                    # Not the action itself: a start carries the app's env (secrets).
+                    log.exception("acting on a %s for app %s failed", type(action).__name__,
+                                  getattr(action, "app_guid", None) or
+                                  getattr(getattr(action, "spec", None), "app_guid", "?"))
                     session.rollback()
             self._forget_crashes(desired, crashes)
         return actions

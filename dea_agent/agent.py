@@ -196,19 +196,21 @@ class Agent:
     def refresh(self) -> None:
         """Bring every instance's state up to date from Docker and health checks."""
         with self.lock:
-            current = list(self.instances.values())
+            # Container ids as of now: a start that gets its container after the listing
+            # below must not look like a container that disappeared.
+            current = [(i, i.container_id) for i in self.instances.values()]
         containers = {c.id: c for c in self.docker.containers.list(
             all=True, filters=self._own_filter())}
         now = time.time()
         due: list[tuple[Instance, object]] = []
-        for instance in current:
+        for instance, container_id in current:
             if instance.state in (InstanceState.STOPPING, InstanceState.CRASHED):
                 continue
-            if not instance.container_id:
+            if not container_id:
                 if now - instance.started_at > instance.start_timeout + 60:
                     self._crash(instance, "Docker did not create the container in time")
                 continue  # still being created
-            container = containers.get(instance.container_id)
+            container = containers.get(container_id) or self._get_container(container_id)
             if container is None:
                 self._mark(instance, InstanceState.CRASHED, "the container disappeared")
                 continue
@@ -228,6 +230,12 @@ class Agent:
             results = list(self.checker.map(lambda pair: self._check(pair[0]), due))
             for (instance, container), (ok, detail) in zip(due, results, strict=True):
                 self._checked(instance, container, ok, detail, now)
+
+    def _get_container(self, container_id: str):  # noqa: ANN202
+        try:
+            return self.docker.containers.get(container_id)
+        except docker.errors.NotFound:
+            return None
 
     def _check(self, instance: Instance) -> tuple[bool, str]:
         """Run the instance's health check once."""

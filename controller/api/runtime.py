@@ -142,6 +142,29 @@ def restart(name: str):  # noqa: ANN201
     return jsonify(present_app(app))
 
 
+@v1.post("/apps/<name>/rebalance")
+def rebalance(name: str):  # noqa: ANN201
+    """Even the app's spread over the agents: when one agent holds more than one instance
+    above another's share, replace the instances one at a time (new ones are placed on the
+    agents with the fewest of the app's instances)."""
+    app = find_app(name, Action.WRITE)
+    releases.require_current(g.db, app)
+    beats = read_heartbeats(_redis())
+    per_agent = {b.agent_id: 0 for b in beats}
+    for beat in beats:
+        for inst in beat.instances:
+            if inst.app_guid == app.guid and inst.state == "RUNNING":
+                per_agent[beat.agent_id] += 1
+    uneven = bool(per_agent) and max(per_agent.values()) - min(per_agent.values()) > 1
+    if uneven:
+        app.generation += 1
+        _changed(app, current_identity().name, "app.rebalanced", before=per_agent)
+    body = present_app(app)
+    body["rebalancing"] = uneven
+    body["spread"] = per_agent
+    return jsonify(body)
+
+
 @v1.post("/apps/<name>/stop")
 def stop(name: str):  # noqa: ANN201
     app = find_app(name, Action.WRITE)

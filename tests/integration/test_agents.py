@@ -70,9 +70,13 @@ def test_lost_agent_instances_move_and_its_return_leaves_no_duplicates(platform,
     time.sleep(3)
     now = running(platform, "spread")
     assert sorted(i["index"] for i in now) == [0, 1, 2], now
-    scaled = platform.paas("scale", "spread", "-i", "4")
-    assert scaled.returncode == 0, scaled.stdout + scaled.stderr
-    assert lost in {i["agent"] for i in running(platform, "spread")}
+    # Rebalancing evens the spread again, one instance at a time.
+    balanced = platform.paas("rebalance", "spread")
+    assert balanced.returncode == 0, balanced.stdout + balanced.stderr
+    assert "Rebalancing spread" in balanced.stdout
+    assert len({i["agent"] for i in running(platform, "spread")}) == 3
+    again = platform.paas("rebalance", "spread")
+    assert again.returncode == 0 and "evenly already" in again.stdout
     assert platform.paas("delete", "spread", "-f").returncode == 0
 
 

@@ -77,7 +77,8 @@ def test_an_app_that_never_opens_its_port_keeps_the_old_release(  # noqa: ANN001
                                   "time.sleep(600)'\n")
     broken = platform.paas("push", "steady", "-p", str(app))
     assert broken.returncode == 1
-    assert "did not listen on its port" in broken.stderr
+    assert "did not pass its port health check" in broken.stderr
+    assert "make it listen on 0.0.0.0:$PORT" in broken.stderr
     assert "the previous release keeps serving" in broken.stderr
     # The first release still answers, and stays the app's release.
     assert "hello from paas" in platform.router_get(host).text

@@ -282,6 +282,21 @@ def test_restart_rolls_instances_to_the_new_generation():
     assert stopped(actions) == set()
 
 
+def test_a_restart_evens_the_spread_over_an_agent_that_came_back():
+    """a1 holds two, a2 one, a3 (back after a loss) none: the new generation lands one each."""
+    agents = [*AGENTS, AgentCapacity("a3", 4096, 0)]
+    actual = [inst(0, agent="a1"), inst(1, agent="a1"), inst(2, agent="a2")]
+    desired = app(instances=3, generation=1)
+    for _step in range(20):
+        actions = plan([desired], actual, agents, NOW, new_guid=guids())
+        gone = stopped(actions)
+        actual = [i for i in actual if i.instance_guid not in gone]
+        actual += [inst(s.spec.index, agent=s.agent_id, generation=1) for s in starts(actions)]
+        if all(i.generation == 1 for i in actual) and len(actual) == 3:
+            break
+    assert sorted(i.agent_id for i in actual) == ["a1", "a2", "a3"]
+
+
 def test_scale_down_during_a_rollout_stops_surplus_old_instances():
     old = [inst(i, release=1) for i in range(3)]
     actions = plan([rollout(instances=1)], old, AGENTS, NOW)
