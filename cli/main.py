@@ -264,6 +264,10 @@ def _push_options(manifest: AppManifest | None, command: str | None, instances: 
         options["health_check_endpoint"] = m.health_check_http_endpoint
     if m.timeout is not None:
         options["timeout"] = m.timeout
+    if m.health_check_interval is not None:
+        options["health_check_interval"] = m.health_check_interval
+    if m.health_check_invocation_timeout is not None:
+        options["health_check_probe_timeout"] = m.health_check_invocation_timeout
     if m.processes:
         options["processes"] = [_process_options(p) for p in m.processes]
     return options
@@ -273,7 +277,9 @@ def _process_options(proc: dict) -> dict[str, object]:
     """A manifest's process entry in the API's words (sizes in MB)."""
     names = {"type": "type", "instances": "instances", "command": "command",
              "health-check-type": "health_check_type", "timeout": "timeout",
-             "health-check-http-endpoint": "health_check_endpoint"}
+             "health-check-http-endpoint": "health_check_endpoint",
+             "health-check-interval": "health_check_interval",
+             "health-check-invocation-timeout": "health_check_probe_timeout"}
     out: dict[str, object] = {names[k]: v for k, v in proc.items() if k in names}
     if out.get("health_check_type") == "none":
         out["health_check_type"] = "process"
@@ -328,11 +334,21 @@ def _wait_for_build(api: Client, guid: str, timeout: float = 1200) -> dict:
 
 
 def _wait_for_release(api: Client, name: str, version: int, timeout: float) -> dict:
+    look_at = time.monotonic() + 3
     deadline = time.monotonic() + timeout
+    told: set[str] = set()
     while True:
         release = api.get(f"/apps/{name}/releases/{version}")
         if release["status"] in ("DEPLOYED", "FAILED", "SUPERSEDED"):
             return release
+        if time.monotonic() > look_at:
+            look_at = time.monotonic() + 2
+            # Slow: say what it waits for (no room on any agent, a crash back-off).
+            for inst in api.get(f"/apps/{name}").get("instances", []):
+                if inst["state"] in ("PENDING", "CRASHED") and inst["reason"] not in told:
+                    told.add(inst["reason"])
+                    console.print(f"   [yellow]{inst['process_type']} #{inst['index']} "
+                                  f"{inst['state'].lower()}:[/] {inst['reason']}")
         if time.monotonic() > deadline:
             raise click.ClickException(
                 f"release {version} was not serving after {timeout:.0f} s; "

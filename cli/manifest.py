@@ -28,9 +28,11 @@ FIELDS = {
     "name", "path", "instances", "memory", "disk_quota", "command", "buildpacks", "buildpack",
     "env", "routes", "no-route", "random-route", "health-check-type",
     "health-check-http-endpoint", "timeout", "processes", "stack",
+    "health-check-interval", "health-check-invocation-timeout",
 }
 PROCESS_FIELDS = {"type", "instances", "memory", "disk_quota", "command", "health-check-type",
-                  "health-check-http-endpoint", "timeout"}
+                  "health-check-http-endpoint", "timeout", "health-check-interval",
+                  "health-check-invocation-timeout"}
 HEALTH_CHECKS = {"port", "http", "process", "none"}
 
 
@@ -55,6 +57,8 @@ class AppManifest:
     health_check_type: str | None = None
     health_check_http_endpoint: str | None = None
     timeout: int | None = None
+    health_check_interval: float | None = None
+    health_check_invocation_timeout: float | None = None
     processes: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -203,6 +207,10 @@ def _set(path: Path, app: AppManifest, key: str, node: yaml.Node, line: int) -> 
         if not isinstance(data, int) or isinstance(data, bool) or data <= 0:
             fail(f"timeout must be a number of seconds, not {data!r}")
         app.timeout = data
+    elif key in ("health-check-interval", "health-check-invocation-timeout"):
+        if not isinstance(data, int | float) or isinstance(data, bool) or data <= 0:
+            fail(f"{key} must be a number of seconds, not {data!r}")
+        setattr(app, key.replace("-", "_"), float(data))
     elif key == "processes":
         if not isinstance(data, list) or not all(isinstance(p, dict) for p in data):
             fail("processes must be a list of '- type: NAME' entries")

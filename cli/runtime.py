@@ -212,6 +212,10 @@ def rollback(name: str, version: int | None, wait: bool, wait_timeout: float) ->
 @click.option("--endpoint", help="Path the http health check GETs (expects a 2xx).")
 @click.option("--timeout", type=click.IntRange(1, 600),
               help="Seconds an instance may take to pass its first health check.")
+@click.option("--interval", type=click.FloatRange(0.2, 600),
+              help="Seconds between health checks (default 2).")
+@click.option("--probe-timeout", type=click.FloatRange(0.1, 60),
+              help="Seconds one health check may take (default 1).")
 @click.option("--process", "process_type", default="web", show_default=True,
               help="The process type the health check options are for.")
 @click.option("--crash-restarts", type=click.IntRange(0, 100),
@@ -219,7 +223,8 @@ def rollback(name: str, version: int | None, wait: bool, wait_timeout: float) ->
 @click.option("--crash-backoff", type=float, help="First back-off after those, seconds.")
 @click.option("--crash-backoff-max", type=float, help="Longest back-off, seconds.")
 def configure(name: str, max_in_flight: int | None, health_check_type: str | None,
-              endpoint: str | None, timeout: int | None, process_type: str,
+              endpoint: str | None, timeout: int | None, interval: float | None,
+              probe_timeout: float | None, process_type: str,
               crash_restarts: int | None, crash_backoff: float | None,
               crash_backoff_max: float | None) -> None:
     """Change how an app is deployed, health-checked and restarted after crashes."""
@@ -227,7 +232,8 @@ def configure(name: str, max_in_flight: int | None, health_check_type: str | Non
     if max_in_flight is not None:
         body["max_in_flight"] = max_in_flight
     check = {k: v for k, v in (("type", health_check_type), ("endpoint", endpoint),
-                               ("timeout", timeout)) if v is not None}
+                               ("timeout", timeout), ("interval", interval),
+                               ("probe_timeout", probe_timeout)) if v is not None}
     if check:
         body["health_check"] = {"process_type": process_type, **check}
     policy = {k: v for k, v in (("immediate_restarts", crash_restarts),

@@ -55,3 +55,8 @@ CRASHES = f"{PREFIX}:crashes"
 
 def crash_field(app_guid: str, process_type: str, index: int) -> str:
     return f"{app_guid}/{process_type}/{index}"
+
+
+# Hash of "<app guid>/<process type>/<index>" -> JSON {memory_mb, disk_mb}: instances the
+# health manager cannot place now because no agent has room; rewritten when it changes.
+UNPLACED = f"{PREFIX}:unplaced"

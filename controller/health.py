@@ -76,7 +76,7 @@ class HealthManager:
         self.stopping: dict[str, float] = {}
         self.requeued: dict[str, float] = {}
         self.crashes: dict[CrashKey, CrashRecord] | None = None  # loaded when active
-        self.unplaceable: set[CrashKey] = set()
+        self.unplaced: dict[str, str] = {}  # as last published under keys.UNPLACED
         self.redis_run_id: str | None = None
         self.hold_until = 0.0
         self.identity = f"{uuid.uuid4()}"
@@ -111,8 +111,9 @@ class HealthManager:
                         health_check=HealthCheckSpec(
                             type=p.health_check_type, endpoint=p.health_check_endpoint,
                             start_timeout=float(p.start_timeout or s.start_timeout),
-                            interval=s.health_check_interval,
-                            probe_timeout=s.health_probe_timeout)))
+                            interval=p.health_check_interval or s.health_check_interval,
+                            probe_timeout=p.health_check_probe_timeout or
+                            s.health_probe_timeout)))
             apps.append(DesiredApp(
                 guid=app.guid, name=app.name, started=app.state == AppState.STARTED,
                 routes=(f"{app.name}.{s.domain}",), release=desired_release,
@@ -152,7 +153,23 @@ class HealthManager:
                                   getattr(getattr(action, "spec", None), "app_guid", "?"))
                     session.rollback()
             self._forget_crashes(desired, crashes)
+            self._publish_unplaced([a for a in actions if isinstance(a, Unplaceable)])
         return actions
+
+    def _publish_unplaced(self, found: list[Unplaceable]) -> None:
+        """Instances no agent has room for, for ``paas app`` to show (and the log)."""
+        now = {keys.crash_field(u.app_guid, u.process_type, u.index): json.dumps(
+            {"memory_mb": u.memory_mb, "disk_mb": u.disk_mb}) for u in found}
+        if now == self.unplaced:
+            return
+        for field_ in now.keys() - self.unplaced.keys():
+            log.warning("no agent has room for %s (%s)", field_, now[field_])
+        pipe = self.redis.pipeline()
+        pipe.delete(keys.UNPLACED)
+        if now:
+            pipe.hset(keys.UNPLACED, mapping=now)
+        pipe.execute()
+        self.unplaced = now
 
     def _redis_restarted(self) -> bool:
         """True for a heartbeat TTL after Redis came back empty (it keeps no data): the
@@ -260,19 +277,13 @@ class HealthManager:
         elif isinstance(action, Crashed):
             self._crashed(session, action)
         elif isinstance(action, Unplaceable):
-            key = (action.app_guid, action.process_type, action.index)
-            if key not in self.unplaceable:
-                self.unplaceable.add(key)
-                log.warning("no agent has room for %s/%s index %d (%d MB memory, %d MB disk)",
-                            action.app_guid, action.process_type, action.index,
-                            action.memory_mb, action.disk_mb)
+            pass  # published with the others after the tick (see _publish_unplaced)
 
     def _crashed(self, session: Session, action: Crashed) -> None:
         record = action.record
         key = (action.app_guid, action.process_type, action.index)
         assert self.crashes is not None
         self.crashes[key] = record
-        self.unplaceable.discard(key)
         self.redis.hset(keys.CRASHES, keys.crash_field(*key), json.dumps(asdict(record)))
         app = session.scalar(select(App).where(App.guid == action.app_guid))
         if app is None:

@@ -180,6 +180,10 @@ def _apply_requested(web: Process, requested: dict[str, Any]) -> None:
         web.health_check_endpoint = requested["health_check_endpoint"]
     if requested.get("timeout") is not None:
         web.start_timeout = int(requested["timeout"])
+    if requested.get("health_check_interval") is not None:
+        web.health_check_interval = float(requested["health_check_interval"])
+    if requested.get("health_check_probe_timeout") is not None:
+        web.health_check_probe_timeout = float(requested["health_check_probe_timeout"])
 
 
 def _never_released(session: Session, app: App) -> bool:

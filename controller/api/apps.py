@@ -77,14 +77,16 @@ def present_instance(inst: InstanceReport, router_synced: float = 0.0) -> dict[s
     }
 
 
-def crashes(app: App) -> dict[tuple[str, int], dict[str, object]]:
-    """The health manager's crash records of this app: (process type, index) -> record."""
-    if "paas_crashes" not in g:  # one read per request, however many apps it shows
+def crashes(app: App, key: str = keys.CRASHES) -> dict[tuple[str, int], dict[str, object]]:
+    """The health manager's crash records (or unplaced instances) of this app:
+    (process type, index) -> record."""
+    cache = g.setdefault("paas_hashes", {})
+    if key not in cache:  # one read per request, however many apps it shows
         try:
-            g.paas_crashes = _redis().hgetall(keys.CRASHES)
+            cache[key] = _redis().hgetall(key)
         except redis.RedisError:
-            g.paas_crashes = {}
-    raw = g.paas_crashes
+            cache[key] = {}
+    raw = cache[key]
     found = {}
     for name, value in raw.items():
         name = name.decode() if isinstance(name, bytes) else name
@@ -117,6 +119,16 @@ def _waiting_crashed(app: App, instances: list[InstanceReport],
             "crash_count": record.get("count"),
             "restart_in": max(0.0, round(record.get("restart_at", now) - now, 1)),
         })
+        live.add((type_, index))
+    for (type_, index), need in sorted(crashes(app, keys.UNPLACED).items()):
+        if (type_, index) in live:
+            continue
+        rows.append({
+            "index": index, "process_type": type_, "state": "PENDING", "since": None,
+            "release": None, "generation": None, "ready": False, "agent": None,
+            "reason": f"no agent has room for {need.get('memory_mb')} MB memory and "
+                      f"{need.get('disk_mb')} MB disk: scale something down or add an agent",
+            "exit_code": None, "routed": False})
     return rows
 
 
@@ -146,7 +158,9 @@ def present_app(app: App, instances: list[InstanceReport] | None = None) -> dict
              "disk_mb": p.disk_mb, "command": release.command(p.type) if release else None,
              "health_check": {"type": p.health_check_type,
                               "endpoint": p.health_check_endpoint,
-                              "timeout": p.start_timeout}}
+                              "timeout": p.start_timeout,
+                              "interval": p.health_check_interval,
+                              "probe_timeout": p.health_check_probe_timeout}}
             for p in app.processes
         ],
         "instances_desired": web.instances if web else 0,
@@ -232,6 +246,14 @@ def _check_options(options: dict[str, object]) -> dict[str, object]:
         if not isinstance(t, int) or isinstance(t, bool) or not 1 <= t <= 600:
             raise InvalidInput(f"timeout must be from 1 to 600 seconds, not {t!r}.")
         requested["timeout"] = t
+    for key, low, high in (("health_check_interval", 0.2, 600),
+                           ("health_check_probe_timeout", 0.1, 60)):
+        if options.get(key) is not None:
+            t = options[key]
+            if not isinstance(t, int | float) or isinstance(t, bool) or not low <= t <= high:
+                raise InvalidInput(f"{key.replace('_', '-')} must be from {low} to {high} "
+                                   f"seconds, not {t!r}.")
+            requested[key] = float(t)
     if options.get("disk_mb") is not None:
         d = options["disk_mb"]
         if not isinstance(d, int) or isinstance(d, bool) or not 64 <= d <= 1024 * 1024:
@@ -280,7 +302,8 @@ def _process_options(processes: object) -> list[dict[str, object]]:
 def _push_options_from(options: dict[str, object]) -> dict[str, object]:
     """The per-process subset of push options, checked like the app-wide ones."""
     allowed = {"instances", "memory_mb", "disk_mb", "command", "health_check_type",
-               "health_check_endpoint", "timeout"}
+               "health_check_endpoint", "timeout", "health_check_interval",
+               "health_check_probe_timeout"}
     unknown = set(options) - allowed
     if unknown:
         raise InvalidInput(f"a process takes only {', '.join(sorted(allowed))}, not "

@@ -229,11 +229,29 @@ def _set_health_check(app: App, spec: object) -> dict[str, object]:
         raise InvalidInput(f"the health check endpoint must be a path starting with /, not "
                            f"{endpoint!r}.")
     timeout = _whole(spec, "timeout", 1, 600, "the start timeout (seconds)")
+    interval = _seconds(spec, "interval", 0.2, 600, "the check interval")
+    probe_timeout = _seconds(spec, "probe_timeout", 0.1, 60, "the check's own timeout")
     process.health_check_type, process.health_check_endpoint = kind, endpoint
     if timeout is not None:
         process.start_timeout = timeout
+    if interval is not None:
+        process.health_check_interval = interval
+    if probe_timeout is not None:
+        process.health_check_probe_timeout = probe_timeout
     return {"process_type": process.type, "type": kind, "endpoint": endpoint,
-            "timeout": process.start_timeout}
+            "timeout": process.start_timeout, "interval": process.health_check_interval,
+            "probe_timeout": process.health_check_probe_timeout}
+
+
+def _seconds(body: dict[str, object], key: str, low: float, high: float,
+             what: str) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or \
+            not low <= value <= high:
+        raise InvalidInput(f"{what} must be from {low} to {high} seconds, not {value!r}.")
+    return float(value)
 
 
 # -- env ---------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from controller.errors import InvalidInput
@@ -91,5 +91,8 @@ class Process(Base):
     health_check_endpoint: Mapped[str] = mapped_column(String(255), default="/")
     # Seconds an instance may take to pass its first health check; None: the platform's.
     start_timeout: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Seconds between checks, and for one check to answer; None: the platform's.
+    health_check_interval: Mapped[float | None] = mapped_column(Float, nullable=True)
+    health_check_probe_timeout: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     app: Mapped[App] = relationship(back_populates="processes")

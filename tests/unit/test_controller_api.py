@@ -10,26 +10,9 @@ import pytest
 
 from contracts import keys
 from contracts.messages import STAGE_TASK, StageResult, dump
-from contracts.settings import load
 from controller import staging
-from controller.admin import ensure_admin_token, migrate
-from controller.app import create_app
 from controller.models import App, Build, Release, Role, Team, Token
-from tests.unit.fakes import FakeCelery, FakeRedis
-
-
-@pytest.fixture
-def env(tmp_path):  # noqa: ANN001, ANN201
-    settings = load(env={}, data_dir=str(tmp_path), router_port=8080)
-    migrate(settings)
-    token = ensure_admin_token(settings)
-    redis, celery = FakeRedis(), FakeCelery()
-    app = create_app(settings, TESTING=True, REDIS=redis, CELERY=celery)
-    client = app.test_client()
-    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
-    yield type("Env", (), dict(settings=settings, client=client, redis=redis, celery=celery,
-                               app=app, token=token))
-    app.extensions["paas.engine"].dispose()
+from tests.unit.fakes import FakeCelery
 
 
 def package(files: dict[str, str] | None = None, extra: tarfile.TarInfo | None = None) -> bytes:

@@ -42,12 +42,16 @@ def upgrade() -> None:
         batch.add_column(sa.Column("health_check_endpoint", sa.String(length=255),
                                    nullable=False, server_default="/"))
         batch.add_column(sa.Column("start_timeout", sa.Integer(), nullable=True))
+        batch.add_column(sa.Column("health_check_interval", sa.Float(), nullable=True))
+        batch.add_column(sa.Column("health_check_probe_timeout", sa.Float(), nullable=True))
         batch.drop_column("command")
 
 
 def downgrade() -> None:
     with op.batch_alter_table("processes") as batch:
         batch.add_column(sa.Column("command", sa.Text(), nullable=True))
+        batch.drop_column("health_check_probe_timeout")
+        batch.drop_column("health_check_interval")
         batch.drop_column("start_timeout")
         batch.drop_column("health_check_endpoint")
         batch.drop_column("health_check_type")

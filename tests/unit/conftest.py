@@ -1,0 +1,24 @@
+"""Fixtures shared by the unit tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from contracts.settings import load
+from controller.admin import ensure_admin_token, migrate
+from controller.app import create_app
+from tests.unit.fakes import FakeCelery, FakeRedis
+
+
+@pytest.fixture
+def env(tmp_path):  # noqa: ANN001, ANN201
+    settings = load(env={}, data_dir=str(tmp_path), router_port=8080)
+    migrate(settings)
+    token = ensure_admin_token(settings)
+    redis, celery = FakeRedis(), FakeCelery()
+    app = create_app(settings, TESTING=True, REDIS=redis, CELERY=celery)
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    yield type("Env", (), dict(settings=settings, client=client, redis=redis, celery=celery,
+                               app=app, token=token))
+    app.extensions["paas.engine"].dispose()
