@@ -154,7 +154,7 @@ def main() -> None:
 
 def _image_of(sandbox: Sandbox, app: dict) -> str:
     client = docker.from_env()
-    containers = client.containers.list(filters={"label": [
+    containers = client.containers.list(ignore_removed=True, filters={"label": [
         f"paas.platform={sandbox.platform_id}", f"paas.app_guid={app['guid']}"]})
     return containers[0].image.tags[0]
 

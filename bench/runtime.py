@@ -93,7 +93,7 @@ class Bench:
         return [i for i in self.app(name)["instances"] if i["process_type"] == "web"]
 
     def containers(self, *labels: str, all: bool = False) -> list:  # noqa: A002
-        return self.docker.containers.list(all=all, filters={"label": [
+        return self.docker.containers.list(ignore_removed=True, all=all, filters={"label": [
             f"{LABEL_PLATFORM}={self.sandbox.platform_id}", *labels]})
 
     def router_index(self, name: str) -> int | None:

@@ -68,7 +68,8 @@ class Agent:
 
     def adopt(self) -> int:
         """Take over the containers this agent started before it restarted."""
-        found = self.docker.containers.list(all=True, filters=self._own_filter())
+        found = self.docker.containers.list(ignore_removed=True, all=True,
+                                            filters=self._own_filter())
         adopted = removed = 0
         for container in found:
             if container.status not in ("running", "restarting", "paused"):
@@ -200,7 +201,7 @@ class Agent:
             # below must not look like a container that disappeared.
             current = [(i, i.container_id) for i in self.instances.values()]
         containers = {c.id: c for c in self.docker.containers.list(
-            all=True, filters=self._own_filter())}
+            ignore_removed=True, all=True, filters=self._own_filter())}
         now = time.time()
         due: list[tuple[Instance, object]] = []
         for instance, container_id in current:

@@ -274,7 +274,7 @@ def remove_labelled(platform_id: str) -> None:
     client = docker.from_env(timeout=120)
     label = {"label": f"{LABEL_PLATFORM}={platform_id}"}
     try:
-        for container in client.containers.list(all=True, filters=label):
+        for container in client.containers.list(ignore_removed=True, all=True, filters=label):
             try:
                 container.remove(force=True)
             except docker.errors.APIError:

@@ -50,7 +50,7 @@ def test_lost_agent_instances_move_and_its_return_leaves_no_duplicates(platform,
     killed_at = time.monotonic()
     platform.platform.kill(platform.agent_service(lost), signal.SIGKILL)
     client = docker.from_env()
-    for container in client.containers.list(filters={"label": [
+    for container in client.containers.list(ignore_removed=True, filters={"label": [
             f"paas.platform={platform.platform_id}", f"paas.agent={lost}"]}):
         container.kill()
 

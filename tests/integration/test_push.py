@@ -74,7 +74,7 @@ def _instances(platform, name: str) -> list[dict]:  # noqa: ANN001
 def _containers(platform) -> list:  # noqa: ANN001
     import docker
 
-    return docker.from_env().containers.list(all=True, filters={"label": [
+    return docker.from_env().containers.list(ignore_removed=True, all=True, filters={"label": [
         f"paas.platform={platform.platform_id}", "paas.kind=instance"]})
 
 

@@ -19,7 +19,7 @@ SCRIPT = ("import os, sys, flask; print('hi', os.environ['SOME_VAR']); "
 
 
 def _task_containers(platform) -> list:  # noqa: ANN001
-    return docker.from_env().containers.list(all=True, filters={"label": [
+    return docker.from_env().containers.list(ignore_removed=True, all=True, filters={"label": [
         f"paas.platform={platform.platform_id}", "paas.kind=task"]})
 
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("dump_logs_on_failure")
 
 def containers(platform, name: str) -> list:  # noqa: ANN001
     client = docker.from_env()
-    return client.containers.list(filters={"label": [
+    return client.containers.list(ignore_removed=True, filters={"label": [
         f"paas.platform={platform.platform_id}", f"paas.app_name={name}"]})
 
 
