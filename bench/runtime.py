@@ -237,8 +237,10 @@ class Bench:
         made: list = []
 
         def one(n: int) -> None:
+            # A client per thread: docker-py's connection pool is not made for 20 threads.
+            client = docker.from_env(timeout=120)
             try:
-                container = self.docker.containers.run(
+                container = client.containers.run(
                     image, command=["/bin/sh", "-c", LAUNCH], detach=True,
                     environment=[*env, f"INSTANCE_INDEX={n}"], user=RUN_USER,
                     working_dir="/app", init=True, mem_limit=memory, memswap_limit=memory,
@@ -259,6 +261,8 @@ class Bench:
                     time.sleep(POLL)
             except Exception as e:  # noqa: BLE001
                 errors.append(f"{n}: {e}")
+            finally:
+                client.close()
 
         threads = [threading.Thread(target=one, args=(n,)) for n in range(count)]
         for t in threads:
@@ -267,7 +271,7 @@ class Bench:
             t.join()
         elapsed = time.monotonic() - started
         for container in made:
-            container.remove(force=True)
+            self.docker.api.remove_container(container.id, force=True)
         if errors:
             raise SystemExit("the docker run floor failed: " + "; ".join(errors))
         return elapsed
