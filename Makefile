@@ -21,6 +21,7 @@ integration: setup
 bench: setup
 	@$(VENV)/python bench/push.py
 	@$(VENV)/python bench/runtime.py
+	@$(VENV)/python bench/logs.py
 
 lint: setup
 	@$(VENV)/ruff check .

@@ -41,6 +41,7 @@ from buildpacks.errors import (
     StagingTimeout,
 )
 from contracts import keys, stack
+from contracts.applog import StagingWriter
 from contracts.logstream import StreamWriter
 from contracts.messages import (
     LABEL_APP_GUID,
@@ -71,7 +72,8 @@ class Stager:
 
     # -- the task ------------------------------------------------------------------------
     def stage(self, request: StageRequest) -> StageResult:
-        out = StreamWriter(self.redis, keys.build_log(request.build_guid))
+        out = StagingWriter(self.redis, keys.build_log(request.build_guid), self.settings,
+                            request.app_guid)  # also into the app's log stream, as STG
         done = self.redis.get(keys.build_result(request.build_guid))
         if done is not None:  # a redelivered task: the build already ended
             return StageResult(**json.loads(done))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any
 
 import docker
 import redis
@@ -14,11 +16,20 @@ from contracts.messages import STAGE_TASK, STAGING_QUEUE, StageRequest, dump
 from contracts.settings import Settings
 
 
-def create_worker_app(settings: Settings) -> Celery:
+def create_worker_app(settings: Settings, metrics_registry: Any = None) -> Celery:
+    """The stager's Celery app; staging durations go to ``metrics_registry`` (a
+    ``prometheus_client`` registry) when given."""
+    from prometheus_client import Histogram
+
     from buildpacks.stager import Stager
 
     app = make_celery(settings, "paas-stager")
     state: dict[str, Stager] = {}
+    durations = Histogram("paas_staging_seconds", "Time to stage a build, by outcome",
+                          ["outcome"], registry=metrics_registry,
+                          buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 900, 1800))
+    for outcome in ("succeeded", "failed", "error"):  # every series shows from the start
+        durations.labels(outcome)
 
     def stager() -> Stager:
         if "s" not in state:
@@ -30,7 +41,13 @@ def create_worker_app(settings: Settings) -> Celery:
 
     @app.task(name=STAGE_TASK, acks_late=True)
     def stage(request: dict) -> dict:
-        return dump(stager().stage(StageRequest(**request)))
+        started, outcome = time.monotonic(), "error"
+        try:
+            result = stager().stage(StageRequest(**request))
+            outcome = "succeeded" if result.ok else "failed"
+            return dump(result)
+        finally:
+            durations.labels(outcome).observe(time.monotonic() - started)
 
     return app
 
@@ -38,7 +55,13 @@ def create_worker_app(settings: Settings) -> Celery:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = settings_mod.load()
-    app = create_worker_app(settings)
+    registry = None
+    if settings.metrics_port_stager:
+        from prometheus_client import REGISTRY, start_http_server
+
+        registry = REGISTRY
+        start_http_server(settings.metrics_port_stager, addr=settings.metrics_host)
+    app = create_worker_app(settings, registry)
     app.Worker(
         queues=[STAGING_QUEUE],
         pool="threads",

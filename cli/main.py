@@ -408,18 +408,49 @@ def _since(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
 
 
+def human_bytes(n: int | float | None) -> str:
+    """Sizes as people read them: 950K, 45.2M, 1.5G."""
+    if n is None:
+        return "-"
+    for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= size:
+            value = n / size
+            return f"{value:.1f}{unit}" if value < 100 and value != int(value) \
+                else f"{value:.0f}{unit}"
+    return f"{int(n)}B"
+
+
+def print_table(table: Table) -> None:
+    """A table as wide as the terminal; piped (scripts, grep), one line per row rather than
+    long cells wrapped to 80 columns."""
+    out = console if console.is_terminal else Console(highlight=False, soft_wrap=True,
+                                                      width=max(console.width, 240))
+    out.print(table)
+
+
+def _usage(inst: dict) -> tuple[str, str, str]:
+    """cpu, memory used/limit and disk of one instance, as the agent last sampled them."""
+    cpu = inst.get("cpu_percent")
+    used, limit = inst.get("memory_bytes"), inst.get("memory_limit_bytes")
+    memory = "-" if used is None else \
+        human_bytes(used) + (f"/{human_bytes(limit)}" if limit else "")
+    return ("-" if cpu is None else f"{cpu:.1f}%", memory, human_bytes(inst.get("disk_bytes")))
+
+
 def _print_app(app: dict) -> None:
     release = app.get("release") or {}
     console.print(f"[bold]{app['name']}[/]  state: {app['state']}  "
                   f"release: {release.get('version', '-')} ({release.get('status', 'none')})  "
                   f"instances: {app.get('instances_running', 0)}/{app['instances_desired']}")
-    console.print(f"urls: {', '.join(app['urls'])}")
+    console.print(f"routes: {', '.join(app['urls'])}")
     failed = app.get("failed_release")
     if failed:
         console.print(f"[red]release {failed['version']} failed:[/] {failed['error']}")
     table = Table(box=None, pad_edge=False)
-    for column in ("process", "#", "state", "since", "release", "agent", "details"):
-        table.add_column(column)
+    for column in ("process", "#", "state", "since", "cpu", "memory", "disk", "release",
+                   "agent", "details"):
+        table.add_column(column, justify="right" if column in ("cpu", "memory", "disk")
+                         else "left")
     for inst in sorted(app.get("instances", []), key=lambda i: (i["process_type"] != "web",
                                                                  i["process_type"], i["index"])):
         state = inst["state"]
@@ -432,10 +463,10 @@ def _print_app(app: dict) -> None:
                        f"{f', restarts in {wait:.0f} s' if wait else ''}: {details}")
         colour = {"RUNNING": "green", "CRASHED": "red", "UNHEALTHY": "red"}.get(state, "yellow")
         table.add_row(inst["process_type"], str(inst["index"]), f"[{colour}]{state}[/]",
-                      _since(inst["since"]), str(inst["release"] or "-"),
+                      _since(inst["since"]), *_usage(inst), str(inst["release"] or "-"),
                       inst.get("agent") or "-", details)
     if app.get("instances"):
-        console.print(table)
+        print_table(table)
     else:
         console.print("no instances")
 
@@ -534,7 +565,8 @@ def delete_buildpack(name: str, force: bool) -> None:
 from cli.run import run  # noqa: E402  (paas run: its own module)
 
 main.add_command(run)
-from cli import runtime  # noqa: E402,F401  (scale, restart, env, releases, ...: register)
+# paas logs; events, status; scale, restart, env, releases, ...: their modules register them.
+from cli import logs, observe, runtime  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()

@@ -60,3 +60,15 @@ def crash_field(app_guid: str, process_type: str, index: int) -> str:
 # Hash of "<app guid>/<process type>/<index>" -> JSON {memory_mb, disk_mb}: instances the
 # health manager cannot place now because no agent has room; rewritten when it changes.
 UNPLACED = f"{PREFIX}:unplaced"
+
+
+def app_log(app_guid: str) -> str:
+    """Stream of an app's log lines from every source (see :mod:`contracts.applog`), capped
+    at ``log_lines_per_app`` entries."""
+    return f"{PREFIX}:applog:{app_guid}"
+
+
+def app_log_cursors(agent_id: str) -> str:
+    """Hash of container id -> Docker timestamp (ns) of the last line the agent shipped, so a
+    restarted agent resumes each container's output where it stopped."""
+    return f"{PREFIX}:applog-cursors:{agent_id}"

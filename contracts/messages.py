@@ -115,6 +115,12 @@ class InstanceReport:
     ready: bool = True
     started_at: float = 0.0  # when its container started (crash counts reset on uptime)
     last_lines: list[str] = field(default_factory=list)  # a crashed instance's last output
+    # Resource use, sampled by the agent every few seconds (None: not sampled yet). Uptime
+    # is ``sent_at - started_at``.
+    cpu_percent: float | None = None  # 100 = one core busy
+    memory_bytes: int | None = None
+    memory_limit_bytes: int | None = None
+    disk_bytes: int | None = None  # the container's writable layer
 
 
 @dataclass

@@ -83,6 +83,27 @@ class Settings:
     # Rolling deploys: new instances started at once before old ones stop (per app setting).
     max_in_flight: int = 1
 
+    # Prometheus text endpoints (GET /metrics), one port per service; 0 turns one off. The
+    # controller's is always on, at /metrics on the API port. Several agents on one host
+    # need ports of their own.
+    metrics_host: str = "127.0.0.1"
+    metrics_port_health: int = 0
+    metrics_port_stager: int = 0
+    metrics_port_agent: int = 0
+    metrics_port_router: int = 0
+    # Container stats: how often the agent samples CPU and memory, and disk (slower).
+    stats_interval: float = 2.0
+    stats_disk_interval: float = 30.0
+
+    # App log streams (contracts.applog).
+    # Lines kept per app (all sources together); older ones are trimmed.
+    log_lines_per_app: int = 10_000
+    # A longer line is cut, with a marker saying how long it was.
+    log_line_max_bytes: int = 4096
+    # Lines per second per app a writer lets through (bursts of one second's worth); the
+    # excess is dropped and counted in an "N lines dropped" line.
+    log_rate_per_app: float = 1000.0
+
     @property
     def sqlalchemy_url(self) -> str:
         if self.database_url:

@@ -42,7 +42,10 @@ def create_app(settings: Settings | None = None, **test_config: Any) -> Flask:
         if db is not None:
             db.close()
 
+    from controller import metrics
     from controller.api import register_error_handlers, v1
+
+    metrics.init_app(app)
 
     app.register_blueprint(v1)
     register_error_handlers(app)

@@ -21,7 +21,7 @@ from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from contracts import keys
+from contracts import applog, keys
 from contracts import settings as settings_mod
 from contracts.celery_app import make_celery
 from contracts.messages import (
@@ -55,6 +55,7 @@ from controller.convergence import (
     plan,
 )
 from controller.db import make_engine, make_sessionmaker
+from controller.metrics import HealthMetrics
 from controller.models import App, AppState, Build, BuildState, Release, ReleaseStatus
 
 log = logging.getLogger("paas.health")
@@ -78,6 +79,7 @@ class HealthManager:
         self.crashes: dict[CrashKey, CrashRecord] | None = None  # loaded when active
         self.unplaced: dict[str, str] = {}  # as last published under keys.UNPLACED
         self.redis_run_id: str | None = None
+        self.metrics: HealthMetrics | None = None  # set by main() when metrics are served
         self.hold_until = 0.0
         self.identity = f"{uuid.uuid4()}"
 
@@ -125,6 +127,7 @@ class HealthManager:
     def tick(self) -> list[Action]:
         if self._redis_restarted():
             return []
+        started = time.monotonic()
         with self.sessions() as session:
             for build in session.scalars(select(Build).where(
                     Build.state == BuildState.STAGING)).all():
@@ -154,6 +157,8 @@ class HealthManager:
                     session.rollback()
             self._forget_crashes(desired, crashes)
             self._publish_unplaced([a for a in actions if isinstance(a, Unplaceable)])
+        if self.metrics is not None:
+            self.metrics.observe(beats, actions, time.monotonic() - started)
         return actions
 
     def _publish_unplaced(self, found: list[Unplaceable]) -> None:
@@ -293,6 +298,10 @@ class HealthManager:
                       index=action.index, exit_code=record.exit_code, reason=record.reason,
                       crash_count=record.count, restart_in=round(delay, 1),
                       last_lines=list(action.last_lines))
+        applog.append(self.redis, self.settings, app.guid, applog.HEALTH,
+                      f"{action.process_type} instance {action.index} crashed: {record.reason} "
+                      f"({record.count} in a row; restarting "
+                      f"{f'in {delay:.0f} s' if delay else 'now'})")
         log.info("%s/%s index %d crashed (%d in a row): %s; restarting %s", app.name,
                  action.process_type, action.index, record.count, record.reason,
                  f"in {delay:.0f} s" if delay else "now")
@@ -315,6 +324,8 @@ class HealthManager:
             older.status = ReleaseStatus.SUPERSEDED
         release.status = ReleaseStatus.DEPLOYED
         events.record(session, "release.deployed", "health", app, release=release.version)
+        applog.append(self.redis, self.settings, app.guid, applog.HEALTH,
+                      f"release {release.version} deployed")
         log.info("%s release %d deployed", app.name, release.version)
 
     def _failed(self, session: Session, action: ReleaseFailed) -> None:
@@ -330,6 +341,8 @@ class HealthManager:
         events.record(session, "release.failed", "health", app, release=release.version,
                       reason=action.reason,
                       serving=previous.version if previous else None)
+        applog.append(self.redis, self.settings, app.guid, applog.HEALTH,
+                      f"release {release.version} failed: {action.reason}")
         log.info("%s release %d failed: %s", app.name, release.version, action.reason)
 
     # -- the loop ------------------------------------------------------------------------
@@ -379,6 +392,11 @@ def main() -> None:
     sessions = make_sessionmaker(make_engine(settings.sqlalchemy_url))
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
     manager = HealthManager(settings, sessions, client, make_celery(settings))
+    if settings.metrics_port_health:
+        from prometheus_client import REGISTRY, start_http_server
+
+        manager.metrics = HealthMetrics(REGISTRY)
+        start_http_server(settings.metrics_port_health, addr=settings.metrics_host)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

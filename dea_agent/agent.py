@@ -30,7 +30,9 @@ from contracts.messages import (
 from contracts.settings import Settings
 from dea_agent import instances as inst_mod
 from dea_agent.instances import Instance
+from dea_agent.logs import LogShipper
 from dea_agent.probe import http_ok, port_open
+from dea_agent.stats import StatsSampler, annotate
 
 log = logging.getLogger("paas.agent")
 FAST_TICK = 0.1  # while an instance is starting
@@ -59,6 +61,9 @@ class Agent:
         self._last_routes: dict[str, str] | None = None
         self._last_beat = 0.0
         self.checker = ThreadPoolExecutor(max_workers=8, thread_name_prefix="check")
+        self.logs = LogShipper(settings, docker_client, redis_client)  # output -> app log
+        self.stats = StatsSampler(docker_client, settings.stats_interval,
+                                  settings.stats_disk_interval)
 
     # -- adoption ----------------------------------------------------------------------
     def _own_filter(self) -> dict[str, list[str]]:
@@ -83,6 +88,7 @@ class Agent:
                 if instance.guid not in self.instances:
                     self.instances[instance.guid] = instance
                     adopted += 1
+            self.logs.follow(instance, resume=True)
         if found:
             log.info("re-adopted %d running instance container(s), removed %d stopped one(s)",
                      adopted, removed)
@@ -121,6 +127,7 @@ class Agent:
             self._remove(container)
             self._crash(instance, f"Docker could not start the instance: {_explain(e)}")
             return
+        self.logs.follow(instance)
         log.info("started %s/%s index %d release %d on port %d", spec.app_name,
                  spec.process_type, spec.index, spec.release, port)
         self.wake.set()
@@ -163,6 +170,7 @@ class Agent:
                 log.warning("stopping %s failed: %s", instance_guid, e)
         with self.lock:
             self.instances.pop(instance_guid, None)
+        self.logs.stop(instance_guid)
         log.info("stopped %s/%s index %d release %d", instance.app_name,
                  instance.process_type, instance.index, instance.release)
         self.publish(force=True)
@@ -321,7 +329,8 @@ class Agent:
 
     def heartbeat(self) -> Heartbeat:
         with self.lock:
-            reports = [i.report() for i in self.instances.values()]
+            reports = [annotate(i.report(), self.stats.get(i.guid))
+                       for i in self.instances.values()]
             held = [i for i in self.instances.values() if i.state != InstanceState.CRASHED]
         s = self.settings
         return Heartbeat(agent_id=s.agent_id, address=s.agent_address, sent_at=time.time(),
@@ -372,6 +381,7 @@ class Agent:
     def run(self, stop: threading.Event) -> None:
         last_states: dict[str, str] = {}
         adopted = False
+        self.stats.start(stop)  # samples in its own thread what the loop hands it
         while not stop.is_set():
             try:
                 if not adopted:
@@ -381,6 +391,9 @@ class Agent:
                 with self.lock:
                     states = {g: i.state for g, i in self.instances.items()}
                     starting = any(s == InstanceState.STARTING for s in states.values())
+                    self.stats.track({g: i.container_id for g, i in self.instances.items()
+                                      if i.container_id and i.state in (
+                                          InstanceState.STARTING, InstanceState.RUNNING)})
                 due = time.monotonic() - self._last_beat >= self.settings.heartbeat_interval
                 if states != last_states or due:
                     self.publish(force=states != last_states)

@@ -49,6 +49,13 @@ def main() -> None:
     settings = settings_mod.load()
     agent = Agent(settings, docker.from_env(timeout=120),
                   redis.Redis.from_url(settings.redis_url, socket_timeout=10))
+    if settings.metrics_port_agent:
+        from prometheus_client import REGISTRY, start_http_server
+
+        from dea_agent.stats import CapacityCollector
+
+        REGISTRY.register(CapacityCollector(agent.heartbeat))
+        start_http_server(settings.metrics_port_agent, addr=settings.metrics_host)
     stop = threading.Event()
     monitor = threading.Thread(target=agent.run, args=(stop,), name="monitor", daemon=True)
     monitor.start()

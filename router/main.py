@@ -65,6 +65,7 @@ class Router:
         self._held = 0  # routes nginx serves that Redis no longer has (during a grace)
         # Read time of the last table nginx was made equal to (what ROUTER_SYNCED promises).
         self._synced_at: float | None = None
+        self.reloads = 0  # nginx configs applied (paas_router_reloads_total)
 
     def read_routes(self) -> list[Route]:
         """Every valid route of every agent; raises ``redis.RedisError`` if Redis is away."""
@@ -219,6 +220,7 @@ class Router:
         hosts = len({normalize_host(r.host) for r in table.values()})
         log.info("nginx config applied: %d hosts, %d backends", hosts, len(table))
         status = {"reloaded_at": time.time(), "routes": len(table), "hosts": hosts}
+        self.reloads += 1
         try:
             self.redis.set(keys.ROUTER_STATUS, json.dumps(status))
         except redis.RedisError as e:
@@ -255,6 +257,22 @@ def _close_quietly(pubsub: Any) -> None:
         pass
 
 
+def _serve_metrics(router: Router, settings: Settings) -> None:
+    """Prometheus text on ``metrics_port_router``: reloads and routes, read at each scrape."""
+    from prometheus_client import REGISTRY, start_http_server
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    class _Collector:
+        def collect(self) -> Iterable[Any]:
+            yield CounterMetricFamily("paas_router_reloads", "nginx configs applied",
+                                      value=router.reloads)
+            yield GaugeMetricFamily("paas_router_backends", "Backends nginx routes to",
+                                    value=len(router._table))
+
+    REGISTRY.register(_Collector())
+    start_http_server(settings.metrics_port_router, addr=settings.metrics_host)
+
+
 def main() -> int:
     """Console entry ``paas-router``: settings from ``PAAS_*`` variables, no arguments."""
     logging.basicConfig(
@@ -274,7 +292,10 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        Router(settings).run(stop)
+        router = Router(settings)
+        if settings.metrics_port_router:
+            _serve_metrics(router, settings)
+        router.run(stop)
     except RouterError as e:
         log.error("%s", e)
         return 1

@@ -59,6 +59,8 @@ from controller.api import (  # noqa: E402,F401  (routes register)
     buildpacks,
     builds,
     info,
+    logs,
+    observe,
     runtime,
     tasks,
 )

@@ -74,6 +74,12 @@ def present_instance(inst: InstanceReport, router_synced: float = 0.0) -> dict[s
         "exit_code": inst.exit_code,
         # The router has made nginx equal to a route table read after this instance ran.
         "routed": is_ready(inst, router_synced) and inst.process_type == "web",
+        # Resource use as the agent last sampled it (None until it has).
+        "started_at": inst.started_at or None,
+        "cpu_percent": inst.cpu_percent,
+        "memory_bytes": inst.memory_bytes,
+        "memory_limit_bytes": inst.memory_limit_bytes,
+        "disk_bytes": inst.disk_bytes,
     }
 
 

@@ -49,6 +49,66 @@ class FakeRedis:
     def xread(self, streams: dict[str, str], block: int = 0, count: int = 0) -> list:
         return []
 
+    # Streams (app logs): entries kept in order, ids "<n>-0"; MAXLEN trims exactly.
+    def xadd(self, key: str, fields: dict[str, Any], maxlen: int | None = None,
+             approximate: bool = True, **_: Any) -> bytes:
+        streams = self.__dict__.setdefault("streams", {})
+        entries = streams.setdefault(key, [])
+        self.__dict__["stream_seq"] = self.__dict__.get("stream_seq", 0) + 1
+        entry_id = f"{self.__dict__['stream_seq']}-0".encode()
+        entries.append((entry_id, {self._b(k): self._b(v) for k, v in fields.items()}))
+        if maxlen is not None and len(entries) > maxlen:
+            del entries[:len(entries) - maxlen]
+        return entry_id
+
+    def xlen(self, key: str) -> int:
+        return len(self.__dict__.get("streams", {}).get(key, []))
+
+    @staticmethod
+    def _id(text: Any, default: int) -> tuple[int, bool]:
+        text = text.decode() if isinstance(text, bytes) else str(text)
+        if text in ("-", "+"):
+            return default, False
+        return int(text.lstrip("(").split("-")[0]), text.startswith("(")
+
+    def xrevrange(self, key: str, max: str = "+", min: str = "-",  # noqa: A002
+                  count: int | None = None) -> list:
+        hi, hi_open = self._id(max, 1 << 62)
+        lo, lo_open = self._id(min, 0)
+        out = []
+        for entry_id, fields in reversed(self.__dict__.get("streams", {}).get(key, [])):
+            n = int(entry_id.split(b"-")[0])
+            if n > hi or (hi_open and n == hi) or n < lo or (lo_open and n == lo):
+                continue
+            out.append((entry_id, dict(fields)))
+            if count and len(out) == count:
+                break
+        return out
+
+    def xrange(self, key: str, min: str = "-", max: str = "+",  # noqa: A002
+               count: int | None = None) -> list:
+        return list(reversed(self.xrevrange(key, max=max, min=min)))[:count or None]
+
+    # Platform status: reachability, lock TTLs, queue (list) lengths, Celery's unacked hash.
+    def ping(self) -> bool:
+        if self.__dict__.get("down"):
+            raise ConnectionError("Redis is down (fake)")
+        return True
+
+    def pttl(self, key: str) -> int:
+        return 12_000 if key in self.data else -2
+
+    def rpush(self, key: str, *values: Any) -> int:
+        items = self.__dict__.setdefault("lists", {}).setdefault(key, [])
+        items.extend(self._b(v) for v in values)
+        return len(items)
+
+    def llen(self, key: str) -> int:
+        return len(self.__dict__.get("lists", {}).get(key, []))
+
+    def hlen(self, key: str) -> int:
+        return len(self.hashes.get(key, {}))
+
 
 class FakeCelery:
     def __init__(self, fail: bool = False) -> None:

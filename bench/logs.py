@@ -1,0 +1,151 @@
+"""Log benchmark: one instance printing lines, followed by the real ``paas logs --json``.
+
+Each line carries the app's ``time.time()`` at print; the benchmark reads the CLI's output
+and notes when each line arrives. Two runs, against a platform started for the benchmark:
+
+- flood: the app prints ``--flood`` lines as fast as it can; lines/s arriving at the CLI
+  (first to last line) and their delay from print to CLI output (median, p99);
+- steady: ``--rate`` lines/s, then ``--fast-rate`` (the target, 20k) lines/s, for ``--seconds``
+  each: lines/s arriving and the delay at a steady rate.
+
+The sandbox's per-app rate limit (``log_rate_per_app``, default 1000 lines/s) is raised to
+10 million for the run, so this measures the pipeline, not the limit.
+
+    make bench            # or: .venv/bin/python bench/logs.py --flood 200000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from launcher.sandbox import Sandbox, paas_command  # noqa: E402
+
+FIXTURE = ROOT / "tests" / "fixtures" / "log-app"
+NAME = "logbench"
+
+
+class Follower:
+    """``paas logs NAME --json --source APP``, its lines timed as they arrive."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.proc = subprocess.Popen(
+            [paas_command(), "logs", NAME, "--json", "--source", "APP"],
+            env=sandbox.cli_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.arrived: list[tuple[float, bytes]] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        out = self.arrived
+        for raw in self.proc.stdout:
+            out.append((time.time(), raw))
+
+    def tagged(self, tag: str) -> list[tuple[float, float]]:
+        """(arrived, printed) of every line with ``tag``."""
+        found = []
+        for arrived, raw in list(self.arrived):
+            text = json.loads(raw)["text"]
+            if text.startswith(tag + " "):
+                found.append((arrived, float(text.rsplit(" ", 1)[1])))
+        return found
+
+    def wait(self, tag: str, count: int, timeout: float) -> list[tuple[float, float]]:
+        deadline, seen, still = time.monotonic() + timeout, -1, 0
+        while time.monotonic() < deadline:
+            now = len(self.arrived)
+            still = still + 1 if now == seen else 0
+            seen = now
+            if still >= 4 and self.tagged(tag):  # 2 s without a new line: all are in
+                break
+            if now and f'"{tag} {count - 1} '.encode() in self.arrived[-1][1]:
+                break
+            time.sleep(0.5)
+        return self.tagged(tag)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.proc.stdout.close()
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def report(label: str, lines: list[tuple[float, float]], expected: int) -> dict[str, float]:
+    delays = [(arrived - printed) * 1000 for arrived, printed in lines]
+    first, last = min(a for a, _ in lines), max(a for a, _ in lines)
+    rate = (len(lines) - 1) / (last - first) if last > first else float("nan")
+    printed = max(p for _, p in lines) - min(p for _, p in lines)
+    print(f"  {label:7} {len(lines):>8}/{expected:<8} {rate:>12,.0f} "
+          f"{(len(lines) - 1) / printed if printed else float('nan'):>12,.0f} "
+          f"{statistics.median(delays):>9.1f} {percentile(delays, 99):>9.1f} "
+          f"{max(delays):>9.1f}")
+    return {"rate": rate, "p99": percentile(delays, 99)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--flood", type=int, default=100_000,
+                        help="lines printed at once (Docker's json-file log of an instance, "
+                        "2 x 10 MB, holds about 100k of them while the follower catches up)")
+    parser.add_argument("--fast-rate", type=int, default=20_000, help="the target's lines/s")
+    parser.add_argument("--rate", type=int, default=5000, help="steady lines/s")
+    parser.add_argument("--seconds", type=float, default=5.0, help="steady run length")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="paas-bench-logs-"))
+    folder = work / "log-app"
+    shutil.copytree(FIXTURE, folder)
+    with Sandbox(log_rate_per_app=10_000_000) as sandbox:
+        pushed = sandbox.paas("push", NAME, "-p", str(folder))
+        if pushed.returncode != 0:
+            raise SystemExit(pushed.stdout + pushed.stderr)
+        host = sandbox.app_host(NAME)
+        follower = Follower(sandbox)
+        try:
+            # Until the follower is connected: a line it shows.
+            deadline = time.monotonic() + 30
+            while not follower.tagged("out") and time.monotonic() < deadline:
+                sandbox.router_get(host, f"/say/{time.time():.6f}")
+                time.sleep(0.5)
+            steady_n = int(args.rate * args.seconds)
+            sandbox.router_get(host, f"/paced?n={steady_n}&rate={args.rate}&tag=steady")
+            steady = follower.wait("steady", steady_n, args.seconds + 30)
+            fast_n = int(args.fast_rate * args.seconds)
+            sandbox.router_get(host, f"/paced?n={fast_n}&rate={args.fast_rate}&tag=fast")
+            fast = follower.wait("fast", fast_n, args.seconds + 30)
+            sandbox.router_get(host, f"/flood?n={args.flood}&tag=flood")
+            flood = follower.wait("flood", args.flood, 120)
+        finally:
+            follower.close()
+    shutil.rmtree(work, ignore_errors=True)
+
+    print()
+    print("log benchmark: one instance -> agent -> Redis -> controller -> paas logs --json")
+    print(f"  (per-app rate limit raised to 10,000,000 lines/s for the run; cap "
+          f"{sandbox.settings.log_lines_per_app:,} lines)")
+    print(f"  {'run':7} {'lines got/sent':>17} {'lines/s got':>12} {'printed/s':>12} "
+          f"{'median ms':>9} {'p99 ms':>9} {'max ms':>9}")
+    report(f"{args.rate // 1000}k/s", steady, steady_n)
+    report(f"{args.fast_rate // 1000}k/s", fast, fast_n)
+    got = report("flood", flood, args.flood)
+    print(f"  targets: >= 20,000 lines/s per app stream (flood: {got['rate']:,.0f}), "
+          f"p99 < 250 ms")
+
+
+if __name__ == "__main__":
+    main()

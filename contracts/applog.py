@@ -1,0 +1,315 @@
+"""The per-app log stream: one Redis stream per app, every line tagged with its source.
+
+Entry fields (all strings): ``t`` epoch seconds, ``src`` one of :data:`SOURCES`, ``proc``
+process type and ``idx`` instance index (APP lines; empty otherwise), ``fd`` ``out`` or
+``err`` (APP lines), ``line`` the text.
+
+Writers keep the stream bounded three ways, and say so in the stream when they do:
+
+- the stream is trimmed to ``log_lines_per_app`` (``XADD MAXLEN ~``: Redis trims whole
+  nodes, so it may hold up to one node, about 100 entries, more);
+- a line over ``log_line_max_bytes`` is cut, with `` [cut: N bytes]`` saying how long it was;
+- a token bucket per app (``log_rate_per_app`` lines/s, a burst of one second's worth) drops
+  what exceeds it and counts it; once lines pass again, one line says how many were dropped.
+"""
+
+from __future__ import annotations
+
+import calendar
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from contracts import keys
+from contracts.logstream import StreamWriter
+from contracts.settings import Settings
+
+APP, STG, RTR, API, HEALTH = "APP", "STG", "RTR", "API", "HEALTH"
+SOURCES = (APP, STG, RTR, API, HEALTH)
+
+
+@dataclass(frozen=True)
+class LogLine:
+    t: float
+    src: str
+    line: str
+    proc: str = ""
+    idx: str = ""
+    fd: str = ""
+
+    def fields(self) -> dict[str, str]:
+        return {"t": f"{self.t:.6f}", "src": self.src, "proc": self.proc, "idx": self.idx,
+                "fd": self.fd, "line": self.line}
+
+    @classmethod
+    def from_fields(cls, fields: dict[Any, Any]) -> LogLine:
+        def get(name: str) -> str:
+            value = fields.get(name.encode(), fields.get(name, b""))
+            return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+        try:
+            t = float(get("t") or 0)
+        except ValueError:
+            t = 0.0
+        return cls(t=t, src=get("src"), line=get("line"), proc=get("proc"), idx=get("idx"),
+                   fd=get("fd"))
+
+    @property
+    def tag(self) -> str:
+        """``APP/WEB/0``, ``STG``, ``RTR``, ..., as Cloud Foundry tags its lines."""
+        if self.src == APP and self.proc:
+            return "/".join(p for p in (APP, self.proc.upper(), self.idx) if p)
+        return self.src
+
+    def to_dict(self, entry_id: str = "") -> dict[str, object]:
+        out: dict[str, object] = {"id": entry_id, "time": iso_time(self.t), "source": self.src,
+                                  "process_type": self.proc or None,
+                                  "instance": int(self.idx) if self.idx.isdigit() else None,
+                                  "fd": self.fd or None, "text": self.line}
+        return out
+
+    def format(self) -> str:
+        """``2026-11-29T19:01:02.123Z [APP/WEB/0] text``; stderr lines read ``ERR text``."""
+        err = "ERR " if self.fd == "err" else ""
+        return f"{iso_time(self.t)} [{self.tag}] {err}{self.line}"
+
+
+def _bulk(data: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+_SECONDS: dict[int, str] = {}
+
+
+def iso_time(t: float) -> str:
+    """``2026-11-29T19:01:02.123Z`` (the whole-second part is cached: many lines share it)."""
+    whole = int(t)
+    prefix = _SECONDS.get(whole)
+    if prefix is None:
+        if len(_SECONDS) > 1024:
+            _SECONDS.clear()
+        prefix = _SECONDS[whole] = datetime.fromtimestamp(whole, UTC).strftime(
+            "%Y-%m-%dT%H:%M:%S")
+    return f"{prefix}.{int((t - whole) * 1000):03d}Z"
+
+
+def cut(text: str, max_bytes: int) -> str:
+    """``text`` if it fits in ``max_bytes`` (UTF-8), else its start and a visible marker."""
+    if len(text) * 4 <= max_bytes:  # fits whatever its characters
+        return text
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= max_bytes:
+        return text
+    return raw[:max_bytes].decode("utf-8", "ignore") + f" [cut: {len(raw)} bytes]"
+
+
+class TokenBucket:
+    """``rate`` tokens a second, holding at most ``burst``; ``take`` spends one if it can."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.at = burst, now
+
+    def refill(self, now: float) -> float:
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        return self.tokens
+
+    def take(self, now: float) -> bool:
+        if self.tokens < 1 and self.refill(now) < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+def dropped_line(count: int, rate: float) -> str:
+    return f"{count} lines dropped (rate limit {rate:g} lines/s)"
+
+
+# KEYS[1] the stream; ARGV[1] its cap, then t, src, proc, idx, fd, line of each entry.
+_XADD_MANY = """
+local cap = ARGV[1]
+for i = 2, #ARGV, 6 do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', cap, '*', 't', ARGV[i], 'src', ARGV[i + 1],
+             'proc', ARGV[i + 2], 'idx', ARGV[i + 3], 'fd', ARGV[i + 4], 'line', ARGV[i + 5])
+end
+return #ARGV
+"""
+
+
+class AppLogWriter:
+    """Buffers lines per app and writes them in pipelines; thread-safe.
+
+    ``add`` applies the line size cut and the rate limit; ``flush`` writes what is buffered
+    (and the "N lines dropped" line of an app whose limit has let up). Followers call
+    ``flush`` when a batch is full, and a timer calls it every few tens of milliseconds.
+    """
+
+    def __init__(self, client: redis.Redis, max_lines: int, max_bytes: int, rate: float,
+                 clock=time.monotonic, batch: int = 500) -> None:  # noqa: ANN001
+        self.client = client
+        self.max_lines, self.max_bytes, self.rate = max_lines, max_bytes, rate
+        self.clock = clock
+        self.batch = batch
+        self.lock = threading.Lock()
+        self.buckets: dict[str, TokenBucket] = {}
+        self.dropped: dict[str, int] = {}
+        self.pending: dict[str, list[LogLine]] = {}
+        self.pending_count = 0
+        self.cursors: dict[str, dict[str, str]] = {}  # hash key -> fields, for the next flush
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: Settings, **kw: Any) -> AppLogWriter:
+        return cls(client, settings.log_lines_per_app, settings.log_line_max_bytes,
+                   settings.log_rate_per_app, **kw)
+
+    def add(self, app_guid: str, line: LogLine) -> bool:
+        """Buffer ``line`` unless the app's rate limit drops it; True when buffered."""
+        return self.add_many(app_guid, [line]) == 1
+
+    def add_many(self, app_guid: str, lines: list[LogLine]) -> int:
+        """Buffer ``lines`` (in order) as far as the app's rate limit lets them; returns how
+        many were buffered."""
+        now = self.clock()
+        kept = 0
+        with self.lock:
+            bucket = self.buckets.get(app_guid)
+            if bucket is None:
+                bucket = self.buckets[app_guid] = TokenBucket(self.rate, self.rate, now)
+            pending = self.pending.setdefault(app_guid, [])
+            for line in lines:
+                if not bucket.take(now):
+                    self.dropped[app_guid] = self.dropped.get(app_guid, 0) + 1
+                    continue
+                if app_guid in self.dropped:
+                    self._admit_dropped(app_guid, line.t)
+                if len(line.line) * 4 > self.max_bytes:
+                    line = LogLine(line.t, line.src, cut(line.line, self.max_bytes),
+                                   line.proc, line.idx, line.fd)
+                pending.append(line)
+                kept += 1
+            self.pending_count += kept
+            return kept
+
+    def _admit_dropped(self, app_guid: str, t: float) -> None:
+        count = self.dropped.pop(app_guid, 0)
+        if count:
+            self.pending.setdefault(app_guid, []).append(
+                LogLine(t, APP, dropped_line(count, self.rate)))
+            self.pending_count += 1
+
+    def full(self) -> bool:
+        return self.pending_count >= self.batch
+
+    def set_cursor(self, key: str, field: str, value: object) -> None:
+        """Set ``field`` of hash ``key`` with the next flush (where a follower has got to)."""
+        with self.lock:
+            self.cursors.setdefault(key, {})[field] = str(value)
+
+    def flush(self) -> int:
+        """Write what is buffered; returns the number of lines written."""
+        with self.lock:
+            now = self.clock()
+            for app_guid in [a for a, n in self.dropped.items() if n]:
+                if self.buckets[app_guid].refill(now) >= 1:
+                    self.buckets[app_guid].tokens -= 1
+                    self._admit_dropped(app_guid, time.time())
+            pending, self.pending, self.pending_count = self.pending, {}, 0
+            cursors, self.cursors = self.cursors, {}
+        if not pending and not cursors:
+            return 0
+        written = 0
+        for app_guid, lines in pending.items():
+            self._send(keys.app_log(app_guid), lines)
+            written += len(lines)
+        if cursors:
+            pipe = self.client.pipeline(transaction=False)
+            for key, mapping in cursors.items():
+                pipe.hset(key, mapping=mapping)
+            pipe.execute()
+        return written
+
+    def _send(self, key: str, lines: list[LogLine]) -> None:
+        """One script call for the batch, packed here: redis-py's packing of an XADD per
+        line (or of the script's arguments) costs more than Redis takes to run them, and
+        caps a writer near 20k lines/s. (Other clients, test fakes, get plain XADDs.)"""
+        if not isinstance(self.client, redis.Redis):
+            pipe = self.client.pipeline(transaction=False)
+            for line in lines:
+                pipe.xadd(key, line.fields(), maxlen=self.max_lines, approximate=True)
+            pipe.execute()
+            return
+        parts = [b"*%d\r\n$4\r\nEVAL\r\n" % (5 + 6 * len(lines)), _bulk(_XADD_MANY.encode()),
+                 b"$1\r\n1\r\n", _bulk(key.encode()), _bulk(str(self.max_lines).encode())]
+        for line in lines:
+            parts.append(b"".join([
+                _bulk(f"{line.t:.6f}".encode()), _bulk(line.src.encode()),
+                _bulk(line.proc.encode()), _bulk(line.idx.encode()), _bulk(line.fd.encode()),
+                _bulk(line.line.encode("utf-8", "replace"))]))
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([b"".join(parts)])
+            reply = conn.read_response()
+        except BaseException:
+            conn.disconnect()  # a half-read reply must not reach the next user
+            raise
+        finally:
+            pool.release(conn)
+        if isinstance(reply, Exception):
+            raise reply
+
+    def write(self, app_guid: str, lines: Iterable[LogLine]) -> None:
+        """Add ``lines`` and flush at once."""
+        for line in lines:
+            self.add(app_guid, line)
+        self.flush()
+
+
+def append(client: redis.Redis, settings: Settings, app_guid: str, src: str, text: str) -> None:
+    """Write one platform line (API, HEALTH) at once, without a rate limit.
+
+    Best-effort: a Redis error is swallowed, since the line only reports what already
+    happened (the caller's work must not fail because a log line could not be written).
+    """
+    line = LogLine(time.time(), src, cut(text, settings.log_line_max_bytes))
+    try:
+        client.xadd(keys.app_log(app_guid), line.fields(), maxlen=settings.log_lines_per_app,
+                    approximate=True)
+    except redis.RedisError:
+        pass
+
+
+class StagingWriter(StreamWriter):
+    """A build's output stream that also copies each line into the app's stream as STG."""
+
+    def __init__(self, client: redis.Redis, key: str, settings: Settings,
+                 app_guid: str) -> None:
+        super().__init__(client, key)
+        self.settings, self.app_guid = settings, app_guid
+
+    def line(self, text: str) -> None:
+        super().line(text)
+        append(self.client, self.settings, self.app_guid, STG, text)
+
+
+class DockerTime:
+    """Docker's RFC 3339 timestamps (``2026-11-29T19:01:02.123456789Z``) as nanoseconds."""
+
+    def __init__(self) -> None:
+        self._seconds: dict[bytes, int] = {}
+
+    def ns(self, stamp: bytes) -> int:
+        whole, _, frac = stamp.rstrip(b"Z").partition(b".")
+        seconds = self._seconds.get(whole)
+        if seconds is None:
+            seconds = calendar.timegm(time.strptime(whole.decode(), "%Y-%m-%dT%H:%M:%S"))
+            if len(self._seconds) > 4096:
+                self._seconds.clear()
+            self._seconds[whole] = seconds
+        return seconds * 1_000_000_000 + int((frac + b"000000000")[:9] or 0)

@@ -1,0 +1,159 @@
+"""An app's log stream: stored lines, and live ones, as JSON lines.
+
+``GET /v1/apps/<name>/logs`` with
+
+- ``recent=1``: the stored lines, the last ``lines`` (default 1000) that pass the filters;
+- ``follow=1``: then every new line as it comes, without end; ``{"ping": true}`` when nothing
+  came for ``PING_EVERY`` seconds, so the client knows the connection lives;
+- ``after=<id>``: follow from after that entry (the ``id`` of the last line a client got):
+  a client that lost its connection resumes without a gap or a repeat;
+- ``source=APP,STG,...`` and ``instance=N`` filter.
+
+Without ``recent`` or ``follow``, ``recent`` is meant.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import redis
+from flask import Response, current_app, request
+
+from contracts import keys
+from contracts.applog import SOURCES, LogLine
+from controller.api import v1
+from controller.api.apps import find_app
+from controller.auth import Action
+from controller.errors import InvalidInput
+
+PING_EVERY = 10.0
+BLOCK_MS = 1000
+DEFAULT_LINES = 1000
+PAGE = 1000
+
+
+class Filter:
+    def __init__(self, sources: set[str] | None, instance: str | None) -> None:
+        self.sources, self.instance = sources, instance
+
+    def __call__(self, line: LogLine) -> bool:
+        if self.sources is not None and line.src not in self.sources:
+            return False
+        return self.instance is None or line.idx == self.instance
+
+
+def _flag(name: str) -> bool:
+    return request.args.get(name, "").lower() in ("1", "true", "yes", "on")
+
+
+def _params() -> tuple[Filter, int, bool, bool, str | None]:
+    args = request.args
+    sources = None
+    if args.get("source"):
+        sources = {s.strip().upper() for s in args["source"].split(",") if s.strip()}
+        unknown = sources - set(SOURCES)
+        if unknown:
+            raise InvalidInput(f"unknown log source {', '.join(sorted(unknown))}: "
+                               f"use {', '.join(SOURCES)}.")
+    instance = args.get("instance")
+    if instance is not None and not instance.isdigit():
+        raise InvalidInput(f"instance must be an instance index (0, 1, ...), not {instance!r}.")
+    try:
+        lines = int(args.get("lines", DEFAULT_LINES))
+    except ValueError as e:
+        raise InvalidInput("lines must be a whole number.") from e
+    most = current_app.config["PAAS_SETTINGS"].log_lines_per_app + PAGE  # the cap is "~"
+    if not 1 <= lines <= most:
+        raise InvalidInput(f"lines must be from 1 to {most}, not {lines}.")
+    after = args.get("after") or None
+    if after is not None and not _is_stream_id(after):
+        raise InvalidInput(f"after must be a log line id such as 1764442862123-0, not {after!r}.")
+    follow, recent = _flag("follow"), _flag("recent")
+    if not follow and not after:
+        recent = True
+    return Filter(sources, instance), lines, recent, follow, after
+
+
+def _is_stream_id(text: str) -> bool:
+    ms, _, seq = text.partition("-")
+    return ms.isdigit() and (seq == "" or seq.isdigit())
+
+
+@v1.get("/apps/<name>/logs")
+def app_logs(name: str):  # noqa: ANN201
+    app = find_app(name, Action.READ)  # 404 / 403 before the stream starts
+    keep, lines, recent, follow, after = _params()
+    client: redis.Redis = current_app.extensions["paas.redis"]
+    stream = keys.app_log(app.guid)
+    return Response(_lines(client, stream, keep, lines, recent, follow, after),
+                    mimetype="application/x-ndjson",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _dump(entry_id: bytes | str, fields: dict) -> tuple[str, LogLine]:
+    ident = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return ident, LogLine.from_fields(fields)
+
+
+def recent_lines(client: redis.Redis, stream: str, keep: Filter, count: int,
+                 ) -> tuple[list[tuple[str, LogLine]], str]:
+    """The last ``count`` lines that ``keep`` passes, oldest first, and the stream's last id
+    ("0-0" when empty), so a follow can go on from exactly there."""
+    found: list[tuple[str, LogLine]] = []
+    last_id, upper = "", "+"
+    while len(found) < count:
+        page = client.xrevrange(stream, max=upper, min="-", count=PAGE)
+        if not page:
+            break
+        for entry_id, fields in page:
+            ident, line = _dump(entry_id, fields)
+            last_id = last_id or ident
+            if keep(line):
+                found.append((ident, line))
+                if len(found) == count:
+                    break
+        if len(page) < PAGE:
+            break
+        upper = f"({_dump(page[-1][0], {})[0]}"
+    found.reverse()
+    return found, last_id or "0-0"
+
+
+def _lines(client: redis.Redis, stream: str, keep: Filter, count: int, recent: bool,
+           follow: bool, after: str | None) -> Iterator[str]:
+    if follow:
+        yield json.dumps({"ping": True}) + "\n"  # headers out now: the client is connected
+    last_id = after
+    if recent:
+        found, newest = recent_lines(client, stream, keep, count)
+        for ident, line in found:
+            yield json.dumps(line.to_dict(ident)) + "\n"
+        last_id = last_id or newest
+    if not follow:
+        return
+    if last_id is None:
+        newest = client.xrevrange(stream, count=1)
+        last_id = _dump(newest[0][0], {})[0] if newest else "0-0"
+    last_sent = time.monotonic()
+    while True:
+        try:
+            entries = client.xread({stream: last_id}, block=BLOCK_MS, count=PAGE)
+        except redis.RedisError:
+            # Redis restarts: the client keeps its connection and gets what comes next.
+            time.sleep(1.0)
+            entries = []
+        out = []
+        for _name, items in entries or []:
+            for entry_id, fields in items:
+                ident, line = _dump(entry_id, fields)
+                last_id = ident
+                if keep(line):
+                    out.append(json.dumps(line.to_dict(ident)))
+        if out:
+            last_sent = time.monotonic()
+            yield "\n".join(out) + "\n"
+        elif time.monotonic() - last_sent >= PING_EVERY:
+            last_sent = time.monotonic()
+            yield json.dumps({"ping": True, "id": last_id}) + "\n"
