@@ -78,6 +78,8 @@ class HealthManager:
         self.requeued: dict[str, float] = {}
         self.crashes: dict[CrashKey, CrashRecord] | None = None  # loaded when active
         self.unplaced: dict[str, str] = {}  # as last published under keys.UNPLACED
+        self.where: dict[CrashKey, str] = {}  # index -> agent it last ran on
+        self.lost_from: dict[CrashKey, str] = {}  # index -> agent lost under it
         self.redis_run_id: str | None = None
         self.metrics: HealthMetrics | None = None  # set by main() when metrics are served
         self.hold_until = 0.0
@@ -144,6 +146,7 @@ class HealthManager:
                                     b.disk_used_mb, b.slots, b.slots_used) for b in beats]
             clock = Clock(now=time.time(), router_synced=self._router_synced())
             crashes = self._crash_records()
+            self._note_lost_agents(actual, {b.agent_id for b in beats})
             actions = plan(desired, actual, agents, clock, crashes)
             for action in actions:
                 try:
@@ -175,6 +178,17 @@ class HealthManager:
             pipe.hset(keys.UNPLACED, mapping=now)
         pipe.execute()
         self.unplaced = now
+
+    def _note_lost_agents(self, actual: list[InstanceReport], alive: set[str]) -> None:
+        """Remember which indices ran on an agent that stopped reporting, so their
+        replacements are recorded as rescheduled."""
+        for key, agent_id in list(self.where.items()):
+            if agent_id not in alive:
+                self.lost_from[key] = agent_id
+                del self.where[key]
+        for inst in actual:
+            if inst.state == InstanceState.RUNNING and inst.agent_id in alive:
+                self.where[(inst.app_guid, inst.process_type, inst.index)] = inst.agent_id
 
     def _redis_restarted(self) -> bool:
         """True for a heartbeat TTL after Redis came back empty (it keeps no data): the
@@ -257,8 +271,16 @@ class HealthManager:
     def _act(self, session: Session, action: Action) -> None:
         if isinstance(action, Start):
             spec = action.spec
-            log.info("start %s/web index %d release %d on %s", spec.app_name, spec.index,
-                     spec.release, action.agent_id)
+            log.info("start %s/%s index %d release %d on %s", spec.app_name,
+                     spec.process_type, spec.index, spec.release, action.agent_id)
+            lost_on = self.lost_from.pop((spec.app_guid, spec.process_type, spec.index), None)
+            app = session.scalar(select(App).where(App.guid == spec.app_guid)) \
+                if lost_on else None
+            if app is not None:
+                events.record(session, "app.instance_rescheduled", "health", app,
+                              process_type=spec.process_type, index=spec.index,
+                              from_agent=lost_on, to_agent=action.agent_id,
+                              reason=f"agent {lost_on} stopped reporting")
             self.celery.send_task(START_INSTANCE_TASK, args=[dump(spec)],
                                   queue=agent_queue(action.agent_id))
             self.pending[spec.instance_guid] = (time.monotonic(), InstanceReport(

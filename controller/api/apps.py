@@ -445,6 +445,10 @@ def delete_app(name: str):  # noqa: ANN201
     events.record(g.db, "app.deleted", current_identity().name, app)
     staging.remove_app(g.db, current_app.extensions["paas.blobstore"], app)
     g.db.commit()
+    try:  # its log stream goes too, once its stopping instances had their last word
+        _redis().expire(keys.app_log(app.guid), 600)
+    except redis.RedisError:
+        pass
     nudge(_redis())
     return jsonify({"deleted": name})
 

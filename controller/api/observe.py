@@ -96,6 +96,9 @@ DESCRIBE = {
                                  f"(as release {d.get('release')})",
     "app.task_run": lambda d: f"ran task {_text(d.get('task'))[:8]} on {d.get('agent')}: "
                               f"{_text(d.get('command'))[:80]}",
+    "app.instance_rescheduled": lambda d: f"{d.get('process_type')} #{d.get('index')} moved "
+                                          f"from {d.get('from_agent')} to {d.get('to_agent')}: "
+                                          f"{_text(d.get('reason'))}",
     "app.deleted": lambda d: "deleted",
     "buildpack.created": lambda d: f"buildpack {d.get('name')} registered",
     "buildpack.deleted": lambda d: f"buildpack {d.get('name')} removed",

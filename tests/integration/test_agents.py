@@ -61,6 +61,8 @@ def test_lost_agent_instances_move_and_its_return_leaves_no_duplicates(platform,
 
     assert wait_for(moved, timeout=30), app_json(platform, "spread")["instances"]
     assert wait_for(lambda: answers_every_index(platform, "spread", 3), timeout=10)
+    moves = platform.paas("events", "spread").stdout
+    assert f"web #0 moved from {lost}" in moves, moves
     # Noticed after the heartbeat TTL (6 s), then started elsewhere: generous for a busy CI.
     assert time.monotonic() - killed_at < 20
 

@@ -23,6 +23,9 @@ class FakeRedis:
         self.data[key] = self._b(value)
         return True
 
+    def expire(self, key: str, seconds: int) -> bool:
+        return key in self.data
+
     def exists(self, key: str) -> int:
         return int(key in self.data)
 
