@@ -155,6 +155,7 @@ class Route:
     app_name: str
     instance_guid: str
     index: int = 0
+    app_guid: str = ""  # whose log stream the router's access lines (RTR) go to
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

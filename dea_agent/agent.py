@@ -348,7 +348,7 @@ class Agent:
                 for n, host in enumerate(i.routes):
                     route = Route(host=host, backend=f"{self.settings.agent_address}:"
                                   f"{i.host_port}", app_name=i.app_name, instance_guid=i.guid,
-                                  index=i.index)
+                                  index=i.index, app_guid=i.app_guid)
                     table[f"{i.guid}:{n}"] = route.to_json()
         return table
 
