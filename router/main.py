@@ -22,8 +22,10 @@ from typing import Any
 import redis
 
 from contracts import keys
+from contracts.applog import AppLogWriter
 from contracts.messages import Route
 from contracts.settings import Settings, load
+from router.accesslog import AccessLogListener
 from router.errors import RouterError
 from router.grace import RemovalGrace, RouteTable, route_table
 from router.nginx import Nginx
@@ -42,6 +44,7 @@ class Router:
         redis_client: Any = None,
         nginx: Nginx | None = None,
         interval: float = 1.0,
+        access_log: AccessLogListener | None = None,
     ) -> None:
         self.settings = settings
         if redis_client is None:
@@ -55,17 +58,29 @@ class Router:
         self.redis = redis_client
         self.nginx = nginx or Nginx(settings.nginx_binary, settings.router_dir)
         self.interval = interval
+        # Receives nginx's access lines and writes them as RTR lines (None: no access log).
+        self.access_log = access_log
         self.listen = (settings.router_host, settings.router_port)
         self._applied: str | None = None  # text nginx serves
         self._rejected: str | None = None  # last text nginx -t refused; not retried
         self._warned: set[str] = set()
         self._redis_down = False
-        self._table: RouteTable = {}  # routes of the text nginx serves
+        self._served: RouteTable = {}  # routes of the text nginx serves
         self._grace = RemovalGrace(settings.heartbeat_ttl)
         self._held = 0  # routes nginx serves that Redis no longer has (during a grace)
         # Read time of the last table nginx was made equal to (what ROUTER_SYNCED promises).
         self._synced_at: float | None = None
         self.reloads = 0  # nginx configs applied (paas_router_reloads_total)
+
+    @property
+    def _table(self) -> RouteTable:
+        return self._served
+
+    @_table.setter
+    def _table(self, table: RouteTable) -> None:
+        if self.access_log is not None and table is not self._served:
+            self.access_log.set_routes(table.values())
+        self._served = table
 
     def read_routes(self) -> list[Route]:
         """Every valid route of every agent; raises ``redis.RedisError`` if Redis is away."""
@@ -99,6 +114,7 @@ class Router:
             listen_host=self.listen[0],
             listen_port=self.listen[1],
             runtime_dir=str(self.nginx.runtime_dir),
+            access_log_port=self.access_log.port if self.access_log else None,
         )
 
     def start(self) -> None:
@@ -172,11 +188,17 @@ class Router:
 
     def run(self, stop_event: threading.Event) -> None:
         """Start nginx, follow the route table until ``stop_event`` is set, stop nginx."""
-        self.start()
+        if self.access_log is not None:
+            self.access_log.start()
         try:
-            self._loop(stop_event)
+            self.start()
+            try:
+                self._loop(stop_event)
+            finally:
+                self.nginx.stop()
         finally:
-            self.nginx.stop()
+            if self.access_log is not None:
+                self.access_log.stop()
 
     def _loop(self, stop_event: threading.Event) -> None:
         pubsub = None
@@ -292,7 +314,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        router = Router(settings)
+        logs = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+        access_log = AccessLogListener(AppLogWriter.from_settings(logs, settings))
+        router = Router(settings, access_log=access_log)
         if settings.metrics_port_router:
             _serve_metrics(router, settings)
         router.run(stop)

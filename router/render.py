@@ -36,6 +36,26 @@ UNAVAILABLE_PAGE = (
     "answering right now. Crashed instances are restarted; try again in a few seconds.</p>"
     "</body></html>\\n"
 )
+NOT_FOUND_JSON = (
+    '{"error": "unknown_route", "detail": "No app is at ${paas_safe_host}.", '
+    '"host": "${paas_safe_host}"}\\n'
+)
+UNAVAILABLE_JSON = (
+    '{"error": "backend_unavailable", "detail": "The app at ${paas_safe_host} has no instance '
+    'answering right now.", "host": "${paas_safe_host}"}\\n'
+)
+
+# One access line per proxied request, tab-separated. nginx escapes '"', '\\', bytes below 32
+# and above 126 in variables as \\xXX, so a tab in the format always separates fields.
+ACCESS_LOG_FIELDS = (
+    "$msec", "$request_method", "$request_uri", "$status", "$body_bytes_sent", "$request_time",
+    "$upstream_addr", "$paas_request_id", "$host",
+)
+ACCESS_LOG_TAG = "paas"
+# How long an idle upstream connection is kept. Shorter than the app servers' own keep-alive
+# (gunicorn 2 s, Node and uvicorn 5 s), so nginx closes an idle connection before the app
+# does and never sends a request on one the app is closing (a 502).
+UPSTREAM_KEEPALIVE_TIMEOUT = "1s"
 
 
 def normalize_host(host: object) -> str | None:
@@ -140,13 +160,34 @@ def _hash_sizes(hosts: Iterable[str]) -> tuple[int, int]:
     return bucket, size
 
 
+def _access_log(port: int | None) -> list[str]:
+    if port is None:
+        return ["    access_log off;"]
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError(f"access log port {port!r} is not a UDP port")
+    fmt = "\\t".join(ACCESS_LOG_FIELDS)
+    return [
+        "    # Access lines go to the router over syslog (UDP, loopback); it adds them to the",
+        "    # app's log stream as RTR lines.",
+        f"    log_format paas_rtr '{fmt}';",
+        f"    access_log syslog:server=127.0.0.1:{port},tag={ACCESS_LOG_TAG},nohostname paas_rtr;",
+    ]
+
+
 def render_nginx_config(
-    routes: Iterable[Route], *, listen_host: str, listen_port: int, runtime_dir: str
+    routes: Iterable[Route],
+    *,
+    listen_host: str,
+    listen_port: int,
+    runtime_dir: str,
+    access_log_port: int | None = None,
 ) -> str:
     """A complete nginx.conf (nginx >= 1.22) routing each host to all its backends.
 
-    Unknown hosts get a 404 page, a host whose backends all fail gets a 503 page; both carry
-    an ``X-Paas-Router-Error`` header. Invalid routes are skipped (see :func:`route_problem`).
+    Unknown hosts get a 404 page, a host whose backends all fail gets a 503 page (JSON for
+    clients that accept JSON); both carry an ``X-Paas-Router-Error`` header. Invalid routes
+    are skipped (see :func:`route_problem`). With ``access_log_port``, nginx sends an access
+    line per proxied request to that UDP port on 127.0.0.1 (see :mod:`router.accesslog`).
     """
     listen = _listen_address(listen_host, listen_port)
     rt = runtime_dir.rstrip("/") or "/"
@@ -172,7 +213,7 @@ def render_nginx_config(
         "}",
         "",
         "http {",
-        "    access_log off;",
+        *_access_log(access_log_port),
         "    server_tokens off;",
         "    default_type application/octet-stream;",
         "    client_max_body_size 100m;",
@@ -190,6 +231,28 @@ def render_nginx_config(
         '        "" "";',
         "    }",
         "",
+        "    # The client's X-Request-Id if it is a plain token, else a new one.",
+        "    map $http_x_request_id $paas_request_id {",
+        '        "~^[A-Za-z0-9._-]{1,200}$" $http_x_request_id;',
+        "        default $request_id;",
+        "    }",
+        "",
+        "    # X-Request-Start: t=<milliseconds since the epoch>, as gorouter and Heroku send it.",
+        "    map $msec $paas_request_start {",
+        '        "~^(?<paas_s>[0-9]+)\\.(?<paas_ms>[0-9]+)$" "t=$paas_s$paas_ms";',
+        '        default "";',
+        "    }",
+        "",
+        "    # Error pages in JSON for clients that accept JSON.",
+        "    map $http_accept $paas_not_found_page {",
+        '        "~*application/json" @paas_not_found_json;',
+        "        default @paas_not_found;",
+        "    }",
+        "    map $http_accept $paas_unavailable_page {",
+        '        "~*application/json" @paas_unavailable_json;',
+        "        default @paas_unavailable;",
+        "    }",
+        "",
         "    # The host as shown on error pages: echoed only if it looks like a DNS name.",
         "    map $host $paas_safe_host {",
         '        "~^[a-z0-9.-]{1,253}$" $host;',
@@ -199,10 +262,20 @@ def render_nginx_config(
         "    server {",
         f"        listen {listen} default_server;",
         "        server_name _;",
-        "        default_type text/html;",
+        *(["        access_log off;"] if access_log_port is not None else []),
         "        add_header X-Paas-Router-Error unknown_route always;",
+        "        add_header X-Request-Id $paas_request_id always;",
         "        location / {",
+        "            error_page 404 $paas_not_found_page;",
+        "            return 404;",
+        "        }",
+        "        location @paas_not_found {",
+        "            default_type text/html;",
         f'            return 404 "{NOT_FOUND_PAGE}";',
+        "        }",
+        "        location @paas_not_found_json {",
+        "            default_type application/json;",
+        f"            return 404 '{NOT_FOUND_JSON}';",
         "        }",
         "    }",
     ]
@@ -221,6 +294,7 @@ def _host_blocks(host: str, entry: _Host, listen: str) -> list[str]:
         lines.append(f"        server {_format_backend(*backend)};")
     lines += [
         "        keepalive 32;",
+        f"        keepalive_timeout {UPSTREAM_KEEPALIVE_TIMEOUT};",
         "    }",
         "",
         "    server {",
@@ -235,14 +309,29 @@ def _host_blocks(host: str, entry: _Host, listen: str) -> list[str]:
         "            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
         "            proxy_set_header X-Forwarded-Proto $scheme;",
         "            proxy_set_header X-Forwarded-Host $host;",
+        "            proxy_set_header X-Request-Id $paas_request_id;",
+        "            proxy_set_header X-Request-Start $paas_request_start;",
+        # Hop-by-hop headers nginx would pass on (it drops TE, Keep-Alive, Expect itself).
+        '            proxy_set_header Proxy-Connection "";',
+        '            proxy_set_header Proxy-Authorization "";',
+        '            proxy_set_header Trailer "";',
+        "            proxy_hide_header X-Request-Id;",
+        "            add_header X-Request-Id $paas_request_id always;",
         "            proxy_connect_timeout 2s;",
         "            proxy_next_upstream error timeout;",
-        "            error_page 502 504 =503 @paas_unavailable;",
+        "            error_page 502 504 =503 $paas_unavailable_page;",
         "        }",
         "        location @paas_unavailable {",
         "            default_type text/html;",
         "            add_header X-Paas-Router-Error backend_unavailable always;",
+        "            add_header X-Request-Id $paas_request_id always;",
         f'            return 503 "{UNAVAILABLE_PAGE}";',
+        "        }",
+        "        location @paas_unavailable_json {",
+        "            default_type application/json;",
+        "            add_header X-Paas-Router-Error backend_unavailable always;",
+        "            add_header X-Request-Id $paas_request_id always;",
+        f"            return 503 '{UNAVAILABLE_JSON}';",
         "        }",
         "    }",
     ]

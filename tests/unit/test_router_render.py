@@ -36,6 +36,7 @@ def test_one_host_renders_upstream_and_server_exactly() -> None:
         # app: myapp
         server 127.0.0.1:61001;
         keepalive 32;
+        keepalive_timeout 1s;
     }}
 
     server {{
@@ -50,9 +51,16 @@ def test_one_host_renders_upstream_and_server_exactly() -> None:
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header X-Request-Id $paas_request_id;
+            proxy_set_header X-Request-Start $paas_request_start;
+            proxy_set_header Proxy-Connection "";
+            proxy_set_header Proxy-Authorization "";
+            proxy_set_header Trailer "";
+            proxy_hide_header X-Request-Id;
+            add_header X-Request-Id $paas_request_id always;
             proxy_connect_timeout 2s;
             proxy_next_upstream error timeout;
-            error_page 502 504 =503 @paas_unavailable;
+            error_page 502 504 =503 $paas_unavailable_page;
         }}
 """
     assert expected in text
@@ -231,3 +239,50 @@ def test_many_or_long_hosts_grow_the_server_names_hash() -> None:
     longest = ".".join(["a" * 63] * 3 + ["b" * 61])
     assert len(longest) == 253
     assert "server_names_hash_bucket_size 512;" in render([route(longest, "127.0.0.1:1")])
+
+
+def test_access_lines_go_to_the_router_over_syslog_when_it_listens() -> None:
+    text = render([route("myapp.localhost", "127.0.0.1:61001")], access_log_port=51234)
+    fields = "\\t".join([
+        "$msec", "$request_method", "$request_uri", "$status", "$body_bytes_sent",
+        "$request_time", "$upstream_addr", "$paas_request_id", "$host"])
+    assert f"    log_format paas_rtr '{fields}';\n" in text
+    assert (
+        "    access_log syslog:server=127.0.0.1:51234,tag=paas,nohostname paas_rtr;\n" in text
+    )
+    assert "    access_log off;" not in text.split("    server {")[0]
+    default = text.split("    server {")[1]
+    assert "        access_log off;\n" in default  # unknown hosts: no app to log for
+    with pytest.raises(ValueError, match="access log port"):
+        render([], access_log_port=70000)
+
+
+def test_request_id_is_kept_when_a_plain_token_and_echoed() -> None:
+    text = render([route("myapp.localhost", "127.0.0.1:61001")])
+    assert (
+        "    map $http_x_request_id $paas_request_id {\n"
+        '        "~^[A-Za-z0-9._-]{1,200}$" $http_x_request_id;\n'
+        "        default $request_id;\n"
+        "    }\n"
+    ) in text
+    # Echoed on every response: proxied, 503 (HTML and JSON) and the default server's 404.
+    assert text.count("add_header X-Request-Id $paas_request_id always;") == 4
+    assert (
+        "    map $msec $paas_request_start {\n"
+        '        "~^(?<paas_s>[0-9]+)\\.(?<paas_ms>[0-9]+)$" "t=$paas_s$paas_ms";\n'
+    ) in text
+
+
+def test_json_clients_get_json_error_pages_with_the_same_header() -> None:
+    text = render([route("myapp.localhost", "127.0.0.1:61001")])
+    assert '        "~*application/json" @paas_not_found_json;\n' in text
+    assert '        "~*application/json" @paas_unavailable_json;\n' in text
+    default = text.split("    server {")[1]
+    assert "error_page 404 $paas_not_found_page;\n            return 404;\n" in default
+    json_404 = default.split("location @paas_not_found_json {")[1]
+    assert "default_type application/json;" in json_404
+    assert """return 404 '{"error": "unknown_route", "detail": "No app is at""" in json_404
+    app = text.split("location @paas_unavailable_json {")[1]
+    assert "default_type application/json;" in app
+    assert "add_header X-Paas-Router-Error backend_unavailable always;" in app
+    assert """return 503 '{"error": "backend_unavailable",""" in app
