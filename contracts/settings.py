@@ -39,6 +39,8 @@ class Settings:
     router_host: str = "127.0.0.1"
     router_port: int = 8080
     nginx_binary: str = "nginx"
+    # Largest request body the router passes to an app; larger ones get a 413 page.
+    router_max_body_mb: int = 100
 
     # Stacks: images built locally by ``launcher.stack``; empty means "the current recipe's".
     stack_run_image: str = ""

@@ -115,6 +115,7 @@ class Router:
             listen_port=self.listen[1],
             runtime_dir=str(self.nginx.runtime_dir),
             access_log_port=self.access_log.port if self.access_log else None,
+            max_body_mb=self.settings.router_max_body_mb,
         )
 
     def start(self) -> None:

@@ -40,6 +40,15 @@ NOT_FOUND_JSON = (
     '{"error": "unknown_route", "detail": "No app is at ${paas_safe_host}.", '
     '"host": "${paas_safe_host}"}\\n'
 )
+TOO_LARGE_PAGE = (
+    "<!doctype html><html><head><title>413 Request too large</title></head><body>"
+    "<h1>413 Request Entity Too Large</h1><p>The request to <b>${paas_safe_host}</b> has a "
+    "body larger than the router accepts (${paas_max_body}).</p></body></html>\\n"
+)
+TOO_LARGE_JSON = (
+    '{"error": "body_too_large", "detail": "The request body is larger than the router '
+    'accepts (${paas_max_body}).", "host": "${paas_safe_host}"}\\n'
+)
 UNAVAILABLE_JSON = (
     '{"error": "backend_unavailable", "detail": "The app at ${paas_safe_host} has no instance '
     'answering right now.", "host": "${paas_safe_host}"}\\n'
@@ -174,6 +183,13 @@ def _access_log(port: int | None) -> list[str]:
     ]
 
 
+def _body_limit(max_body_mb: int) -> str:
+    if not isinstance(max_body_mb, int) or isinstance(max_body_mb, bool) or \
+            not 0 < max_body_mb <= 1024 * 1024:
+        raise ValueError(f"max body size {max_body_mb!r} MB is not from 1 MB to 1 TB")
+    return f"{max_body_mb}m"
+
+
 def render_nginx_config(
     routes: Iterable[Route],
     *,
@@ -181,6 +197,7 @@ def render_nginx_config(
     listen_port: int,
     runtime_dir: str,
     access_log_port: int | None = None,
+    max_body_mb: int = 100,
 ) -> str:
     """A complete nginx.conf (nginx >= 1.22) routing each host to all its backends.
 
@@ -216,7 +233,8 @@ def render_nginx_config(
         *_access_log(access_log_port),
         "    server_tokens off;",
         "    default_type application/octet-stream;",
-        "    client_max_body_size 100m;",
+        f"    client_max_body_size {_body_limit(max_body_mb)};",
+        f'    map "" $paas_max_body {{ default "{max_body_mb} MB"; }}',
         f"    client_body_temp_path {path('client_body_temp')};",
         f"    proxy_temp_path {path('proxy_temp')};",
         f"    fastcgi_temp_path {path('fastcgi_temp')};",
@@ -247,6 +265,10 @@ def render_nginx_config(
         "    map $http_accept $paas_not_found_page {",
         '        "~*application/json" @paas_not_found_json;',
         "        default @paas_not_found;",
+        "    }",
+        "    map $http_accept $paas_too_large_page {",
+        '        "~*application/json" @paas_too_large_json;',
+        "        default @paas_too_large;",
         "    }",
         "    map $http_accept $paas_unavailable_page {",
         '        "~*application/json" @paas_unavailable_json;',
@@ -320,6 +342,19 @@ def _host_blocks(host: str, entry: _Host, listen: str) -> list[str]:
         "            proxy_connect_timeout 2s;",
         "            proxy_next_upstream error timeout;",
         "            error_page 502 504 =503 $paas_unavailable_page;",
+        "            error_page 413 $paas_too_large_page;",
+        "        }",
+        "        location @paas_too_large {",
+        "            default_type text/html;",
+        "            add_header X-Paas-Router-Error body_too_large always;",
+        "            add_header X-Request-Id $paas_request_id always;",
+        f'            return 413 "{TOO_LARGE_PAGE}";',
+        "        }",
+        "        location @paas_too_large_json {",
+        "            default_type application/json;",
+        "            add_header X-Paas-Router-Error body_too_large always;",
+        "            add_header X-Request-Id $paas_request_id always;",
+        f"            return 413 '{TOO_LARGE_JSON}';",
         "        }",
         "        location @paas_unavailable {",
         "            default_type text/html;",

@@ -100,3 +100,22 @@ def test_requests_show_as_rtr_lines_in_paas_logs(platform, echo_app):  # noqa: A
     shown = platform.paas("logs", NAME, "--recent", "--json", "--source", "RTR")
     objs = [json.loads(x) for x in shown.stdout.splitlines() if "rtr-probe" in x]
     assert objs[0]["source"] == "RTR" and objs[0]["instance"] == 0
+
+
+def test_a_body_over_the_limit_gets_the_413_page(platform, echo_app):  # noqa: ANN001
+    """nginx refuses on Content-Length alone, before any body is read."""
+    import socket
+
+    limit = platform.settings.router_max_body_mb
+    request = (f"POST / HTTP/1.1\r\nHost: {echo_app}\r\nAccept: application/json\r\n"
+               f"Content-Length: {(limit + 1) * 1024 * 1024}\r\nConnection: close\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", platform.settings.router_port), 10) as s:
+        s.sendall(request.encode())
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head, _, body = answer.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 413"), head
+    assert "X-Paas-Router-Error: body_too_large" in head
+    assert json.loads(body)["error"] == "body_too_large"
+    assert f"{limit} MB" in json.loads(body)["detail"]

@@ -61,6 +61,7 @@ def test_one_host_renders_upstream_and_server_exactly() -> None:
             proxy_connect_timeout 2s;
             proxy_next_upstream error timeout;
             error_page 502 504 =503 $paas_unavailable_page;
+            error_page 413 $paas_too_large_page;
         }}
 """
     assert expected in text
@@ -266,7 +267,7 @@ def test_request_id_is_kept_when_a_plain_token_and_echoed() -> None:
         "    }\n"
     ) in text
     # Echoed on every response: proxied, 503 (HTML and JSON) and the default server's 404.
-    assert text.count("add_header X-Request-Id $paas_request_id always;") == 4
+    assert text.count("add_header X-Request-Id $paas_request_id always;") == 6
     assert (
         "    map $msec $paas_request_start {\n"
         '        "~^(?<paas_s>[0-9]+)\\.(?<paas_ms>[0-9]+)$" "t=$paas_s$paas_ms";\n'
@@ -286,3 +287,19 @@ def test_json_clients_get_json_error_pages_with_the_same_header() -> None:
     assert "default_type application/json;" in app
     assert "add_header X-Paas-Router-Error backend_unavailable always;" in app
     assert """return 503 '{"error": "backend_unavailable",""" in app
+
+
+def test_body_size_limit_is_a_setting_with_its_own_413_pages() -> None:
+    text = render_nginx_config([route("myapp.localhost", "127.0.0.1:61001")],
+                               listen_host="127.0.0.1", listen_port=8080, runtime_dir=RT,
+                               max_body_mb=5)
+    assert "    client_max_body_size 5m;" in text
+    assert 'map "" $paas_max_body { default "5 MB"; }' in text
+    too_large = text.split("location @paas_too_large {")[1].split("\n        }")[0]
+    assert "add_header X-Paas-Router-Error body_too_large always;" in too_large
+    assert "return 413" in too_large and "larger than the router accepts" in too_large
+    as_json = text.split("location @paas_too_large_json {")[1].split("\n        }")[0]
+    assert "default_type application/json;" in as_json and '"body_too_large"' in as_json
+    with pytest.raises(ValueError):
+        render_nginx_config([], listen_host="127.0.0.1", listen_port=8080, runtime_dir=RT,
+                            max_body_mb=0)
