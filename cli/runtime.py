@@ -11,6 +11,14 @@ from cli.client import Client
 from cli.main import _print_app, _wait_for_release, client, console, main, parse_memory
 
 
+def waiting(command):  # noqa: ANN001, ANN201
+    """The --wait/--no-wait and --wait-timeout options of commands that roll instances."""
+    command = click.option("--wait-timeout", type=float, default=300.0, show_default=True,
+                           help="Seconds to wait.")(command)
+    return click.option("--wait/--no-wait", default=True, show_default=True,
+                        help="Wait until the instances run.")(command)
+
+
 def _wait_for_rollout(api: Client, name: str, timeout: float) -> dict:
     """Wait until every instance runs the app's current release and generation."""
     deadline = time.monotonic() + timeout
@@ -55,9 +63,7 @@ def _roll(api: Client, name: str, release: dict, wait: bool, timeout: float) -> 
 @click.option("-k", "--disk", help="Disk per instance, e.g. 1G.")
 @click.option("--process", "process_type", default="web", show_default=True,
               help="The process type (from the Procfile) to scale.")
-@click.option("--wait/--no-wait", default=True, show_default=True,
-              help="Wait until the instances run.")
-@click.option("--wait-timeout", type=float, default=300.0, show_default=True)
+@waiting
 def scale(name: str, instances: int | None, memory: str | None, disk: str | None,
           process_type: str, wait: bool, wait_timeout: float) -> None:
     """Change the number, memory or disk of an app's instances.
@@ -85,8 +91,7 @@ def scale(name: str, instances: int | None, memory: str | None, disk: str | None
 
 @main.command()
 @click.argument("name")
-@click.option("--wait/--no-wait", default=True, show_default=True)
-@click.option("--wait-timeout", type=float, default=300.0, show_default=True)
+@waiting
 def restart(name: str, wait: bool, wait_timeout: float) -> None:
     """Replace every instance with a fresh one, one at a time (no downtime)."""
     api = client()
@@ -98,8 +103,7 @@ def restart(name: str, wait: bool, wait_timeout: float) -> None:
 
 @main.command()
 @click.argument("name")
-@click.option("--wait/--no-wait", default=True, show_default=True)
-@click.option("--wait-timeout", type=float, default=300.0, show_default=True)
+@waiting
 def rebalance(name: str, wait: bool, wait_timeout: float) -> None:
     """Even out an app's instances over the agents (after one came back), without downtime."""
     api = client()
@@ -123,8 +127,7 @@ def stop(name: str) -> None:
 
 @main.command()
 @click.argument("name")
-@click.option("--wait/--no-wait", default=True, show_default=True)
-@click.option("--wait-timeout", type=float, default=300.0, show_default=True)
+@waiting
 def start(name: str, wait: bool, wait_timeout: float) -> None:
     """Start a stopped app."""
     api = client()
@@ -150,8 +153,7 @@ def show_env(name: str) -> None:
 @click.argument("name")
 @click.argument("key")
 @click.argument("value")
-@click.option("--wait/--no-wait", default=True, show_default=True)
-@click.option("--wait-timeout", type=float, default=300.0, show_default=True)
+@waiting
 def set_env(name: str, key: str, value: str, wait: bool, wait_timeout: float) -> None:
     """Set an environment variable: a new release, rolled out without downtime."""
     api = client()
@@ -165,8 +167,7 @@ def set_env(name: str, key: str, value: str, wait: bool, wait_timeout: float) ->
 @main.command("unset-env")
 @click.argument("name")
 @click.argument("key")
-@click.option("--wait/--no-wait", default=True, show_default=True)
-@click.option("--wait-timeout", type=float, default=300.0, show_default=True)
+@waiting
 def unset_env(name: str, key: str, wait: bool, wait_timeout: float) -> None:
     """Remove an environment variable: a new release, rolled out without downtime."""
     api = client()
@@ -194,8 +195,7 @@ def releases(name: str) -> None:
 @click.argument("name")
 @click.option("--to", "version", type=click.IntRange(1), help="The release to go back to "
               "(default: the one that served before the current one).")
-@click.option("--wait/--no-wait", default=True, show_default=True)
-@click.option("--wait-timeout", type=float, default=300.0, show_default=True)
+@waiting
 def rollback(name: str, version: int | None, wait: bool, wait_timeout: float) -> None:
     """Run an earlier release's droplet, env and commands again, as a new release."""
     api = client()

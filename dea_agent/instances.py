@@ -130,6 +130,23 @@ def vcap_application(spec: InstanceSpec, settings: Settings) -> str:
     })
 
 
+def confinement(memory_mb: int) -> dict[str, object]:
+    """How every app container runs (instances and one-off tasks alike): the droplet's
+    launcher as user 2000, memory and pids capped, no capabilities, logs rotated."""
+    return {
+        "command": ["/bin/sh", "-c", LAUNCH],
+        "user": RUN_USER,
+        "working_dir": "/app",
+        "init": True,
+        "mem_limit": f"{memory_mb}m",
+        "memswap_limit": f"{memory_mb}m",
+        "pids_limit": 1024,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "log_config": {"type": "json-file", "config": {"max-size": "10m", "max-file": "2"}},
+    }
+
+
 def create_container(client: docker.DockerClient, spec: InstanceSpec, settings: Settings,
                      host_port: int):  # noqa: ANN201
     """Create (not start) the instance's container; ImageNotFound if the image is missing."""
@@ -168,20 +185,11 @@ def create_container(client: docker.DockerClient, spec: InstanceSpec, settings: 
     }
     return client.containers.create(
         spec.image,
-        command=["/bin/sh", "-c", LAUNCH],
         name=f"paas-{spec.app_name}-{spec.process_type}-{spec.index}-{spec.instance_guid[:8]}",
         environment=env,
         labels=labels,
-        user=RUN_USER,
-        working_dir="/app",
-        init=True,
-        mem_limit=f"{spec.memory_mb}m",
-        memswap_limit=f"{spec.memory_mb}m",
-        pids_limit=1024,
-        cap_drop=["ALL"],
-        security_opt=["no-new-privileges"],
         ports={f"{CONTAINER_PORT}/tcp": (settings.agent_address, host_port)},
-        log_config={"type": "json-file", "config": {"max-size": "10m", "max-file": "2"}},
+        **confinement(spec.memory_mb),
     )
 
 

@@ -31,7 +31,7 @@ from contracts.messages import (
     TaskSpec,
 )
 from contracts.settings import Settings
-from dea_agent.instances import LAUNCH, RUN_USER
+from dea_agent.instances import confinement
 
 log = logging.getLogger("paas.agent")
 
@@ -69,7 +69,6 @@ def create_container(client: docker.DockerClient, spec: TaskSpec, settings: Sett
     """Create (not start) the task's container; ImageNotFound if the image is missing."""
     return client.containers.create(
         spec.image,
-        command=["/bin/sh", "-c", LAUNCH],
         name=container_name(spec),
         environment=task_env(spec, settings),
         labels={
@@ -81,15 +80,7 @@ def create_container(client: docker.DockerClient, spec: TaskSpec, settings: Sett
             LABEL_RELEASE: str(spec.release),
             LABEL_TASK: spec.task_guid,
         },
-        user=RUN_USER,
-        working_dir="/app",
-        init=True,
-        mem_limit=f"{spec.memory_mb}m",
-        memswap_limit=f"{spec.memory_mb}m",
-        pids_limit=1024,
-        cap_drop=["ALL"],
-        security_opt=["no-new-privileges"],
-        log_config={"type": "json-file", "config": {"max-size": "10m", "max-file": "2"}},
+        **confinement(spec.memory_mb),
     )
 
 

@@ -83,7 +83,7 @@ def present_instance(inst: InstanceReport, router_synced: float = 0.0) -> dict[s
     }
 
 
-def crashes(app: App, key: str = keys.CRASHES) -> dict[tuple[str, int], dict[str, object]]:
+def index_records(app: App, key: str) -> dict[tuple[str, int], dict[str, object]]:
     """The health manager's crash records (or unplaced instances) of this app:
     (process type, index) -> record."""
     cache = g.setdefault("paas_hashes", {})
@@ -107,14 +107,15 @@ def crashes(app: App, key: str = keys.CRASHES) -> dict[tuple[str, int], dict[str
     return found
 
 
-def _waiting_crashed(app: App, instances: list[InstanceReport],
+def _waiting_indices(app: App, instances: list[InstanceReport],
                      ) -> list[dict[str, object]]:
-    """Indices with no instance because they crashed and wait for their restart."""
+    """Indices with no instance: crashed and waiting for their restart, or placed nowhere
+    because no agent has room."""
     live = {(i.process_type, i.index) for i in instances}
     desired = {p.type: p.instances for p in app.processes}
     rows = []
     now = time.time()
-    for (type_, index), record in sorted(crashes(app).items()):
+    for (type_, index), record in sorted(index_records(app, keys.CRASHES).items()):
         if (type_, index) in live or index >= desired.get(type_, 0):
             continue
         rows.append({
@@ -126,7 +127,7 @@ def _waiting_crashed(app: App, instances: list[InstanceReport],
             "restart_in": max(0.0, round(record.get("restart_at", now) - now, 1)),
         })
         live.add((type_, index))
-    for (type_, index), need in sorted(crashes(app, keys.UNPLACED).items()):
+    for (type_, index), need in sorted(index_records(app, keys.UNPLACED).items()):
         if (type_, index) in live:
             continue
         rows.append({
@@ -188,7 +189,7 @@ def present_app(app: App, instances: list[InstanceReport] | None = None) -> dict
     if instances is not None:
         synced = router_synced() if instances else 0.0
         body["instances"] = [present_instance(i, synced) for i in instances] + \
-            _waiting_crashed(app, instances)
+            _waiting_indices(app, instances)
         running = [i for i in instances if i.state == "RUNNING" and i.process_type == "web"
                    and release is not None and i.release == release.version]
         body["instances_running"] = len(running)

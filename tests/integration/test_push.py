@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.integration.runtime_helpers import wait_for
+
 pytestmark = pytest.mark.usefixtures("dump_logs_on_failure")
-
-
-def wait_for(fn, timeout: float = 15.0, interval: float = 0.2):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 def copy_fixture(fixtures: Path, name: str, dest: Path) -> Path:

@@ -11,11 +11,17 @@ from tests.unit.fakes import FakeCelery, FakeRedis
 
 
 @pytest.fixture
-def env(tmp_path):  # noqa: ANN001, ANN201
+def fake_redis() -> FakeRedis:
+    """The Redis stand-in ``env`` uses; a test module may override it."""
+    return FakeRedis()
+
+
+@pytest.fixture
+def env(tmp_path, fake_redis):  # noqa: ANN001, ANN201
     settings = load(env={}, data_dir=str(tmp_path), router_port=8080)
     migrate(settings)
     token = ensure_admin_token(settings)
-    redis, celery = FakeRedis(), FakeCelery()
+    redis, celery = fake_redis, FakeCelery()
     app = create_app(settings, TESTING=True, REDIS=redis, CELERY=celery)
     client = app.test_client()
     client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"

@@ -26,8 +26,6 @@ from contracts.messages import (
 )
 from contracts.settings import load
 from controller import staging
-from controller.admin import ensure_admin_token, migrate
-from controller.app import create_app
 from controller.models import Build, Event, Role, Team, Token
 from dea_agent.tasks import TaskRunner, split_lines
 from tests.unit.fakes import FakeCelery, FakeRedis
@@ -90,17 +88,8 @@ class StreamRedis(FakeRedis):
 # -- the controller API -------------------------------------------------------------------
 
 @pytest.fixture
-def env(tmp_path):  # noqa: ANN001, ANN201
-    settings = load(env={}, data_dir=str(tmp_path), router_port=8080)
-    migrate(settings)
-    token = ensure_admin_token(settings)
-    redis, celery = StreamRedis(), FakeCelery()
-    app = create_app(settings, TESTING=True, REDIS=redis, CELERY=celery)
-    client = app.test_client()
-    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
-    yield type("Env", (), dict(settings=settings, client=client, redis=redis, celery=celery,
-                               app=app))
-    app.extensions["paas.engine"].dispose()
+def fake_redis() -> StreamRedis:  # the shared ``env`` fixture, with streams
+    return StreamRedis()
 
 
 def _package() -> bytes:
