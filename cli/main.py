@@ -83,14 +83,19 @@ def _default_name(path: Path) -> str:
 @click.option("-i", "--instances", type=click.IntRange(0, 100), help="Number of instances.")
 @click.option("-m", "--memory", "memory", help="Memory per instance, e.g. 256M or 1G.")
 @click.option("-b", "--buildpack", help="Use this buildpack instead of detecting one.")
+@click.option("--route", "route_urls", multiple=True, metavar="HOST[/PATH]",
+              help="Map this route too (repeatable), e.g. api.example.com/v1.")
+@click.option("--no-route", is_flag=True, default=None,
+              help="Unmap every route: the app gets no traffic from the router.")
 @click.option("--wait-timeout", type=float, default=300.0, show_default=True,
               help="Seconds to wait for the new release to serve.")
 def push(name: str | None, path: Path | None, manifest_path: Path | None, command: str | None,
          instances: int | None, memory: str | None, buildpack: str | None,
-         wait_timeout: float) -> None:
+         route_urls: tuple[str, ...], no_route: bool | None, wait_timeout: float) -> None:
     """Push the app in PATH as NAME: stage, release, run.
 
     NAME defaults to the manifest's name, else the folder's name. Flags override the manifest.
+    A new app gets the route NAME.<platform domain> unless routes or --no-route are given.
     """
     folder = path or Path(".")
     manifest_file = manifest_path or folder / "manifest.yml"
@@ -105,6 +110,10 @@ def push(name: str | None, path: Path | None, manifest_path: Path | None, comman
             f"{name!r} is not a valid app name: use 1 to 63 lower-case letters, digits and "
             "hyphens, starting and ending with a letter or digit.")
     options = _push_options(manifest, command, instances, memory, buildpack)
+    if route_urls or (manifest is not None and manifest.routes):
+        options["routes"] = list(route_urls) or list(manifest.routes)  # type: ignore[union-attr]
+    if no_route or (no_route is None and manifest is not None and manifest.no_route):
+        options["no_route"] = True
     given_bp = options.get("buildpack")
     if manifest is not None and buildpack is None and isinstance(given_bp, str) \
             and given_bp.startswith(("./", "../")):
@@ -174,10 +183,15 @@ def _follow(api: Client, name: str, pushed: dict, wait_timeout: float, started: 
         raise click.ClickException(
             f"release {version} did not start ({serving}): {release['error']}")
     app = _wait_for_cutover(api, name, version)
+    took = f"(in {time.monotonic() - started:.1f} s)"
+    if not app["urls"]:
+        _print_app(app)
+        console.print(f"\n[bold green]{name}[/] is running, with no route {took}: "
+                      f"'paas map-route {name} DOMAIN --hostname NAME' gives it one.")
+        return
     _wait_for_route(app["urls"][0])
     _print_app(app)
-    console.print(f"\n[bold green]{name}[/] is running at [bold]{app['urls'][0]}[/] "
-                  f"(in {time.monotonic() - started:.1f} s)")
+    console.print(f"\n[bold green]{name}[/] is running at [bold]{app['urls'][0]}[/] {took}")
 
 
 @main.command()
@@ -229,15 +243,7 @@ def buildpack_archive(folder: Path) -> Path:
 
 
 def load_manifest(path: Path, name: str | None) -> AppManifest | None:
-    manifest = manifest_mod.load(path, name)
-    if manifest is None:
-        return None
-    ignored = [label for label, value in (
-        ("routes", manifest.routes), ("no-route", manifest.no_route)) if value]
-    if ignored:
-        console.print(f"[yellow]note:[/] {path.name}: {', '.join(ignored)} "
-                      "not applied yet by this platform (the app gets its default route).")
-    return manifest
+    return manifest_mod.load(path, name)
 
 
 def _push_options(manifest: AppManifest | None, command: str | None, instances: int | None,
@@ -375,6 +381,8 @@ def _wait_for_route(url: str, timeout: float = 5.0) -> None:
     """Wait (briefly) until the router sends the app's host to the app."""
     parts = urlsplit(url)
     host = parts.hostname or ""
+    if parts.scheme != "http" or "*" in host:  # a name the probe cannot reach by IP
+        return
     connect = url
     if host.endswith(".localhost"):  # not every resolver knows *.localhost is loopback
         connect = url.replace(host, "127.0.0.1", 1)
@@ -442,7 +450,7 @@ def _print_app(app: dict) -> None:
     console.print(f"[bold]{app['name']}[/]  state: {app['state']}  "
                   f"release: {release.get('version', '-')} ({release.get('status', 'none')})  "
                   f"instances: {app.get('instances_running', 0)}/{app['instances_desired']}")
-    console.print(f"routes: {', '.join(app['urls'])}")
+    console.print(f"routes: {', '.join(app['urls']) or 'none'}")
     failed = app.get("failed_release")
     if failed:
         console.print(f"[red]release {failed['version']} failed:[/] {failed['error']}")
@@ -566,7 +574,7 @@ from cli.run import run  # noqa: E402  (paas run: its own module)
 
 main.add_command(run)
 # paas logs; events, status; scale, restart, env, releases, ...: their modules register them.
-from cli import logs, observe, runtime  # noqa: E402,F401
+from cli import logs, observe, routes, runtime  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()

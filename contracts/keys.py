@@ -14,12 +14,15 @@ AGENT_PATTERN = f"{PREFIX}:agent:*"
 
 
 def routes(agent_id: str) -> str:
-    """Hash of instance guid -> route entry JSON for one agent, with the heartbeat's TTL."""
+    """Hash of instance guid -> backend JSON (:class:`contracts.messages.Backend`) for one
+    agent's ready web instances, with the heartbeat's TTL."""
     return f"{PREFIX}:routes:{agent_id}"
 
 
 ROUTES_PATTERN = f"{PREFIX}:routes:*"
-# Pub/sub channel: something in the route table changed; the router re-renders at once.
+# String: the route table document the controller writes (see :mod:`contracts.routing`).
+ROUTE_TABLE = f"{PREFIX}:route-table"
+# Pub/sub channel: the route table or the backends changed; the router re-renders at once.
 ROUTES_CHANGED = f"{PREFIX}:routes-changed"
 # Pub/sub channel: desired or actual state changed; the health manager converges at once.
 CONVERGE = f"{PREFIX}:converge"

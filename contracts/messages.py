@@ -147,22 +147,24 @@ class Heartbeat:
 
 
 @dataclass(frozen=True)
-class Route:
-    """One routable backend: requests for ``host`` may go to ``backend`` (``ip:port``)."""
+class Backend:
+    """One ready web instance an agent registers: requests for any route mapped to
+    ``app_guid`` (see :mod:`contracts.routing`) may go to ``backend`` (``ip:port``)."""
 
-    host: str
     backend: str
+    app_guid: str
     app_name: str
     instance_guid: str
     index: int = 0
-    app_guid: str = ""  # whose log stream the router's access lines (RTR) go to
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, raw: str | bytes) -> Route:
-        return cls(**json.loads(raw))
+    def from_json(cls, raw: str | bytes) -> Backend:
+        data = json.loads(raw)
+        return cls(**{k: data[k] for k in ("backend", "app_guid", "app_name", "instance_guid",
+                                            "index") if k in data})
 
 
 def dump(obj: Any) -> dict[str, Any]:

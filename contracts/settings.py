@@ -41,6 +41,13 @@ class Settings:
     nginx_binary: str = "nginx"
     # Largest request body the router passes to an app; larger ones get a 413 page.
     router_max_body_mb: int = 100
+    # HTTPS listener for routes whose domain has a certificate; 0 turns it off.
+    router_https_port: int = 8443
+    # Session cookies that pin a client to an instance (comma-separated), as gorouter does
+    # for JSESSIONID: the router adds its own instance cookie beside one of these.
+    router_sticky_cookies: str = "JSESSIONID"
+    # Least seconds between two nginx reloads: changes arriving faster are batched.
+    router_reload_interval: float = 0.25
 
     # Stacks: images built locally by ``launcher.stack``; empty means "the current recipe's".
     stack_run_image: str = ""

@@ -14,19 +14,30 @@ from sqlalchemy import select
 from contracts import settings as settings_mod
 from contracts.settings import Settings
 from controller.db import make_engine, make_sessionmaker
-from controller.models import DEFAULT_TEAM, Role, Team, Token
+from controller.models import DEFAULT_TEAM, Domain, Role, Team, Token
 
 
 def alembic_config(settings: Settings) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(resources.files("controller") / "migrations"))
     cfg.set_main_option("sqlalchemy.url", settings.sqlalchemy_url.replace("%", "%%"))
+    cfg.attributes["default_domain"] = settings.domain  # the first shared domain (0004)
     return cfg
 
 
 def migrate(settings: Settings) -> None:
+    """Bring the schema up to date, and make the platform's domain a shared domain (it may
+    have changed since the database was made)."""
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(settings), "head")
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            if session.scalar(select(Domain).where(Domain.name == settings.domain)) is None:
+                session.add(Domain(name=settings.domain, team_id=None))
+                session.commit()
+    finally:
+        engine.dispose()
 
 
 def admin_token_file(settings: Settings) -> Path:

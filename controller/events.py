@@ -48,6 +48,8 @@ def log_line(type_: str, actor: str, data: dict[str, Any]) -> str | None:
         return f"updated {', '.join(sorted(data)) or 'nothing'}{by}"
     if type_ == "app.rolled_back":
         return f"rolled back to release {data.get('to')} (as release {data.get('release')}){by}"
+    if type_ in ("route.mapped", "route.unmapped", "route.updated"):
+        return f"{type_.split('.')[1].replace('updated', 'changed')} route {data.get('route')}{by}"
     if type_ == "app.task_run":
         return f"ran task {data.get('task')} on release {data.get('release')}{by}"
     simple = {"app.pushed": "pushed", "app.restaged": "restaging", "app.restarted":

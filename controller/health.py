@@ -19,7 +19,7 @@ from dataclasses import asdict
 import redis
 from celery import Celery
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from contracts import applog, keys
 from contracts import settings as settings_mod
@@ -33,7 +33,7 @@ from contracts.messages import (
     dump,
 )
 from contracts.settings import Settings
-from controller import events, staging
+from controller import events, routing, staging
 from controller.actual import read_heartbeats
 from controller.convergence import (
     Action,
@@ -56,7 +56,15 @@ from controller.convergence import (
 )
 from controller.db import make_engine, make_sessionmaker
 from controller.metrics import HealthMetrics
-from controller.models import App, AppState, Build, BuildState, Release, ReleaseStatus
+from controller.models import (
+    App,
+    AppState,
+    Build,
+    BuildState,
+    Release,
+    ReleaseStatus,
+    Route,
+)
 
 log = logging.getLogger("paas.health")
 # A start not seen in any heartbeat after this long is forgotten (and so tried again). Long
@@ -64,6 +72,7 @@ log = logging.getLogger("paas.health")
 PENDING_TTL = 120.0
 RESEND_STOP_AFTER = 30.0
 LOST_BUILD_AFTER = 30.0  # seconds a build may wait for a stager before it is sent again
+ROUTE_TABLE_CHECK = 10.0  # seconds between comparisons of the route table with the database
 
 
 class HealthManager:
@@ -84,6 +93,7 @@ class HealthManager:
         self.metrics: HealthMetrics | None = None  # set by main() when metrics are served
         self.hold_until = 0.0
         self.identity = f"{uuid.uuid4()}"
+        self.route_table_checked = -ROUTE_TABLE_CHECK
 
     # -- desired state -------------------------------------------------------------------
     def crash_policy(self, app: App) -> CrashPolicy:
@@ -98,7 +108,8 @@ class HealthManager:
     def desired(self, session: Session) -> list[DesiredApp]:
         apps = []
         s = self.settings
-        for app in session.scalars(select(App)):
+        for app in session.scalars(select(App).options(
+                selectinload(App.routes).joinedload(Route.domain))):
             release = session.get(Release, app.release_id) if app.release_id else None
             desired_release, processes = None, []
             if release is not None:
@@ -120,13 +131,14 @@ class HealthManager:
                             s.health_probe_timeout)))
             apps.append(DesiredApp(
                 guid=app.guid, name=app.name, started=app.state == AppState.STARTED,
-                routes=(f"{app.name}.{s.domain}",), release=desired_release,
+                routes=tuple(r.url for r in app.routes), release=desired_release,
                 processes=tuple(processes), generation=app.generation,
                 max_in_flight=app.max_in_flight, crash_policy=self.crash_policy(app)))
         return apps
 
     # -- one tick ------------------------------------------------------------------------
     def tick(self) -> list[Action]:
+        self._repair_route_table()
         if self._redis_restarted():
             return []
         started = time.monotonic()
@@ -163,6 +175,18 @@ class HealthManager:
         if self.metrics is not None:
             self.metrics.observe(beats, actions, time.monotonic() - started)
         return actions
+
+    def _repair_route_table(self) -> None:
+        """Write the route table if Redis lost it (a restart) at once, and compare it with
+        the database every ``ROUTE_TABLE_CHECK`` seconds (a write lost while Redis was away)."""
+        now = time.monotonic()
+        if self.redis.exists(keys.ROUTE_TABLE) and now < self.route_table_checked + \
+                ROUTE_TABLE_CHECK:
+            return
+        self.route_table_checked = now
+        with self.sessions() as session:
+            if routing.republish(self.redis, session):
+                log.info("wrote the route table to Redis (it was missing or stale)")
 
     def _publish_unplaced(self, found: list[Unplaceable]) -> None:
         """Instances no agent has room for, for ``paas app`` to show (and the log)."""

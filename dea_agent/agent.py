@@ -22,10 +22,10 @@ from contracts.messages import (
     LABEL_AGENT,
     LABEL_KIND,
     LABEL_PLATFORM,
+    Backend,
     Heartbeat,
     InstanceSpec,
     InstanceState,
-    Route,
 )
 from contracts.settings import Settings
 from dea_agent import instances as inst_mod
@@ -340,16 +340,16 @@ class Agent:
                          slots=s.agent_slots, slots_used=len(held))
 
     def routes(self) -> dict[str, str]:
+        """Backend entries of the ready web instances, by instance guid. Which hosts and paths
+        reach them is the controller's route table; the router joins the two by app guid."""
         table: dict[str, str] = {}
         with self.lock:
             for i in self.instances.values():
                 if i.state != InstanceState.RUNNING or not i.ready or i.process_type != "web":
                     continue
-                for n, host in enumerate(i.routes):
-                    route = Route(host=host, backend=f"{self.settings.agent_address}:"
-                                  f"{i.host_port}", app_name=i.app_name, instance_guid=i.guid,
-                                  index=i.index, app_guid=i.app_guid)
-                    table[f"{i.guid}:{n}"] = route.to_json()
+                table[i.guid] = Backend(backend=f"{self.settings.agent_address}:{i.host_port}",
+                                        app_guid=i.app_guid, app_name=i.app_name,
+                                        instance_guid=i.guid, index=i.index).to_json()
         return table
 
     def publish(self, force: bool = False) -> None:

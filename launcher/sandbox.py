@@ -143,6 +143,7 @@ class Sandbox:
             platform_id=self.platform_id,
             api_port=free_port(),
             router_port=free_port(),
+            router_https_port=free_port(),
             agent_id=f"agent-{self.platform_id}",
             start_timeout=20.0,
             stop_grace_seconds=3.0,

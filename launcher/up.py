@@ -409,8 +409,10 @@ def _tail(path: Path, lines: int = 15) -> str:
 def _check_ports(settings: Settings) -> None:
     for what, host, port, var in (
             ("the API", settings.api_host, settings.api_port, "PAAS_API_PORT"),
-            ("the router", settings.router_host, settings.router_port, "PAAS_ROUTER_PORT")):
-        if _port_open(host, port):
+            ("the router", settings.router_host, settings.router_port, "PAAS_ROUTER_PORT"),
+            ("the router's HTTPS", settings.router_host, settings.router_https_port,
+             "PAAS_ROUTER_HTTPS_PORT (0 turns HTTPS off)")):
+        if port and _port_open(host, port):
             raise LaunchError(f"port {port} on {host}, wanted for {what}, is already in use "
                               f"(is the platform already running?): stop what uses it or set "
                               f"{var} to a free port.")

@@ -1,17 +1,20 @@
-"""The removal grace: which routes to apply right after Redis comes back. Pure: no I/O, and the
+"""The removal grace: which backends to apply right after Redis comes back. Pure: no I/O, and the
 caller passes the clock.
 
-Redis keeps nothing across a restart, so right after one the route table is empty and fills
-up again as the agents republish (each rewrites its whole route hash every heartbeat). A key
-can also expire while Redis, or the router's connection to it, is away. A route missing from
-such a table is not a removal, so for ``period`` seconds (the heartbeat TTL: by then every
+Redis keeps nothing across a restart, so right after one the backends are gone and come
+back as the agents republish (each rewrites its whole backend hash every heartbeat). A key
+can also expire while Redis, or the router's connection to it, is away. A backend missing
+from such a read is not a removal, so for ``period`` seconds (the heartbeat TTL: by then every
 live agent has republished) after Redis answers again nothing is removed:
 
-- outside a grace period the table is applied as read, so a normal stop's removal is live at
-  the next sync;
-- during one, nginx gets the union of the table it serves and the table read, so new routes
+- outside a grace period the backends are applied as read, so a normal stop's removal is
+  live at the next sync;
+- during one, nginx gets the union of the backends it serves and those read, so new ones
   go live at once and none goes away;
-- when it ends, the table is applied as read again, and the routes nobody republished go.
+- when it ends, the backends are applied as read again, and those nobody republished go.
+
+(The route table itself, :mod:`contracts.routing`, needs no grace: a missing document is
+"not known", and the router keeps the routes it has.)
 
 A grace period starts when Redis answers after a failed call, or when its ``run_id`` (from
 ``INFO server``) differs from the one seen last, which catches a restart between two reads
@@ -22,28 +25,28 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from contracts.messages import Route
+from contracts.messages import Backend
 
-# A route table: each route under its canonical JSON, so equal routes count once and routes
-# whose fields hold unhashable JSON (a list as app_name) are still keys.
-RouteTable = Mapping[str, Route]
+# Backends by their canonical JSON, so equal entries count once and entries whose fields
+# hold unhashable JSON (a list as app_name) are still keys.
+BackendTable = Mapping[str, Backend]
 
 
-def route_table(routes: Iterable[Route]) -> dict[str, Route]:
-    return {route.to_json(): route for route in routes}
+def backend_table(backends: Iterable[Backend]) -> dict[str, Backend]:
+    return {backend.to_json(): backend for backend in backends}
 
 
 def table_to_apply(
-    last: RouteTable,
-    read: RouteTable,
+    last: BackendTable,
+    read: BackendTable,
     *,
     now: float,
     reconnected_at: float | None,
     period: float,
-) -> dict[str, Route]:
-    """The routes nginx should serve: ``read``, plus ``last`` while Redis came back recently.
+) -> dict[str, Backend]:
+    """The backends nginx should serve: ``read``, plus ``last`` while Redis came back recently.
 
-    ``last`` is the table nginx serves, ``read`` the one just read from Redis, ``now`` and
+    ``last`` is the backends nginx serves, ``read`` the one just read from Redis, ``now`` and
     ``reconnected_at`` (when Redis answered again, None if it never failed) monotonic seconds.
     """
     if reconnected_at is None or now >= reconnected_at + period:
@@ -83,7 +86,9 @@ class RemovalGrace:
         """True while removals are held."""
         return self.reconnected_at is not None and now < self.reconnected_at + self.period
 
-    def table_to_apply(self, last: RouteTable, read: RouteTable, now: float) -> dict[str, Route]:
+    def table_to_apply(
+        self, last: BackendTable, read: BackendTable, now: float
+    ) -> dict[str, Backend]:
         return table_to_apply(
             last, read, now=now, reconnected_at=self.reconnected_at, period=self.period
         )

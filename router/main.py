@@ -1,21 +1,31 @@
-"""``paas-router``: keep nginx's config equal to the route table in Redis.
+"""``paas-router``: keep nginx's config equal to the route table joined with the backends.
 
-The loop re-reads every ``paas:routes:*`` hash on each ``paas:routes-changed`` message and at
-least every second (to notice hashes that expired), renders nginx.conf and reloads nginx only
-when the text changed. Without Redis, nginx keeps serving the last good config; once Redis
-answers again (or turns out to have restarted), no backend is removed for a heartbeat TTL
-while the agents republish (see :mod:`router.grace`).
+Two things in Redis make up what nginx serves: the route table document the controller
+writes (:mod:`contracts.routing`: hosts and paths mapped to apps, certificates) and the
+backends the agents register in ``paas:routes:*`` hashes (:class:`contracts.messages.Backend`,
+one per ready instance). The router joins them by app guid (see :mod:`router.render`).
+
+The loop re-reads both on each ``paas:routes-changed`` message and at least every second (to
+notice hashes that expired), renders nginx.conf and reloads nginx only when the text changed,
+and never more often than ``router_reload_interval``: a burst of changes is one reload.
+A missing route table keeps the routes nginx serves (at start: none); an unreadable one is
+warned about and the last one kept. Without Redis, nginx keeps serving the last good config;
+once Redis answers again (or turns out to have restarted), no backend is removed for a
+heartbeat TTL while the agents republish (see :mod:`router.grace`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -23,15 +33,25 @@ import redis
 
 from contracts import keys
 from contracts.applog import AppLogWriter
-from contracts.messages import Route
+from contracts.messages import Backend
+from contracts.routing import Certificate, MappedRoute, RouteTable, read_route_table
 from contracts.settings import Settings, load
 from router.accesslog import AccessLogListener
-from router.errors import RouterError
-from router.grace import RemovalGrace, RouteTable, route_table
+from router.errors import NginxConfigError, RouterError
+from router.grace import BackendTable, RemovalGrace, backend_table
 from router.nginx import Nginx
-from router.render import normalize_host, render_nginx_config, route_problem
+from router.render import (
+    backend_problem,
+    normalize_domain,
+    normalize_host,
+    render_nginx_config,
+    usable_routes,
+)
 
 log = logging.getLogger("paas.router")
+
+# After the first change message, wait this long for the rest of a burst before reading.
+SETTLE = 0.02
 
 
 class Router:
@@ -58,46 +78,73 @@ class Router:
         self.redis = redis_client
         self.nginx = nginx or Nginx(settings.nginx_binary, settings.router_dir)
         self.interval = interval
+        self.reload_interval = max(0.0, float(settings.router_reload_interval))
         # Receives nginx's access lines and writes them as RTR lines (None: no access log).
         self.access_log = access_log
         self.listen = (settings.router_host, settings.router_port)
+        self.sticky_cookies = tuple(
+            c.strip() for c in settings.router_sticky_cookies.split(",") if c.strip()
+        )
+        self.certs_dir = Path(self.nginx.runtime_dir) / "certs"
         self._applied: str | None = None  # text nginx serves
         self._rejected: str | None = None  # last text nginx -t refused; not retried
         self._warned: set[str] = set()
         self._redis_down = False
-        self._served: RouteTable = {}  # routes of the text nginx serves
+        self._served: BackendTable = {}  # backends of the text nginx serves
+        self._routes: list[MappedRoute] = []  # of the last readable route table
+        self._certificates: list[Certificate] = []
+        self._revision: int | None = None
+        self._cert_checked: dict[str, bool] = {}  # certificate file stem -> nginx loads it
         self._grace = RemovalGrace(settings.heartbeat_ttl)
-        self._held = 0  # routes nginx serves that Redis no longer has (during a grace)
+        self._held = 0  # backends nginx serves that Redis no longer has (during a grace)
         # Read time of the last table nginx was made equal to (what ROUTER_SYNCED promises).
         self._synced_at: float | None = None
+        self._last_reload = float("-inf")  # monotonic time of the last nginx reload
         self.reloads = 0  # nginx configs applied (paas_router_reloads_total)
 
     @property
-    def _table(self) -> RouteTable:
+    def _table(self) -> BackendTable:
         return self._served
 
     @_table.setter
-    def _table(self, table: RouteTable) -> None:
+    def _table(self, table: BackendTable) -> None:
         if self.access_log is not None and table is not self._served:
-            self.access_log.set_routes(table.values())
+            self.access_log.set_backends(table.values())
         self._served = table
 
-    def read_routes(self) -> list[Route]:
-        """Every valid route of every agent; raises ``redis.RedisError`` if Redis is away."""
-        routes: list[Route] = []
+    # -- reading ----------------------------------------------------------------------------
+
+    def read_backends(self) -> list[Backend]:
+        """Every valid backend of every agent; raises ``redis.RedisError`` if Redis is away."""
+        backends: list[Backend] = []
         for key in self.redis.scan_iter(match=keys.ROUTES_PATTERN, count=1000):
             for guid, raw in self.redis.hgetall(key).items():
                 try:
-                    route = Route.from_json(raw)
-                except (ValueError, TypeError) as e:
-                    self._warn_once(f"skipping unreadable route {guid!r} in {key!r}: {e}")
+                    backend = Backend.from_json(raw)
+                except (ValueError, TypeError, AttributeError) as e:
+                    self._warn_once(f"skipping unreadable backend {guid!r} in {key!r}: {e}")
                     continue
-                problem = route_problem(route)
+                problem = backend_problem(backend)
                 if problem:
-                    self._warn_once(f"skipping route {guid!r} in {key!r}: {problem}")
+                    self._warn_once(f"skipping backend {guid!r} in {key!r}: {problem}")
                     continue
-                routes.append(route)
-        return routes
+                backends.append(backend)
+        return backends
+
+    def read_table(self) -> RouteTable | None:
+        """The route table, or None if it is missing or unreadable (then the last one is kept).
+
+        Raises ``redis.RedisError`` if Redis is away.
+        """
+        try:
+            table = read_route_table(self.redis)
+        except ValueError as e:
+            self._warn_once(f"{e}; keeping the routes of the last readable one")
+            return None
+        if table is not None:
+            for problem in usable_routes(table.routes)[1]:
+                self._warn_once(f"skipping {problem}")
+        return table
 
     def read_run_id(self) -> str | None:
         """Redis's run_id (new after each restart), or None if ``INFO`` is not allowed."""
@@ -108,38 +155,118 @@ class Router:
             return None
         return str(run_id) if run_id else None
 
-    def render(self, routes: Iterable[Route]) -> str:
+    def _take_table(self, table: RouteTable | None) -> None:
+        if table is None:
+            return
+        self._routes, self._certificates, self._revision = (
+            table.routes,
+            table.certificates,
+            table.revision,
+        )
+
+    # -- certificates -----------------------------------------------------------------------
+
+    def _certificate_files(self) -> dict[str, tuple[str, str]]:
+        """Domain -> (cert path, key path) of each usable certificate, written to
+        ``certs/<sha256>.pem|.key`` (0600 in a 0700 folder) if not there yet."""
+        if not self.settings.router_https_port:
+            return {}
+        out: dict[str, tuple[str, str]] = {}
+        for cert in sorted(self._certificates, key=lambda c: repr(c.domain)):
+            domain = normalize_domain(cert.domain)
+            if (
+                domain is None
+                or not isinstance(cert.cert_pem, str)
+                or not isinstance(cert.key_pem, str)
+            ):
+                self._warn_once(
+                    f"skipping the certificate of {cert.domain!r}: the domain is "
+                    "not a DNS name or the PEM texts are not strings"
+                )
+                continue
+            if domain in out:
+                continue
+            stem = hashlib.sha256(f"{cert.cert_pem}\0{cert.key_pem}".encode()).hexdigest()
+            paths = (str(self.certs_dir / f"{stem}.pem"), str(self.certs_dir / f"{stem}.key"))
+            _write_private(Path(paths[0]), cert.cert_pem)
+            _write_private(Path(paths[1]), cert.key_pem)
+            if stem not in self._cert_checked:
+                self._cert_checked[stem] = self._loads(domain, *paths)
+            if self._cert_checked[stem]:
+                out[domain] = paths
+        return out
+
+    def _loads(self, domain: str, cert_path: str, key_path: str) -> bool:
+        check = getattr(self.nginx, "check_certificate", None)
+        if check is None:
+            return True
+        try:
+            check(cert_path, key_path)
+        except NginxConfigError as e:
+            self._warn_once(
+                f"skipping the certificate of {domain}: nginx cannot use it: {e.output.strip()}"
+            )
+            return False
+        return True
+
+    def _prune_certificates(self, used: dict[str, tuple[str, str]]) -> None:
+        keep = {p for pair in used.values() for p in pair}
+        try:
+            files = list(self.certs_dir.iterdir())
+        except FileNotFoundError:
+            return
+        for path in files:
+            if str(path) not in keep and path.suffix in (".pem", ".key"):
+                path.unlink(missing_ok=True)  # its check result stays: same name, same text
+
+    # -- rendering and applying -------------------------------------------------------------
+
+    def render(
+        self,
+        routes: Iterable[MappedRoute],
+        backends: Iterable[Backend],
+        certificates: dict[str, tuple[str, str]] | None = None,
+    ) -> str:
         return render_nginx_config(
             routes,
+            backends,
             listen_host=self.listen[0],
             listen_port=self.listen[1],
             runtime_dir=str(self.nginx.runtime_dir),
-            access_log_port=self.access_log.port if self.access_log else None,
+            https_port=self.settings.router_https_port,
+            certificates=certificates or {},
+            access_log_path=str(self.access_log.path) if self.access_log else None,
             max_body_mb=self.settings.router_max_body_mb,
+            sticky_cookies=self.sticky_cookies,
         )
 
     def start(self) -> None:
-        """Start nginx with the current route table (an empty one if Redis is away)."""
+        """Start nginx with the current routes and backends (none if Redis is away)."""
         try:
-            table = route_table(self.read_routes())
+            table = backend_table(self.read_backends())
+            self._take_table(self.read_table())
             self._grace.redis_answered(self.read_run_id(), time.monotonic())
         except redis.RedisError as e:
             self._redis_lost(e)
             table = {}
-        text = self.render(table.values())
+        certs = self._certificate_files()
+        text = self.render(self._routes, table.values(), certs)
         self.nginx.start(text, listen=self.listen)
+        self._prune_certificates(certs)
         self._applied, self._table = text, table
+        self._last_reload = time.monotonic()
         log.info("router listening on %s:%s", *self.listen)
         self._reloaded(table)
 
     def sync(self) -> bool:
-        """Re-read the route table; reload nginx if the config changed. True if it reloaded.
+        """Re-read routes and backends; reload nginx if the config changed. True if it did.
 
         Raises ``redis.RedisError`` if Redis is away; nginx then keeps its config.
         """
         read_at = time.time()
-        read = route_table(self.read_routes())
-        run_id = self.read_run_id()  # after the table: a restart before or during the read shows
+        read = backend_table(self.read_backends())
+        route_table = self.read_table()
+        run_id = self.read_run_id()  # after the reads: a restart before or during them shows
         now = time.monotonic()
         why = self._grace.redis_answered(run_id, now)
         if why:
@@ -148,16 +275,20 @@ class Router:
                 why,
                 self._grace.period,
             )
+        self._take_table(route_table)
         table = self._grace.table_to_apply(self._table, read, now)
         self._note_held(len(table.keys() - read.keys()), now)
-        text = self.render(table.values())
+        certs = self._certificate_files()
+        text = self.render(self._routes, table.values(), certs)
         reloaded = False
         if text == self._applied:
             self._table = table
         elif text != self._rejected:
+            self._last_reload = time.monotonic()
             if not self.nginx.apply(text):
                 self._rejected = text
                 return False
+            self._prune_certificates(certs)
             self._applied, self._rejected, self._table = text, None, table
             self._reloaded(table)
             reloaded = True
@@ -190,6 +321,7 @@ class Router:
     def run(self, stop_event: threading.Event) -> None:
         """Start nginx, follow the route table until ``stop_event`` is set, stop nginx."""
         if self.access_log is not None:
+            self.access_log.reopen = self.nginx.reopen_logs
             self.access_log.start()
         try:
             self.start()
@@ -201,26 +333,35 @@ class Router:
             if self.access_log is not None:
                 self.access_log.stop()
 
+    def next_sync_at(self, *, periodic_at: float, changed_at: float | None) -> float:
+        """When to sync next (monotonic): at the periodic time, or soon after a change, but
+        never sooner than ``reload_interval`` after the last reload."""
+        due = periodic_at if changed_at is None else min(periodic_at, changed_at + SETTLE)
+        return max(due, self._last_reload + self.reload_interval)
+
     def _loop(self, stop_event: threading.Event) -> None:
         pubsub = None
-        next_sync = 0.0
+        periodic_at = 0.0
+        changed_at: float | None = None
         while not stop_event.is_set():
             self._ensure_nginx()
             try:
                 if pubsub is None:
                     pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
                     pubsub.subscribe(keys.ROUTES_CHANGED)
-                    next_sync = 0.0
-                changed = False
-                wait = next_sync - time.monotonic()
-                if wait > 0:
-                    message = pubsub.get_message(timeout=min(wait, self.interval))
-                    while message is not None:  # drain a burst, then render once
-                        changed = True
+                    periodic_at = 0.0
+                now = time.monotonic()
+                due = self.next_sync_at(periodic_at=periodic_at, changed_at=changed_at)
+                if now < due:
+                    message = pubsub.get_message(timeout=min(due - now, self.interval))
+                    while message is not None:  # drain a burst
+                        if changed_at is None:
+                            changed_at = time.monotonic()
                         message = pubsub.get_message(timeout=0.0)
-                if changed or time.monotonic() >= next_sync:
-                    self.sync()
-                    next_sync = time.monotonic() + self.interval
+                    continue
+                changed_at = None
+                self.sync()
+                periodic_at = time.monotonic() + self.interval
                 self._redis_back()
             except redis.RedisError as e:
                 self._redis_lost(e)
@@ -235,14 +376,23 @@ class Router:
         if self.nginx.returncode is not None:
             log.error("nginx exited with status %s; restarting it", self.nginx.returncode)
         try:
-            self.nginx.start(self._applied or self.render([]), listen=self.listen)
+            self.nginx.start(self._applied or self.render([], []), listen=self.listen)
         except RouterError as e:
             log.error("%s", e)
 
-    def _reloaded(self, table: RouteTable) -> None:
-        hosts = len({normalize_host(r.host) for r in table.values()})
-        log.info("nginx config applied: %d hosts, %d backends", hosts, len(table))
-        status = {"reloaded_at": time.time(), "routes": len(table), "hosts": hosts}
+    def _reloaded(self, table: BackendTable) -> None:
+        served = usable_routes(self._routes)[0]
+        hosts = len({normalize_host(r.host) for r in served})
+        log.info(
+            "nginx config applied: %d hosts, %d routes, %d backends", hosts, len(served), len(table)
+        )
+        status = {
+            "reloaded_at": time.time(),
+            "hosts": hosts,
+            "routes": len(served),
+            "backends": len(table),
+            "revision": self._revision,
+        }
         self.reloads += 1
         try:
             self.redis.set(keys.ROUTER_STATUS, json.dumps(status))
@@ -271,6 +421,19 @@ class Router:
             log.warning("%s", message)
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` (mode 0600, folder 0700) unless it is there already."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def _close_quietly(pubsub: Any) -> None:
     if pubsub is None:
         return
@@ -287,10 +450,15 @@ def _serve_metrics(router: Router, settings: Settings) -> None:
 
     class _Collector:
         def collect(self) -> Iterable[Any]:
-            yield CounterMetricFamily("paas_router_reloads", "nginx configs applied",
-                                      value=router.reloads)
-            yield GaugeMetricFamily("paas_router_backends", "Backends nginx routes to",
-                                    value=len(router._table))
+            yield CounterMetricFamily(
+                "paas_router_reloads", "nginx configs applied", value=router.reloads
+            )
+            yield GaugeMetricFamily(
+                "paas_router_backends", "Backends nginx routes to", value=len(router._table)
+            )
+            yield GaugeMetricFamily(
+                "paas_router_routes", "Routes of the route table served", value=len(router._routes)
+            )
 
     REGISTRY.register(_Collector())
     start_http_server(settings.metrics_port_router, addr=settings.metrics_host)
@@ -316,7 +484,9 @@ def main() -> int:
     signal.signal(signal.SIGINT, _stop)
     try:
         logs = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
-        access_log = AccessLogListener(AppLogWriter.from_settings(logs, settings))
+        access_log = AccessLogListener(
+            AppLogWriter.from_settings(logs, settings), settings.router_dir / "access.log"
+        )
         router = Router(settings, access_log=access_log)
         if settings.metrics_port_router:
             _serve_metrics(router, settings)

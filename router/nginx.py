@@ -244,12 +244,47 @@ class Nginx:
             assert self._proc is not None
             old_workers = _children(self._proc.pid)
             self._proc.send_signal(signal.SIGHUP)
-            _wait_gone(old_workers, timeout=self.drain_timeout)
+            _wait_not_accepting(old_workers, timeout=self.drain_timeout)
         return True
 
-    # How long apply() waits for the workers of the old config to finish their requests and
-    # exit; until then a new connection may still meet the old config.
+    # How long apply() waits at most for the workers of the old config to stop accepting
+    # connections (they then finish their open requests on their own); until then a new
+    # connection may still meet the old config.
     drain_timeout = 2.0
+
+    def reopen_logs(self) -> None:
+        """Have nginx reopen its log files (after one was renamed), as SIGUSR1 does."""
+        if self.is_running():
+            assert self._proc is not None
+            self._proc.send_signal(signal.SIGUSR1)
+
+    def check_certificate(self, cert_path: str, key_path: str) -> None:
+        """Raise :class:`NginxConfigError` unless nginx can load this certificate and key
+        (PEM, and the key is the certificate's), so a bad one cannot block every config."""
+        folder = self.runtime_dir / "cert-check"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        text = (
+            f'pid "{folder}/nginx.pid";\n'
+            f'error_log "{folder}/error.log" warn;\n'
+            "events {}\n"
+            "http {\n"
+            f'    client_body_temp_path "{folder}/client_body_temp";\n'
+            f'    proxy_temp_path "{folder}/proxy_temp";\n'
+            f'    fastcgi_temp_path "{folder}/fastcgi_temp";\n'
+            f'    uwsgi_temp_path "{folder}/uwsgi_temp";\n'
+            f'    scgi_temp_path "{folder}/scgi_temp";\n'
+            "    server {\n"
+            "        listen 127.0.0.1:1 ssl;\n"
+            f'        ssl_certificate "{cert_path}";\n'
+            f'        ssl_certificate_key "{key_path}";\n'
+            "    }\n"
+            "}\n"
+        )
+        candidate = self._write_candidate(text)
+        try:
+            self.test(candidate)
+        finally:
+            candidate.unlink(missing_ok=True)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop (SIGQUIT: finish open requests); SIGTERM, then SIGKILL, on timeout."""
@@ -303,12 +338,26 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-def _wait_gone(pids: set[int], timeout: float) -> None:
+def _wait_not_accepting(pids: set[int], timeout: float) -> None:
+    """Wait until each old worker has exited or is shutting down (it then has closed its
+    listening sockets), or ``timeout``. An old worker keeps serving the connections it has
+    (WebSockets, streams, requests in flight) until they end, which can take long."""
     deadline = time.monotonic() + timeout
     while pids and time.monotonic() < deadline:
-        pids = {p for p in pids if os.path.exists(f"/proc/{p}") and not _zombie(p)}
+        pids = {p for p in pids if not _zombie(p) and not _shutting_down(p)}
         if pids:
             time.sleep(0.005)
+    if not pids:
+        time.sleep(0.005)  # nginx retitles itself just before it closes its sockets
+
+
+def _shutting_down(pid: int) -> bool:
+    """True if ``pid`` is an nginx worker that took the signal to stop (its title says so)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"shutting down" in f.read()
+    except OSError:
+        return True
 
 
 def _zombie(pid: int) -> bool:

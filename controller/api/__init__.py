@@ -61,6 +61,7 @@ from controller.api import (  # noqa: E402,F401  (routes register)
     info,
     logs,
     observe,
+    routes,
     runtime,
     tasks,
 )

@@ -14,7 +14,7 @@ from sqlalchemy.orm import object_session
 
 from contracts import keys
 from contracts.messages import InstanceReport
-from controller import events, packages, resources, staging
+from controller import events, packages, resources, routing, staging
 from controller.actual import instances_by_app, nudge, read_heartbeats
 from controller.api import v1
 from controller.api.buildpacks import store_buildpack
@@ -47,9 +47,19 @@ def _redis():  # noqa: ANN202
 
 
 def urls(app: App) -> list[str]:
+    """Where the app answers: each route as a URL (https where the router serves it so)."""
     s = _settings()
-    port = "" if s.router_port == 80 else f":{s.router_port}"
-    return [f"http://{app.name}.{s.domain}{port}"]
+    out = []
+    for route in app.routes:
+        if route.domain.certificate is not None and s.router_https_port and \
+                route.https_redirect:
+            port = "" if s.router_https_port == 443 else f":{s.router_https_port}"
+            scheme = "https"
+        else:
+            port = "" if s.router_port == 80 else f":{s.router_port}"
+            scheme = "http"
+        out.append(f"{scheme}://{route.host}{port}{route.path}")
+    return out
 
 
 def find_app(name: str, action: str) -> App:
@@ -156,6 +166,7 @@ def present_app(app: App, instances: list[InstanceReport] | None = None) -> dict
         "team": app.team.name,
         "state": app.state,
         "urls": urls(app),
+        "routes": [route.url for route in app.routes],
         "created_at": iso(app.created_at),
         "generation": app.generation,
         "max_in_flight": app.max_in_flight,
@@ -279,6 +290,17 @@ def _check_options(options: dict[str, object]) -> dict[str, object]:
         if not isinstance(bp, str) or not BUILDPACK_NAME.match(bp):
             raise InvalidInput(f"{bp!r} is not a buildpack name.")
         requested["buildpack"] = bp
+    if options.get("no_route") is not None:
+        if not isinstance(options["no_route"], bool):
+            raise InvalidInput("no-route must be true or false.")
+        requested["no_route"] = options["no_route"]
+    if options.get("routes") is not None:
+        routes = options["routes"]
+        if not isinstance(routes, list) or not all(isinstance(r, str) and r.strip()
+                                                   for r in routes) or len(routes) > 100:
+            raise InvalidInput("routes must be a list of up to 100 routes such as "
+                               "'myapp.example.com' or 'example.com/api'.")
+        requested["routes"] = routes
     if options.get("env") is not None:
         env = options["env"]
         if not isinstance(env, dict) or not all(
@@ -372,14 +394,13 @@ def push(name: str):  # noqa: ANN201
 
     app = g.db.scalar(select(App).where(App.name == name))
     created = app is None
+    settings = _settings()
     if app is None:
         authorize(ident, Action.WRITE)
         app = App(name=name, team=g.db.get(Team, ident.team_id))
         g.db.add(app)
     else:
         authorize(ident, Action.WRITE, app)
-
-    settings = _settings()
     blobs = current_app.extensions["paas.blobstore"]
     package = Package(guid=str(uuid.uuid4()))
     package.blob_path = f"packages/{package.guid}.tar.gz"
@@ -409,6 +430,7 @@ def push(name: str):  # noqa: ANN201
                       **{k: v for k, v in requested.items()
                          if k not in ("command", "env", "actor")},
                       env_names=sorted(requested.get("env", {})))
+        routes_changed = _push_routes(app, created, requested, settings)
         g.db.commit()
     except BaseException:
         g.db.rollback()
@@ -416,12 +438,45 @@ def push(name: str):  # noqa: ANN201
         raise
     finally:
         blobs.delete(uploaded)
+    if routes_changed:
+        routing.publish(_redis(), g.db)
     try:
         staging.enqueue(current_app.extensions["paas.celery"], g.db, app, build, package)
     except Exception:
         staging.settle_failed_enqueue(g.db, blobs, build)
         raise
     return jsonify({"app": present_app(app), "build": present_build(build)}), 201
+
+
+def _push_routes(app: App, created: bool, requested: dict[str, object], settings) -> bool:  # noqa: ANN001
+    """Routes a push asks for, checked (and conflicts refused) before anything is stored:
+    the manifest's ``routes`` are mapped (added, as in Cloud Foundry); ``no_route`` unmaps
+    every route; a new app without either gets ``<name>.<platform domain>``."""
+    ident = current_identity()
+    if requested.get("no_route"):
+        if requested.get("routes"):
+            raise InvalidInput("a push takes routes or no-route, not both.")
+        changed = bool(app.routes)
+        for route in list(app.routes):
+            events.record(g.db, "route.unmapped", ident.name, app, route=route.url)
+            g.db.delete(route)
+        app.routes.clear()
+        return changed
+    changed = False
+    wanted = requested.get("routes") or []
+    if not wanted and created:
+        g.db.flush()
+        route = routing.default_route(g.db, ident, app, settings.domain)
+        events.record(g.db, "route.mapped", ident.name, app, route=route.url)
+        return True
+    for url in wanted:
+        domain, hostname, path = routing.split_url(g.db, str(url))
+        g.db.flush()
+        route, new = routing.map_route(g.db, ident, app, domain, hostname, path)
+        if new:
+            events.record(g.db, "route.mapped", ident.name, app, route=route.url)
+            changed = True
+    return changed
 
 
 def present_build(build: Build) -> dict[str, object]:
@@ -444,8 +499,11 @@ def present_build(build: Build) -> dict[str, object]:
 def delete_app(name: str):  # noqa: ANN201
     app = find_app(name, Action.WRITE)
     events.record(g.db, "app.deleted", current_identity().name, app)
+    had_routes = bool(app.routes)
     staging.remove_app(g.db, current_app.extensions["paas.blobstore"], app)
     g.db.commit()
+    if had_routes:
+        routing.publish(_redis(), g.db)
     try:  # its log stream goes too, once its stopping instances had their last word
         _redis().expire(keys.app_log(app.guid), 600)
     except redis.RedisError:

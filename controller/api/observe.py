@@ -92,6 +92,16 @@ DESCRIBE = {
     "app.stopped": lambda d: "stopped",
     "app.started": lambda d: "started",
     "app.updated": lambda d: "changed " + ", ".join(sorted(d)),
+    "route.mapped": lambda d: f"route mapped: {d.get('route')}",
+    "route.unmapped": lambda d: f"route unmapped: {d.get('route')}",
+    "route.updated": lambda d: f"route {d.get('route')} changed: {d.get('balance')}"
+                               f"{', HTTPS only' if d.get('https_redirect') else ''}",
+    "domain.created": lambda d: f"{'shared' if d.get('shared') else 'private'} domain "
+                                f"{d.get('domain')} added",
+    "domain.deleted": lambda d: f"domain {d.get('domain')} deleted",
+    "certificate.created": lambda d: f"certificate for {d.get('domain')} added",
+    "certificate.replaced": lambda d: f"certificate for {d.get('domain')} replaced",
+    "certificate.deleted": lambda d: f"certificate for {d.get('domain')} deleted",
     "app.rolled_back": lambda d: f"rolled back to release {d.get('to')} "
                                  f"(as release {d.get('release')})",
     "app.task_run": lambda d: f"ran task {_text(d.get('task'))[:8]} on {d.get('agent')}: "

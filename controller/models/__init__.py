@@ -6,10 +6,12 @@ from controller.models.build import Build, BuildState, Droplet, Package
 from controller.models.buildpack import RegisteredBuildpack
 from controller.models.event import Event
 from controller.models.release import Release, ReleaseStatus
+from controller.models.route import Certificate, Domain, Route
 from controller.models.team import DEFAULT_TEAM, Role, Team, Token
 
 __all__ = [
-    "App", "AppState", "Base", "Build", "BuildState", "DEFAULT_TEAM", "Droplet", "Event",
+    "App", "AppState", "Base", "Build", "BuildState", "Certificate", "DEFAULT_TEAM", "Domain",
+    "Droplet", "Event",
     "HealthCheck", "Package", "Process", "RegisteredBuildpack", "Release", "ReleaseStatus",
-    "Role", "Team", "Token", "iso", "validate_name",
+    "Role", "Route", "Team", "Token", "iso", "validate_name",
 ]

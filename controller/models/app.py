@@ -56,6 +56,9 @@ class App(Base):
         back_populates="app", cascade="all, delete-orphan", order_by="Process.type"
     )
 
+    routes: Mapped[list[Route]] = relationship(  # noqa: F821 - controller.models.route
+        back_populates="app", cascade="all, delete-orphan", order_by="Route.id")
+
     def process(self, type_: str) -> Process:
         for p in self.processes:
             if p.type == type_:

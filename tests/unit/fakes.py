@@ -93,6 +93,21 @@ class FakeRedis:
         return list(reversed(self.xrevrange(key, max=max, min=min)))[:count or None]
 
     # Platform status: reachability, lock TTLs, queue (list) lengths, Celery's unacked hash.
+    def eval(self, script: str, numkeys: int, *args: Any) -> int:
+        """Only the route table's write-if-newer script (contracts.routing)."""
+        import json
+
+        from contracts import routing
+
+        assert script == routing._WRITE_IF_NEWER and numkeys == 2, "unknown script"
+        key, channel, revision, doc = args
+        stored = self.data.get(key)
+        if stored is not None and json.loads(stored)["revision"] > int(revision):
+            return 0
+        self.data[key] = self._b(doc)
+        self.publish(channel, "route-table")
+        return 1
+
     def ping(self) -> bool:
         if self.__dict__.get("down"):
             raise ConnectionError("Redis is down (fake)")

@@ -60,10 +60,11 @@ def test_an_apps_events_tell_the_push_stage_release_scale_and_crash_in_order(env
     r = env.client.get("/v1/apps/myapp/events?order=asc")
     assert r.status_code == 200, r.json
     found = r.json["events"]
-    assert [e["type"] for e in found] == ["app.pushed", "build.succeeded", "app.scaled",
-                                          "app.env_changed", "app.crashed"]
+    assert [e["type"] for e in found] == ["app.pushed", "route.mapped", "build.succeeded",
+                                          "app.scaled", "app.env_changed", "app.crashed"]
     said = {e["type"]: e["description"] for e in found}
     assert said["app.pushed"].startswith("created and pushed") and "SECRET" in said["app.pushed"]
+    assert said["route.mapped"] == "route mapped: myapp.localhost"
     assert said["build.succeeded"] == "staged with procfile: release 1"
     assert said["app.scaled"] == "scaled web 1→3"
     assert said["app.env_changed"] == "env changed: TOKEN (release 2)"
@@ -104,8 +105,8 @@ def test_admins_read_the_platform_wide_feed(env):  # noqa: ANN001
     released(env, "two")
     found = env.client.get("/v1/events?order=asc").json["events"]
     assert [(e["app"], e["type"]) for e in found] == [
-        ("one", "app.pushed"), ("one", "build.succeeded"),
-        ("two", "app.pushed"), ("two", "build.succeeded")]
+        ("one", "app.pushed"), ("one", "route.mapped"), ("one", "build.succeeded"),
+        ("two", "app.pushed"), ("two", "route.mapped"), ("two", "build.succeeded")]
     only = env.client.get("/v1/events?type=app.pushed").json["events"]
     assert [e["app"] for e in only] == ["two", "one"]  # newest first by default
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from contracts.messages import Route
-from router.grace import RemovalGrace, route_table, table_to_apply
+from contracts.messages import Backend
+from router.grace import RemovalGrace, backend_table, table_to_apply
 
 
-def table(*ports: int) -> dict[str, Route]:
-    return route_table(
-        Route(host=f"h{p}.localhost", backend=f"127.0.0.1:{p}", app_name="app",
-              instance_guid=f"g{p}")
+def table(*ports: int) -> dict[str, Backend]:
+    return backend_table(
+        Backend(backend=f"127.0.0.1:{p}", app_guid=f"app{p}", app_name="app",
+                instance_guid=f"g{p}")
         for p in ports
     )
 
@@ -31,9 +31,9 @@ def test_after_the_grace_the_table_is_applied_as_read() -> None:
 
 
 def test_equal_routes_count_once_and_unhashable_fields_are_fine() -> None:
-    odd = Route(host="a.localhost", backend="127.0.0.1:1", app_name=["x"],  # type: ignore[arg-type]
-                instance_guid="g")
-    assert len(route_table([odd, odd])) == 1
+    odd = Backend(backend="127.0.0.1:1", app_guid="a", app_name=["x"],  # type: ignore[arg-type]
+                  instance_guid="g")
+    assert len(backend_table([odd, odd])) == 1
 
 
 def test_grace_starts_when_redis_answers_after_a_failure() -> None:

@@ -1,5 +1,5 @@
-"""Router: follows the route table, reloads only on change, survives Redis going away or
-restarting without dropping a backend."""
+"""Router: follows the route table and the backends, reloads only on change (and not too
+often), survives Redis going away or restarting without dropping a backend."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import pytest
 import redis
 
 from contracts import keys
-from contracts.messages import Route
+from contracts.messages import Backend
+from contracts.routing import Certificate, MappedRoute, RouteTable
 from contracts.settings import load
 from router.main import Router
 
@@ -61,6 +62,10 @@ class FakeRedis:
         if self.down:
             raise redis.ConnectionError("Connection refused")
 
+    def get(self, key: str) -> str | None:
+        self.check()
+        return self.values.get(key)
+
     def scan_iter(self, match: str, count: int = 10) -> Iterator[str]:
         self.check()
         return iter([k for k in sorted(self.hashes) if fnmatch.fnmatchcase(k, match)])
@@ -84,8 +89,22 @@ class FakeRedis:
         for sub in self.subscribers:
             sub.messages.append(data)
 
-    def add(self, agent: str, route: Route) -> None:
-        self.hashes.setdefault(keys.routes(agent), {})[route.instance_guid] = route.to_json()
+    def add(self, agent: str, backend: Backend) -> None:
+        self.hashes.setdefault(keys.routes(agent), {})[backend.instance_guid] = backend.to_json()
+
+    def map(self, *routes: MappedRoute, certificates: list[Certificate] | None = None) -> None:
+        """What the controller does: write the whole route table."""
+        table = RouteTable(revision=time.time_ns(), routes=list(routes),
+                           certificates=certificates or [])
+        self.values[keys.ROUTE_TABLE] = table.to_json()
+
+    def serve(self, agent: str, host: str, port: int, guid: str = "g1") -> None:
+        """Map ``host`` to an app of its own (if not yet) and register one instance of it."""
+        table = RouteTable.from_json(self.values.get(keys.ROUTE_TABLE) or '{"revision": 0}')
+        routes = {r.host: r for r in table.routes}
+        routes.setdefault(host, mapped(host))
+        self.map(*routes.values(), certificates=table.certificates)
+        self.add(agent, backend(host, port, guid))
 
 
 class FakeNginx:
@@ -93,6 +112,7 @@ class FakeNginx:
         self.runtime_dir = runtime_dir
         self.live: str | None = None
         self.applied: list[str] = []
+        self.applied_at: list[float] = []
         self.running = False
         self.stopped = False
         self.returncode: int | None = None
@@ -102,6 +122,7 @@ class FakeNginx:
 
     def apply(self, config_text: str) -> bool:
         self.applied.append(config_text)
+        self.applied_at.append(time.monotonic())
         if "REJECT" in config_text:
             return False
         self.live = config_text
@@ -114,14 +135,25 @@ class FakeNginx:
         self.running, self.stopped = False, True
 
 
-def route(host: str, port: int, guid: str = "g1") -> Route:
-    return Route(host=host, backend=f"127.0.0.1:{port}", app_name="app", instance_guid=guid)
+def app_guid(host: str) -> str:
+    return "app-" + host.split(".")[0]
+
+
+def mapped(host: str, **kw: object) -> MappedRoute:
+    return MappedRoute(guid="r-" + host, host=host, domain="localhost", app_guid=app_guid(host),
+                       app_name=host.split(".")[0], **kw)  # type: ignore[arg-type]
+
+
+def backend(host: str, port: int, guid: str = "g1") -> Backend:
+    return Backend(backend=f"127.0.0.1:{port}", app_guid=app_guid(host), app_name="app",
+                   instance_guid=guid)
 
 
 @pytest.fixture
 def fakes(tmp_path: Path) -> tuple[Router, FakeRedis, FakeNginx]:
     server, nginx = FakeRedis(), FakeNginx(tmp_path)
-    settings = load(env={}, data_dir=str(tmp_path), router_port=8791, heartbeat_ttl=1.0)
+    settings = load(env={}, data_dir=str(tmp_path), router_port=8791, heartbeat_ttl=1.0,
+                    router_reload_interval=0.0)
     router = Router(settings, redis_client=server, nginx=nginx, interval=0.05)  # type: ignore[arg-type]
     return router, server, nginx
 
@@ -139,7 +171,7 @@ def test_sync_reloads_only_when_the_table_changes(fakes: tuple) -> None:
     assert "listen 127.0.0.1:8791 default_server;" in nginx.live
     assert router.sync() is False
 
-    server.add("agent-a", route("a.localhost", 61001))
+    server.serve("agent-a", "a.localhost", 61001)
     assert router.sync() is True
     assert "server_name a.localhost;" in nginx.live
     assert router.sync() is False
@@ -150,19 +182,155 @@ def test_sync_reloads_only_when_the_table_changes(fakes: tuple) -> None:
     assert status["reloaded_at"] == pytest.approx(time.time(), abs=5)
 
 
-def test_bad_entries_are_skipped_not_fatal(fakes: tuple) -> None:
+def test_bad_entries_are_skipped_not_fatal(fakes: tuple, caplog) -> None:
     router, server, nginx = fakes
-    server.add("agent-a", route("a.localhost", 61001))
-    server.add("agent-a", route("evil.localhost;}", 61002, guid="g2"))
+    server.serve("agent-a", "a.localhost", 61001)
+    server.add("agent-a", Backend(backend="127.0.0.1:61002;}", app_guid="app-a", app_name="a",
+                                  instance_guid="g2"))
     server.hashes[keys.routes("agent-a")]["g3"] = "{not json"
     server.hashes[keys.routes("agent-a")]["g4"] = '{"host": "x.localhost"}'
-    assert [r.instance_guid for r in router.read_routes()] == ["g1"]
+    assert [b.instance_guid for b in router.read_backends()] == ["g1"]
+    assert [b.instance_guid for b in router.read_backends()] == ["g1"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 3  # once each, not once per read
+    assert any("'127.0.0.1:61002;}' is not ip:port" in w for w in warnings)
+
+    server.map(mapped("a.localhost"), mapped("evil.localhost;}"))
+    table = router.read_table()
+    assert table is not None and len(table.routes) == 2
+    assert router.sync() is True
+    assert "server_name a.localhost;" in nginx.live and "evil" not in nginx.live
+    assert any("'evil.localhost;}'" in r.getMessage() for r in caplog.records)
+
+
+def test_a_missing_route_table_keeps_the_routes_and_an_unreadable_one_too(
+    fakes: tuple, caplog
+) -> None:
+    router, server, nginx = fakes
+    router.start()  # no table yet: no routes
+    server.serve("agent-a", "a.localhost", 61001)
+    assert router.sync() is True
+    assert "server_name a.localhost;" in nginx.live
+
+    del server.values[keys.ROUTE_TABLE]  # e.g. Redis restarted; the controller rewrites it
+    assert router.sync() is False
+    assert "server_name a.localhost;" in nginx.live
+
+    server.values[keys.ROUTE_TABLE] = '{"revision": 1, "routes": [{"host": 1}]}'
+    assert router.sync() is False
+    assert "server_name a.localhost;" in nginx.live
+    assert any("route table in Redis is not readable" in r.getMessage()
+               for r in caplog.records)
+
+    server.map()  # an empty table is a real "no routes"
+    assert router.sync() is True
+    assert "server_name a.localhost;" not in nginx.live
+
+
+def test_routes_join_backends_by_app_guid(fakes: tuple) -> None:
+    router, server, nginx = fakes
+    server.map(mapped("a.localhost"), mapped("b.localhost"),
+               MappedRoute(guid="r-a2", host="www.example.com", domain="example.com",
+                           app_guid="app-a", app_name="a"))
+    server.add("agent-a", backend("a.localhost", 61001))
+    server.add("agent-b", backend("a.localhost", 61002, guid="g2"))
+    router.start()
+    upstream = nginx.live.split("    upstream ")[1].split("}")[0]
+    assert "server 127.0.0.1:61001;" in upstream and "server 127.0.0.1:61002;" in upstream
+    assert nginx.live.count("    upstream app_") == 1  # b has no instance: 503, no upstream
+    assert "server_name www.example.com;" in nginx.live
+    b_server = nginx.live.split("server_name b.localhost;")[1].split("\n    }")[0]
+    assert "return 503;" in b_server
+    status = json.loads(server.values[keys.ROUTER_STATUS])
+    assert (status["hosts"], status["routes"], status["backends"]) == (3, 3, 2)
+
+
+def test_a_burst_of_changes_is_one_reload_and_reloads_keep_their_distance(
+    fakes: tuple,
+) -> None:
+    router, server, nginx = fakes
+    router.reload_interval = 0.3
+    stop = threading.Event()
+    thread = threading.Thread(target=router.run, args=(stop,))
+    thread.start()
+    try:
+        eventually(lambda: nginx.running and server.subscribers)
+        time.sleep(0.35)  # past the start's reload interval
+        started = time.monotonic()
+        for i in range(10):
+            server.serve("agent-a", f"h{i}.localhost", 61000 + i, guid=f"g{i}")
+            server.publish(keys.ROUTES_CHANGED, "agent-a")
+        eventually(lambda: "server_name h9.localhost;" in (nginx.live or ""), timeout=1.0)
+        assert time.monotonic() - started < 1.0
+        assert len(nginx.applied) == 1
+        for i in range(10, 16):  # a change every 0.05 s: batched, 0.3 s apart
+            server.serve("agent-a", f"h{i}.localhost", 61000 + i, guid=f"g{i}")
+            server.publish(keys.ROUTES_CHANGED, "agent-a")
+            time.sleep(0.05)
+        eventually(lambda: "server_name h15.localhost;" in nginx.live, timeout=1.0)
+    finally:
+        stop.set()
+        thread.join(5)
+    gaps = [b - a for a, b in zip(nginx.applied_at, nginx.applied_at[1:], strict=False)]
+    assert len(nginx.applied) <= 3
+    assert all(gap >= 0.29 for gap in gaps), gaps
+
+
+def test_next_sync_waits_for_the_reload_interval(fakes: tuple) -> None:
+    router, _, _ = fakes
+    router.reload_interval = 0.25
+    router._last_reload = 100.0
+    assert router.next_sync_at(periodic_at=101.0, changed_at=None) == 101.0
+    assert router.next_sync_at(periodic_at=101.0, changed_at=100.1) == 100.25
+    assert router.next_sync_at(periodic_at=101.0, changed_at=100.5) == pytest.approx(100.52)
+    assert router.next_sync_at(periodic_at=100.1, changed_at=None) == 100.25
+
+
+def self_signed(tmp_path: Path, name: str) -> tuple[str, str]:
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert.read_text(), key.read_text()
+
+
+def test_certificates_are_written_private_and_removed_when_unused(
+    fakes: tuple, tmp_path: Path
+) -> None:
+    router, server, nginx = fakes
+    cert, key = self_signed(tmp_path, "example.com")
+    route = MappedRoute(guid="r1", host="www.example.com", domain="example.com",
+                        app_guid="app-a", app_name="a")
+    server.map(route, certificates=[Certificate("example.com", cert, key),
+                                    Certificate("bad domain;", cert, key)])
+    server.add("agent-a", backend("a.localhost", 61001))
+    router.start()
+    certs = router.certs_dir
+    files = sorted(certs.iterdir())
+    assert [f.suffix for f in files] == [".key", ".pem"]
+    assert files[0].stem == files[1].stem and len(files[0].stem) == 64
+    assert files[0].read_text() == key and files[1].read_text() == cert
+    assert oct(certs.stat().st_mode & 0o777) == "0o700"
+    assert all(oct(f.stat().st_mode & 0o777) == "0o600" for f in files)
+    assert f'ssl_certificate "{files[1]}";' in nginx.live
+    assert f'ssl_certificate_key "{files[0]}";' in nginx.live
+    assert "listen 127.0.0.1:8443 ssl;" in nginx.live
+
+    server.map(route)  # the certificate was deleted
+    assert router.sync() is True
+    assert "ssl_certificate " not in nginx.live
+    assert list(certs.iterdir()) == []
 
 
 def test_a_config_nginx_rejects_is_not_retried(fakes: tuple, monkeypatch) -> None:
     router, server, nginx = fakes
     router.start()
-    monkeypatch.setattr(router, "render", lambda routes: "REJECT")
+    monkeypatch.setattr(router, "render", lambda routes, backends, certs: "REJECT")
     assert router.sync() is False
     assert router.sync() is False
     assert nginx.applied == ["REJECT"]
@@ -175,21 +343,21 @@ def test_run_follows_changes_and_survives_redis_outage(fakes: tuple) -> None:
     thread.start()
     try:
         eventually(lambda: nginx.running and server.subscribers)
-        server.add("agent-a", route("a.localhost", 61001))
+        server.serve("agent-a", "a.localhost", 61001)
         server.publish(keys.ROUTES_CHANGED, "agent-a")
-        eventually(lambda: "server_name a.localhost;" in (nginx.live or ""))
+        eventually(lambda: "server 127.0.0.1:61001;" in (nginx.live or ""))
 
         server.down = True
         time.sleep(0.2)
         assert thread.is_alive() and nginx.running
-        assert "server_name a.localhost;" in nginx.live
+        assert "server 127.0.0.1:61001;" in nginx.live
 
         server.down = False
         del server.hashes[keys.routes("agent-a")]  # expired while Redis was away
-        server.add("agent-b", route("b.localhost", 61002))  # new while Redis was away
-        eventually(lambda: "server_name b.localhost;" in nginx.live)
-        assert "server_name a.localhost;" in nginx.live  # held for the grace period
-        eventually(lambda: "server_name a.localhost;" not in nginx.live)  # then removed
+        server.serve("agent-b", "b.localhost", 61002)  # new while Redis was away
+        eventually(lambda: "server 127.0.0.1:61002;" in nginx.live)
+        assert "server 127.0.0.1:61001;" in nginx.live  # held for the grace period
+        eventually(lambda: "server 127.0.0.1:61001;" not in nginx.live)  # then removed
     finally:
         stop.set()
         thread.join(5)
@@ -199,7 +367,7 @@ def test_run_follows_changes_and_survives_redis_outage(fakes: tuple) -> None:
 
 def test_nginx_that_died_is_restarted_with_the_last_config(fakes: tuple) -> None:
     router, server, nginx = fakes
-    server.add("agent-a", route("a.localhost", 61001))
+    server.serve("agent-a", "a.localhost", 61001)
     router.start()
     served = nginx.live
     nginx.running, nginx.live = False, None
@@ -214,40 +382,41 @@ def grace_over(router: Router) -> None:
 
 def test_a_normal_removal_is_applied_at_once(fakes: tuple) -> None:
     router, server, nginx = fakes
-    server.add("agent-a", route("a.localhost", 61001))
+    server.serve("agent-a", "a.localhost", 61001)
     router.start()
     assert router.sync() is False
     del server.hashes[keys.routes("agent-a")]
     assert router.sync() is True
-    assert "server_name a.localhost;" not in nginx.live
+    assert "server 127.0.0.1:61001;" not in nginx.live
 
 
 def test_a_redis_restart_between_two_reads_removes_nothing_until_the_grace_is_over(
     fakes: tuple,
 ) -> None:
     router, server, nginx = fakes
-    server.add("agent-a", route("a.localhost", 61001))
-    server.add("agent-a", route("c.localhost", 61003, guid="g3"))
+    server.serve("agent-a", "a.localhost", 61001)
+    server.serve("agent-a", "c.localhost", 61003, guid="g3")
     router.start()
     router.sync()
 
     server.restart()  # no error seen: the client reconnected between two reads
-    assert router.sync() is False
-    assert "server_name a.localhost;" in nginx.live
-    server.add("agent-b", route("b.localhost", 61002))  # additions go live at once
+    assert router.sync() is False  # the route table is missing: routes kept
+    server.map(*(mapped(f"{h}.localhost") for h in "abc"))  # the controller rewrites it
+    assert "server 127.0.0.1:61001;" in nginx.live
+    server.serve("agent-b", "b.localhost", 61002)  # additions go live at once
     assert router.sync() is True
-    assert "server_name a.localhost;" in nginx.live and "server_name b.localhost;" in nginx.live
-    server.add("agent-a", route("a.localhost", 61001))  # agent-a republished, without c
+    assert "server 127.0.0.1:61001;" in nginx.live and "server 127.0.0.1:61002;" in nginx.live
+    server.serve("agent-a", "a.localhost", 61001)  # agent-a republished, without c
 
     grace_over(router)
     assert router.sync() is True
-    assert "server_name a.localhost;" in nginx.live and "server_name b.localhost;" in nginx.live
-    assert "server_name c.localhost;" not in nginx.live
+    assert "server 127.0.0.1:61001;" in nginx.live and "server 127.0.0.1:61002;" in nginx.live
+    assert "server 127.0.0.1:61003;" not in nginx.live
 
 
 def test_after_an_outage_nothing_is_removed_for_the_grace_period(fakes: tuple) -> None:
     router, server, nginx = fakes
-    server.add("agent-a", route("a.localhost", 61001))
+    server.serve("agent-a", "a.localhost", 61001)
     router.start()
     served = nginx.live
 
@@ -262,26 +431,27 @@ def test_after_an_outage_nothing_is_removed_for_the_grace_period(fakes: tuple) -
 
     grace_over(router)
     assert router.sync() is True
-    assert "server_name a.localhost;" not in nginx.live
+    assert "server 127.0.0.1:61001;" not in nginx.live
 
 
 def test_router_synced_is_written_again_after_a_restart_and_never_runs_ahead(
     fakes: tuple,
 ) -> None:
     router, server, nginx = fakes
-    server.add("agent-a", route("a.localhost", 61001))
-    server.add("agent-a", route("c.localhost", 61003, guid="g3"))
+    server.serve("agent-a", "a.localhost", 61001)
+    server.serve("agent-a", "c.localhost", 61003, guid="g3")
     router.start()
     router.sync()
     before = float(server.values[keys.ROUTER_SYNCED])
 
     server.restart()
-    server.add("agent-a", route("a.localhost", 61001))  # c.localhost is held, not in Redis
+    server.map(*(mapped(f"{h}.localhost") for h in "ac"))
+    server.serve("agent-a", "a.localhost", 61001)  # c.localhost is held, not in Redis
     router.sync()
     # nginx still routes c.localhost, so it is not equal to any table read since the restart
     assert float(server.values[keys.ROUTER_SYNCED]) == before
 
-    server.add("agent-a", route("c.localhost", 61003, guid="g3"))  # republished in full
+    server.serve("agent-a", "c.localhost", 61003, guid="g3")  # republished in full
     router.sync()
     assert float(server.values[keys.ROUTER_SYNCED]) > before
 
@@ -290,9 +460,9 @@ def test_redis_away_at_start_then_back(fakes: tuple) -> None:
     router, server, nginx = fakes
     server.down = True
     router.start()
-    assert nginx.running and "server_name a.localhost;" not in nginx.live
+    assert nginx.running and "server 127.0.0.1:61001;" not in nginx.live
     server.down = False
-    server.add("agent-a", route("a.localhost", 61001))
+    server.serve("agent-a", "a.localhost", 61001)
     assert router.sync() is True
-    assert "server_name a.localhost;" in nginx.live
+    assert "server 127.0.0.1:61001;" in nginx.live
     assert keys.ROUTER_SYNCED in server.values

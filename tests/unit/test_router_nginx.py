@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from contracts.messages import Route
-from router.errors import NginxNotFoundError, NginxStartError
+from contracts.messages import Backend
+from contracts.routing import MappedRoute
+from router.errors import NginxConfigError, NginxNotFoundError, NginxStartError
 from router.nginx import Nginx
 from router.render import render_nginx_config
 
@@ -30,14 +31,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def render(routes: list[Route], runtime_dir: Path, port: int = 8080) -> str:
+Route = tuple[MappedRoute, Backend]
+
+
+def render(routes: list[Route], runtime_dir: Path, port: int = 8080, **kw: object) -> str:
     return render_nginx_config(
-        routes, listen_host="127.0.0.1", listen_port=port, runtime_dir=str(runtime_dir)
+        [r for r, _ in routes], [b for _, b in routes], listen_host="127.0.0.1",
+        listen_port=port, runtime_dir=str(runtime_dir), **kw,  # type: ignore[arg-type]
     )
 
 
 def route(host: str, backend: str) -> Route:
-    return Route(host=host, backend=backend, app_name="app", instance_guid=host + backend)
+    """``host`` mapped to an app of its own with one instance at ``backend``."""
+    guid = "app-" + host.replace(".", "-")[:60]
+    return (MappedRoute(guid="r-" + guid, host=host, domain="localhost", app_guid=guid,
+                        app_name="app"),
+            Backend(backend=backend, app_guid=guid, app_name="app",
+                    instance_guid="i-" + backend.replace(":", "-").strip("[]")))
 
 
 @pytest.fixture
@@ -109,9 +119,48 @@ def test_apply_of_an_invalid_config_returns_false_and_keeps_the_old_file(nginx: 
     assert nginx.config_path.read_text() == good
 
     assert nginx.apply(good.replace("keepalive 32;", "keepalive nope;")) is False
+    # A config render_nginx_config wrote, whose certificate file is gone.
+    missing = render([route("a.localhost", "127.0.0.1:61001")], nginx.runtime_dir,
+                     https_port=8443, certificates={"localhost": ("/nonexistent.pem",
+                                                                 "/nonexistent.key")})
+    assert "ssl_certificate" in missing
+    assert nginx.apply(missing) is False
     assert nginx.apply("this is not nginx config") is False
     assert nginx.config_path.read_text() == good
     assert not list(nginx.runtime_dir.glob("*.candidate"))
+
+
+@needs_nginx
+def test_a_rejected_config_leaves_nginx_serving_the_old_one(nginx: Nginx, backend: int) -> None:
+    port = free_port()
+    good = render([route("a.localhost", f"127.0.0.1:{backend}")], nginx.runtime_dir, port)
+    nginx.start(good, listen=("127.0.0.1", port))
+    bad = render([route("b.localhost", f"127.0.0.1:{backend}")], nginx.runtime_dir, port,
+                 https_port=free_port(),
+                 certificates={"localhost": ("/nonexistent.pem", "/nonexistent.key")})
+    assert nginx.apply(bad) is False
+    assert nginx.is_running() and nginx.config_path.read_text() == good
+    assert get(port, "a.localhost")[0] == 200
+    assert get(port, "b.localhost")[0] == 404
+
+
+@needs_nginx
+def test_a_certificate_nginx_cannot_load_is_reported(nginx: Nginx, tmp_path: Path) -> None:
+    import subprocess
+
+    pairs = []
+    for name in ("one", "two"):
+        key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", f"/CN={name}.example.com", "-keyout", str(key), "-out",
+                        str(cert)], check=True, capture_output=True)
+        pairs.append((str(cert), str(key)))
+    nginx.check_certificate(*pairs[0])
+    with pytest.raises(NginxConfigError):
+        nginx.check_certificate(pairs[0][0], pairs[1][1])  # another certificate's key
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    with pytest.raises(NginxConfigError):
+        nginx.check_certificate(str(tmp_path / "junk.pem"), pairs[0][1])
 
 
 @needs_nginx
@@ -154,6 +203,7 @@ def test_dead_backend_gives_503_page(nginx: Nginx) -> None:
     assert status == 503
     assert headers["X-Paas-Router-Error"] == "backend_unavailable"
     assert "no instance answering" in body
+    assert get(port, "b.localhost")[0] == 404
 
 
 @needs_nginx
@@ -192,3 +242,20 @@ def test_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
     n = Nginx("no-such-nginx-binary", tmp_path)
     with pytest.raises(NginxNotFoundError, match="PAAS_NGINX_BINARY"):
         n.start(render([], tmp_path))
+
+
+@needs_nginx
+def test_a_reload_does_not_wait_for_old_workers_to_finish_open_connections(
+    nginx: Nginx,
+) -> None:
+    """A WebSocket or stream keeps an old worker alive; the next change must not wait for it."""
+    port = free_port()
+    config = render([], nginx.runtime_dir, port)
+    nginx.start(config, listen=("127.0.0.1", port))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as busy:
+        busy.sendall(b"GET / HTTP/1.1\r\nHost: a.localhost\r\n")  # not finished yet
+        time.sleep(0.2)
+        for n in range(2):
+            started = time.monotonic()
+            assert nginx.apply(config.replace("# hosts:", f"# reload {n}, hosts:")) is True
+            assert time.monotonic() - started < nginx.drain_timeout / 2
