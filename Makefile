@@ -22,6 +22,7 @@ bench: setup
 	@$(VENV)/python bench/push.py
 	@$(VENV)/python bench/runtime.py
 	@$(VENV)/python bench/logs.py
+	@$(VENV)/python bench/router.py
 
 lint: setup
 	@$(VENV)/ruff check .

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import logging
 import os
 import re
@@ -31,6 +32,31 @@ _HINTS = {
     errno.EADDRNOTAVAIL: "set PAAS_ROUTER_HOST to an address of this machine",
 }
 _PR_SET_PDEATHSIG = 1
+# Seconds a retirement marker is kept: longer than render's worker_shutdown_timeout, after
+# which no worker of that config is left to look for it.
+RETIRED_MARKER_TTL = 330.0
+
+
+def _retired_dir(runtime_dir: Path) -> Path | None:
+    """A folder for retirement markers that nginx's workers can reach: they run as
+    ``nobody`` when nginx starts as root, and the runtime dir may be private (0700). Under
+    /run (or the temp dir), named for the runtime dir, owned by this user, not writable by
+    others. None (no marker: reloads close idle keep-alive connections abruptly) if that
+    cannot be made."""
+    digest = hashlib.sha256(str(runtime_dir).encode()).hexdigest()[:16]
+    for base in ("/run", tempfile.gettempdir()):
+        folder = Path(base) / f"paas-router-{digest}"
+        try:
+            folder.mkdir(mode=0o755, exist_ok=True)
+            info = folder.stat()
+            if info.st_uid != os.getuid() or info.st_mode & 0o022:
+                log.warning("%s is not this user's own folder; not using it", folder)
+                continue
+            folder.chmod(0o755)
+            return folder
+        except OSError:
+            continue
+    return None
 
 
 def _listen_error(address: str, err: int, reason: str, log_text: str = "") -> NginxStartError:
@@ -96,6 +122,7 @@ class Nginx:
         self.config_path = self.runtime_dir / "nginx.conf"
         self.error_log = self.runtime_dir / "error.log"
         self._proc: subprocess.Popen[bytes] | None = None
+        self.retired_dir = _retired_dir(self.runtime_dir)
 
     @property
     def pid(self) -> int | None:
@@ -234,6 +261,7 @@ class Nginx:
         candidate = self._write_candidate(config_text)
         try:
             self.test(candidate)
+            old_marker = self._retire_live_config()
             os.replace(candidate, self.config_path)
         except NginxConfigError as e:
             log.error("new nginx config rejected, keeping the old one: %s", e.output.strip())
@@ -242,10 +270,48 @@ class Nginx:
             candidate.unlink(missing_ok=True)  # already gone if it became the live config
         if self.is_running():
             assert self._proc is not None
+            if old_marker is not None:
+                # The live workers now answer with "Connection: close": give busy keep-alive
+                # clients time for one more request, so none is idle when they retire.
+                time.sleep(self.close_keepalive_for)
             old_workers = _children(self._proc.pid)
             self._proc.send_signal(signal.SIGHUP)
             _wait_not_accepting(old_workers, timeout=self.drain_timeout)
         return True
+
+    # How long the workers of a config being replaced close keep-alive connections after
+    # each answer before they are retired (added to the time a change takes to go live).
+    close_keepalive_for = 0.2
+
+    def _retire_live_config(self) -> Path | None:
+        """Create the retirement marker of the config nginx serves (see
+        :func:`router.render.retired_marker`); drop markers of configs long gone."""
+        from router.render import retired_marker
+
+        if not self.is_running():
+            return None
+        try:
+            live = self.config_path.read_text()
+        except OSError:
+            return None
+        if self.retired_dir is None:
+            return None
+        marker = retired_marker(live, str(self.retired_dir))
+        if marker is None:
+            return None
+        folder = self.retired_dir
+        now = time.time()
+        try:
+            folder.mkdir(mode=0o755, exist_ok=True)  # stop() removes it
+            for old in folder.iterdir():  # old workers are gone after worker_shutdown_timeout
+                if now - old.stat().st_mtime > RETIRED_MARKER_TTL:
+                    old.unlink(missing_ok=True)
+            Path(marker).touch()
+        except OSError as e:
+            log.warning("could not mark the old config's workers to close keep-alive "
+                        "connections (%s); this reload may reset a few", e)
+            return None
+        return Path(marker)
 
     # How long apply() waits at most for the workers of the old config to stop accepting
     # connections (they then finish their open requests on their own); until then a new
@@ -305,6 +371,8 @@ class Nginx:
             except subprocess.TimeoutExpired:
                 self._kill()
         self._proc = None
+        if self.retired_dir is not None:  # every worker that could look in it is gone
+            shutil.rmtree(self.retired_dir, ignore_errors=True)
         log.info("nginx stopped")
 
     def _kill(self) -> None:

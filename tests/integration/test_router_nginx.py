@@ -9,6 +9,7 @@ agents do, then send requests through nginx.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 import shutil
 import socket
@@ -500,45 +501,46 @@ def test_a_route_change_reaches_nginx_within_a_second(platform: Platform) -> Non
     assert platform.wait_answer("fast.localhost", status=404, timeout=3) < 1.0
 
 
-def retrying_session() -> requests.Session:
-    """A client that, like browsers, curl and Go's net/http, sends a GET again when a
-    kept-alive connection closes before any byte of the answer came back (RFC 9112, 9.3.1):
-    an old nginx worker closes its idle keep-alive connections when a reload retires it,
-    and a request already on its way meets the close."""
-    from urllib3.util.retry import Retry
-
-    session = requests.Session()
-    retry = Retry(total=1, connect=1, read=1, status=0, other=0, allowed_methods=["GET"],
-                  raise_on_status=False)
-    session.mount("http://", requests.adapters.HTTPAdapter(max_retries=retry))
-    return session
+def keep_alive_client(port: int, stop: Any, ready: Any, results: Any) -> None:
+    """GETs on one keep-alive connection (requests never retries) until ``stop``; puts
+    (answered, failures) on ``results``."""
+    done, failures = 0, []
+    with requests.Session() as session:
+        session.get(f"http://127.0.0.1:{port}/", headers={"Host": "storm.localhost"}, timeout=10)
+        ready.put(True)
+        while not stop.is_set():
+            try:
+                r = session.get(f"http://127.0.0.1:{port}/", headers={"Host": "storm.localhost"},
+                                timeout=10)
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text[:100]}")
+                done += 1
+            except requests.RequestException as e:
+                failures.append(repr(e))
+    results.put((done, failures))
 
 
 def test_a_reload_storm_fails_no_request(platform: Platform) -> None:
+    """Keep-alive clients that never retry (requests does not) see no error while the
+    config changes every 0.2 s: before each reload the old workers close every connection
+    after its answer, so none is idle when they are retired."""
     for i in range(2):
         platform.start_instance("storm", i)
     platform.start_instance("churn")
     platform.map(route("storm.localhost", "storm"))
     platform.wait_answer("storm.localhost")
     reloads_before = platform.router.reloads
-    stop = threading.Event()
-    failures: list[str] = []
-    done = [0]
-
-    def client() -> None:
-        with retrying_session() as session:
-            while not stop.is_set():
-                try:
-                    r = platform.get("storm.localhost", session=session)
-                    if r.status_code != 200:
-                        failures.append(f"{r.status_code} {r.text[:100]}")
-                    done[0] += 1
-                except requests.RequestException as e:
-                    failures.append(repr(e))
-
-    clients = [threading.Thread(target=client) for _ in range(4)]
+    # Clients in processes of their own: in this process the router's thread would hold
+    # them back (the GIL), and a client that pauses longer than the router's close window
+    # is an idle keep-alive client, whose next request may meet any close (a timeout's too).
+    ctx = multiprocessing.get_context("spawn")
+    stop, ready, results = ctx.Event(), ctx.Queue(), ctx.Queue()
+    clients = [ctx.Process(target=keep_alive_client, args=(platform.port, stop, ready, results))
+               for _ in range(4)]
     for t in clients:
         t.start()
+    for _ in clients:
+        ready.get(timeout=60)
     try:
         end = time.monotonic() + 5
         n = 0
@@ -553,10 +555,12 @@ def test_a_reload_storm_fails_no_request(platform: Platform) -> None:
             time.sleep(0.2)
     finally:
         stop.set()
+        outcomes = [results.get(timeout=20) for _ in clients]
         for t in clients:
             t.join(10)
+    failures = [f for _, fails in outcomes for f in fails]
     assert failures == []
-    assert done[0] > 100
+    assert sum(n for n, _ in outcomes) > 100
     assert platform.router.reloads - reloads_before >= 10
 
 

@@ -311,8 +311,9 @@ def test_each_app_and_balancing_has_one_upstream() -> None:
     assert text.count("    upstream app_") == 2
     text = render_scenario("several_routes_per_app")
     assert text.count("    upstream app_") == 1
-    # Two "" routes (one location each), one /store (two); each route has a stream location.
-    assert text.count(f"proxy_pass http://{upstream_name('guid-shop', 'round-robin')};") == 7
+    # Two "" routes (one location each), one /store (two); each route has a stream and a
+    # closing location.
+    assert text.count(f"proxy_pass http://{upstream_name('guid-shop', 'round-robin')};") == 10
 
 
 def test_path_routes_match_the_path_and_below_it_only() -> None:
@@ -582,3 +583,20 @@ def test_upstream_names_are_safe_and_distinct() -> None:
     assert all(n.startswith("app_") and n.replace("_", "").isalnum() for n in names)
 
 
+
+
+def test_a_config_names_its_generation_and_the_marker_that_retires_it() -> None:
+    from router.render import retired_marker
+
+    text = render_scenario("one_app")
+    marker = retired_marker(text, f"{RT}/retired")
+    assert marker is not None and marker.startswith(f"{RT}/retired/")
+    assert f'if (-f "{marker}") {{ return 420; }}' in text
+    assert render_scenario("one_app") == text  # the same input, the same generation
+    assert retired_marker(render_scenario("path_routes"), f"{RT}/retired") != marker
+    closing = section(text, "location @paas_closing_0 {")
+    assert "keepalive_timeout 0;" in closing and "proxy_pass http://app_" in closing
+    assert retired_marker("daemon off;", RT) is None
+    elsewhere = render_nginx_config([], [], listen_host="127.0.0.1", listen_port=8080,
+                                    runtime_dir=RT, retired_dir="/run/paas-router-x")
+    assert retired_marker(elsewhere, "/run/paas-router-x")
