@@ -40,27 +40,38 @@ class _Printer:
         self.out = sys.stdout
 
     def feed(self, response: requests.Response) -> None:
-        """Print every line of ``response`` as it comes; remember the last id."""
+        """Print every line of ``response`` as it comes; remember the last id.
+
+        The server sends a chunk per batch of lines, and each is written (and flushed) at
+        once: with ``--json``, a chunk of lines only is passed on whole, as the server sent
+        it, and only its last line read (for its id)."""
         pending = b""
         for chunk in response.iter_content(chunk_size=65536):
             pending += chunk
-            *complete, pending = pending.split(b"\n")
+            end = pending.rfind(b"\n") + 1
+            if not end:
+                continue
+            block, pending = pending[:end], pending[end:]
+            if self.as_json and b'"ping"' not in block and b"\n\n" not in block \
+                    and not block.startswith(b"\n"):
+                last = block[block.rfind(b"\n", 0, end - 1) + 1:]
+                self.last_id = json.loads(last).get("id") or self.last_id
+                self.out.write(block.decode())
+                self.out.flush()
+                continue
             printed: list[str] = []
-            for raw in complete:
+            for raw in block.split(b"\n"):
                 if not raw.strip():
-                    continue
-                if self.as_json and b'"ping"' not in raw:
-                    printed.append(raw.decode())  # as the server sent it: one object
                     continue
                 obj = json.loads(raw)
                 if obj.get("id"):
                     self.last_id = obj["id"]
-                if not obj.get("ping"):
-                    printed.append(format_line(obj))
+                if obj.get("ping"):
+                    continue
+                printed.append(raw.decode() if self.as_json else format_line(obj))
             if printed:
-                if self.as_json:  # the last line's id, to resume after it
-                    self.last_id = json.loads(printed[-1]).get("id") or self.last_id
-                self.out.write("\n".join(printed) + "\n")
+                printed.append("")
+                self.out.write("\n".join(printed))
                 self.out.flush()
 
 

@@ -19,9 +19,9 @@ import calendar
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from json.encoder import encode_basestring_ascii as _json_str  # type: ignore[attr-defined]
+from typing import Any, NamedTuple
 
 import redis
 
@@ -33,8 +33,9 @@ APP, STG, RTR, API, HEALTH = "APP", "STG", "RTR", "API", "HEALTH"
 SOURCES = (APP, STG, RTR, API, HEALTH)
 
 
-@dataclass(frozen=True)
-class LogLine:
+class LogLine(NamedTuple):
+    """One line (a tuple: a busy app makes tens of thousands a second)."""
+
     t: float
     src: str
     line: str
@@ -48,16 +49,32 @@ class LogLine:
 
     @classmethod
     def from_fields(cls, fields: dict[Any, Any]) -> LogLine:
-        def get(name: str) -> str:
-            value = fields.get(name.encode(), fields.get(name, b""))
-            return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
+        """The line of a stream entry's fields (bytes from Redis, or str)."""
+        get = fields.get
+        values = [get(b"t", get("t", b"")), get(b"src", get("src", b"")),
+                  get(b"line", get("line", b"")), get(b"proc", get("proc", b"")),
+                  get(b"idx", get("idx", b"")), get(b"fd", get("fd", b""))]
         try:
-            t = float(get("t") or 0)
+            t = float(values[0] or 0)
         except ValueError:
             t = 0.0
-        return cls(t=t, src=get("src"), line=get("line"), proc=get("proc"), idx=get("idx"),
-                   fd=get("fd"))
+        src, line, proc, idx, fd = (v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+                                    for v in values[1:])
+        return cls(t, src, line, proc, idx, fd)
+
+    @classmethod
+    def from_flat(cls, flat: list[bytes]) -> LogLine:
+        """The line of a stream entry's fields as Redis sends them, names and values in
+        turn, without redis-py's dict per entry."""
+        if flat[0::2] != _FIELD_NAMES:  # another writer's order
+            return cls.from_fields(dict(zip(flat[0::2], flat[1::2], strict=False)))
+        t, src, proc, idx, fd, line = flat[1::2]
+        try:
+            at = float(t or 0)
+        except ValueError:
+            at = 0.0
+        return cls(at, src.decode(), line.decode("utf-8", "replace"), proc.decode(),
+                   idx.decode(), fd.decode())
 
     @property
     def tag(self) -> str:
@@ -73,10 +90,57 @@ class LogLine:
                                   "fd": self.fd or None, "text": self.line}
         return out
 
+    def json(self, entry_id: str = "") -> str:
+        """``json.dumps(self.to_dict(entry_id))``, made directly (the follow endpoint makes
+        one per line)."""
+        return (f'{{"id": {_json_str(entry_id)}, "time": "{iso_time(self.t)}", '
+                f'{_json_tags(self.src, self.proc, self.idx, self.fd)}'
+                f'"text": {_json_str(self.line)}}}')
+
     def format(self) -> str:
         """``2026-11-29T19:01:02.123Z [APP/WEB/0] text``; stderr lines read ``ERR text``."""
         err = "ERR " if self.fd == "err" else ""
         return f"{iso_time(self.t)} [{self.tag}] {err}{self.line}"
+
+
+_JSON_TAGS: dict[tuple[Any, Any, Any, Any], str] = {}  # the JSON's middle, by tags
+
+
+def _json_tags(src: Any, proc: Any, idx: Any, fd: Any) -> str:
+    """``"source": ..., "process_type": ..., "instance": ..., "fd": ..., `` of a line's JSON
+    (str or bytes tags; made once per kind of line)."""
+    key = (src, proc, idx, fd)
+    tags = _JSON_TAGS.get(key)
+    if tags is None:
+        if len(_JSON_TAGS) > 4096:
+            _JSON_TAGS.clear()
+        src, proc, idx, fd = (x.decode("utf-8", "replace") if isinstance(x, bytes) else x
+                              for x in key)
+        tags = _JSON_TAGS[key] = (
+            f'"source": {_json_str(src)}, '
+            f'"process_type": {_json_str(proc) if proc else "null"}, '
+            f'"instance": {int(idx) if idx.isdigit() else "null"}, '
+            f'"fd": {_json_str(fd) if fd else "null"}, ')
+    return tags
+
+
+def entry_json(entry_id: str, flat: list[bytes]) -> tuple[str, str, str]:
+    """(source, instance index, the line's JSON as :meth:`LogLine.json` makes it) of a
+    stream entry as Redis sends it: without a LogLine, as the follow endpoint makes one per
+    line."""
+    if flat[0::2] != _FIELD_NAMES:
+        line = LogLine.from_flat(flat)
+        return line.src, line.idx, line.json(entry_id)
+    t, src, proc, idx, fd, text = flat[1::2]
+    try:
+        at = float(t or 0)
+    except ValueError:
+        at = 0.0
+    return (src.decode(), idx.decode(),
+            f'{{"id": {_json_str(entry_id)}, "time": "{iso_time(at)}", '
+            f'{_json_tags(src, proc, idx, fd)}"text": '
+            f'{_json_str(text.decode("utf-8", "replace"))}}}')
+_FIELD_NAMES = [b"t", b"src", b"proc", b"idx", b"fd", b"line"]  # as fields() orders them
 
 
 def _bulk(data: bytes) -> bytes:
@@ -121,10 +185,18 @@ class TokenBucket:
         return self.tokens
 
     def take(self, now: float) -> bool:
-        if self.tokens < 1 and self.refill(now) < 1:
-            return False
-        self.tokens -= 1
-        return True
+        return self.take_many(now, 1) == 1
+
+    def take_many(self, now: float, count: int) -> int:
+        """Spend up to ``count`` tokens, one a line; how many it could (as ``take`` that
+        many times at ``now``)."""
+        got = min(count, int(self.tokens))
+        self.tokens -= got
+        if got < count and self.refill(now) >= 1:
+            more = min(count - got, int(self.tokens))
+            self.tokens -= more
+            got += more
+        return got
 
 
 def dropped_line(count: int, rate: float) -> str:
@@ -176,24 +248,23 @@ class AppLogWriter:
         """Buffer ``lines`` (in order) as far as the app's rate limit lets them; returns how
         many were buffered."""
         now = self.clock()
-        kept = 0
         with self.lock:
             bucket = self.buckets.get(app_guid)
             if bucket is None:
                 bucket = self.buckets[app_guid] = TokenBucket(self.rate, self.rate, now)
-            pending = self.pending.setdefault(app_guid, [])
-            for line in lines:
-                if not bucket.take(now):
-                    self.dropped[app_guid] = self.dropped.get(app_guid, 0) + 1
-                    continue
-                if app_guid in self.dropped:
-                    self._admit_dropped(app_guid, line.t)
-                if len(line.line) * 4 > self.max_bytes:
-                    line = LogLine(line.t, line.src, cut(line.line, self.max_bytes),
-                                   line.proc, line.idx, line.fd)
-                pending.append(line)
-                kept += 1
-            self.pending_count += kept
+            kept = bucket.take_many(now, len(lines))
+            if kept:
+                if app_guid in self.dropped:  # lines pass again: first, how many did not
+                    self._admit_dropped(app_guid, lines[0].t)
+                most = self.max_bytes
+                pending = self.pending.setdefault(app_guid, [])
+                for line in lines[:kept] if kept < len(lines) else lines:
+                    if len(line.line) * 4 > most:
+                        line = line._replace(line=cut(line.line, most))
+                    pending.append(line)
+                self.pending_count += kept
+            if kept < len(lines):
+                self.dropped[app_guid] = self.dropped.get(app_guid, 0) + len(lines) - kept
             return kept
 
     def _admit_dropped(self, app_guid: str, t: float) -> None:
@@ -246,11 +317,14 @@ class AppLogWriter:
             return
         parts = [b"*%d\r\n$4\r\nEVAL\r\n" % (5 + 6 * len(lines)), _bulk(_XADD_MANY.encode()),
                  b"$1\r\n1\r\n", _bulk(key.encode()), _bulk(str(self.max_lines).encode())]
-        for line in lines:
-            parts.append(b"".join([
-                _bulk(f"{line.t:.6f}".encode()), _bulk(line.src.encode()),
-                _bulk(line.proc.encode()), _bulk(line.idx.encode()), _bulk(line.fd.encode()),
-                _bulk(line.line.encode("utf-8", "replace"))]))
+        tags: dict[tuple[str, str, str, str], bytes] = {}  # src, proc, idx, fd: packed
+        for t, src, text, proc, idx, fd in lines:
+            tag = tags.get((src, proc, idx, fd))
+            if tag is None:
+                tag = tags[src, proc, idx, fd] = b"".join(
+                    _bulk(x.encode()) for x in (src, proc, idx, fd))
+            stamp, raw = b"%.6f" % t, text.encode("utf-8", "replace")
+            parts.append(b"$%d\r\n%s\r\n%s$%d\r\n%s\r\n" % (len(stamp), stamp, tag, len(raw), raw))
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
@@ -305,11 +379,24 @@ class DockerTime:
         self._seconds: dict[bytes, int] = {}
 
     def ns(self, stamp: bytes) -> int:
-        whole, _, frac = stamp.rstrip(b"Z").partition(b".")
+        whole, frac = stamp[:19], stamp[20:-1]  # ...T19:01:02 . 123456789 Z
+        if stamp[19:20] != b"." or stamp[-1:] != b"Z":
+            whole, _, frac = stamp.rstrip(b"Z").partition(b".")
         seconds = self._seconds.get(whole)
         if seconds is None:
             seconds = calendar.timegm(time.strptime(whole.decode(), "%Y-%m-%dT%H:%M:%S"))
             if len(self._seconds) > 4096:
                 self._seconds.clear()
             self._seconds[whole] = seconds
-        return seconds * 1_000_000_000 + int((frac + b"000000000")[:9] or 0)
+        return seconds * 1_000_000_000 + int(frac[:9].ljust(9, b"0") or 0)
+
+    def ns_text(self, stamp: str) -> int:
+        """:meth:`ns` of a timestamp as text."""
+        if stamp[19:20] != "." or stamp[-1:] != "Z":
+            return self.ns(stamp.encode())
+        whole = stamp[:19]
+        seconds = self._seconds.get(whole)
+        if seconds is None:
+            seconds = self.ns(whole.encode() + b"Z") // 1_000_000_000
+            self._seconds[whole] = seconds
+        return seconds * 1_000_000_000 + int(stamp[20:-1][:9].ljust(9, "0") or 0)

@@ -22,7 +22,7 @@ import redis
 from flask import Response, current_app, request
 
 from contracts import keys
-from contracts.applog import SOURCES, LogLine
+from contracts.applog import API, SOURCES, LogLine, entry_json
 from controller.api import v1
 from controller.api.apps import find_app
 from controller.auth import Action
@@ -32,6 +32,9 @@ PING_EVERY = 10.0
 BLOCK_MS = 1000
 DEFAULT_LINES = 1000
 PAGE = 1000
+FOLLOW_COUNT = 5000  # entries a read of a followed stream takes at most
+SKIPPED = ("lines were skipped here: this client fell more than the stream's cap "
+           "({cap:,} lines) behind")
 
 
 class Filter:
@@ -39,9 +42,12 @@ class Filter:
         self.sources, self.instance = sources, instance
 
     def __call__(self, line: LogLine) -> bool:
-        if self.sources is not None and line.src not in self.sources:
+        return self.passes(line.src, line.idx)
+
+    def passes(self, src: str, idx: str) -> bool:
+        if self.sources is not None and src not in self.sources:
             return False
-        return self.instance is None or line.idx == self.instance
+        return self.instance is None or idx == self.instance
 
 
 def _flag(name: str) -> bool:
@@ -87,14 +93,65 @@ def app_logs(name: str):  # noqa: ANN201
     keep, lines, recent, follow, after = _params()
     client: redis.Redis = current_app.extensions["paas.redis"]
     stream = keys.app_log(app.guid)
-    return Response(_lines(client, stream, keep, lines, recent, follow, after),
+    cap = current_app.config["PAAS_SETTINGS"].log_lines_per_app
+    return Response(_lines(client, stream, keep, lines, recent, follow, after, cap),
                     mimetype="application/x-ndjson",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def _dump(entry_id: bytes | str, fields: dict) -> tuple[str, LogLine]:
-    ident = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return ident, LogLine.from_fields(fields)
+def _ident(entry_id: bytes | str) -> str:
+    return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+
+
+def read_after(client: redis.Redis, stream: str, last_id: str,
+               ) -> list[tuple[str, str, str, str]]:
+    """(id, source, instance index, JSON line) of up to ``FOLLOW_COUNT`` entries after
+    ``last_id``, waiting up to ``BLOCK_MS`` for one.
+
+    The reply is read as Redis sends it and each entry made into its JSON line at once
+    (redis-py would make a dict per entry, and a LogLine between costs as much again: more
+    than the rest of the follow loop); other clients (test fakes) are asked through
+    ``xread``.
+    """
+    if not isinstance(client, redis.Redis):
+        replies = client.xread({stream: last_id}, block=BLOCK_MS, count=FOLLOW_COUNT) or []
+        lines = [(_ident(i), LogLine.from_fields(f)) for _name, items in replies
+                 for i, f in items]
+        return [(i, line.src, line.idx, line.json(i)) for i, line in lines]
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_command("XREAD", "COUNT", FOLLOW_COUNT, "BLOCK", BLOCK_MS, "STREAMS",
+                          stream, last_id)
+        reply = conn.read_response()
+    except BaseException:
+        conn.disconnect()  # a half-read reply must not reach the next user
+        raise
+    finally:
+        pool.release(conn)
+    if isinstance(reply, Exception):
+        raise reply
+    if not reply:
+        return []
+    # RESP2: [[stream, items]]; RESP3: {stream: items}
+    items = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+    out = []
+    for entry_id, flat in items:
+        ident = entry_id.decode()
+        out.append((ident, *entry_json(ident, flat)))
+    return out
+
+
+def _id_key(ident: str | bytes) -> tuple[int, int]:
+    ms, _, seq = _ident(ident).partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _trimmed_past(client: redis.Redis, stream: str, last_id: str) -> bool:
+    """Whether the stream's cap has removed the line after ``last_id`` already, unread: a
+    client this far behind (a whole cap of lines) may have missed lines."""
+    oldest = client.xrange(stream, count=1)
+    return bool(oldest) and last_id != "0-0" and _id_key(oldest[0][0]) > _id_key(last_id)
 
 
 def recent_lines(client: redis.Redis, stream: str, keep: Filter, count: int,
@@ -108,7 +165,7 @@ def recent_lines(client: redis.Redis, stream: str, keep: Filter, count: int,
         if not page:
             break
         for entry_id, fields in page:
-            ident, line = _dump(entry_id, fields)
+            ident, line = _ident(entry_id), LogLine.from_fields(fields)
             last_id = last_id or ident
             if keep(line):
                 found.append((ident, line))
@@ -116,44 +173,47 @@ def recent_lines(client: redis.Redis, stream: str, keep: Filter, count: int,
                     break
         if len(page) < PAGE:
             break
-        upper = f"({_dump(page[-1][0], {})[0]}"
+        upper = f"({_ident(page[-1][0])}"
     found.reverse()
     return found, last_id or "0-0"
 
 
 def _lines(client: redis.Redis, stream: str, keep: Filter, count: int, recent: bool,
-           follow: bool, after: str | None) -> Iterator[str]:
+           follow: bool, after: str | None, cap: int = 0) -> Iterator[str]:
     if follow:
         yield json.dumps({"ping": True}) + "\n"  # headers out now: the client is connected
     last_id = after
     if recent:
         found, newest = recent_lines(client, stream, keep, count)
-        for ident, line in found:
-            yield json.dumps(line.to_dict(ident)) + "\n"
+        for start in range(0, len(found), PAGE):
+            yield "".join(line.json(ident) + "\n" for ident, line in found[start:start + PAGE])
         last_id = last_id or newest
     if not follow:
         return
     if last_id is None:
         newest = client.xrevrange(stream, count=1)
-        last_id = _dump(newest[0][0], {})[0] if newest else "0-0"
-    last_sent = time.monotonic()
+        last_id = _ident(newest[0][0]) if newest else "0-0"
+    # A client that resumes, or reads a whole reply's worth behind, may be past the cap.
+    last_sent, behind = time.monotonic(), after is not None
     while True:
+        out = []
         try:
-            entries = client.xread({stream: last_id}, block=BLOCK_MS, count=PAGE)
+            if behind and _trimmed_past(client, stream, last_id):
+                out.append(LogLine(time.time(), API, SKIPPED.format(cap=cap)).json(""))
+            entries = read_after(client, stream, last_id)
         except redis.RedisError:
             # Redis restarts: the client keeps its connection and gets what comes next.
             time.sleep(1.0)
             entries = []
-        out = []
-        for _name, items in entries or []:
-            for entry_id, fields in items:
-                ident, line = _dump(entry_id, fields)
-                last_id = ident
-                if keep(line):
-                    out.append(json.dumps(line.to_dict(ident)))
-        if out:
+        behind = len(entries) >= FOLLOW_COUNT
+        passes = keep.passes
+        out += [text for _ident, src, idx, text in entries if passes(src, idx)]
+        if entries:
+            last_id = entries[-1][0]
+        if out:  # one chunk a reply: a busy stream is not one write a line
             last_sent = time.monotonic()
-            yield "\n".join(out) + "\n"
+            out.append("")
+            yield "\n".join(out)
         elif time.monotonic() - last_sent >= PING_EVERY:
             last_sent = time.monotonic()
             yield json.dumps({"ping": True, "id": last_id}) + "\n"

@@ -92,7 +92,11 @@ def test_a_live_follow_prints_lines_as_they_come(platform, log_app):  # noqa: AN
         got: list[str] = []
         deadline = time.monotonic() + 20
         n = 0
-        while time.monotonic() < deadline and not any("live-" in g for g in got):
+        def both() -> bool:  # (an RTR line of the request may come first)
+            return any("[APP/WEB/0] out live-" in g for g in got) and \
+                any("[APP/WEB/0] ERR err live-" in g for g in got)
+
+        while time.monotonic() < deadline and not both():
             n += 1
             get(platform, f"/say/live-{n}")  # again until the follower is connected
             try:
