@@ -8,7 +8,15 @@ import click
 from rich.table import Table
 
 from cli.client import Client
-from cli.main import _print_app, _wait_for_release, client, console, main, parse_memory
+from cli.main import (
+    _print_app,
+    _wait_for_cutover,
+    _wait_for_release,
+    client,
+    console,
+    main,
+    parse_memory,
+)
 
 
 def waiting(command):  # noqa: ANN001, ANN201
@@ -53,6 +61,7 @@ def _roll(api: Client, name: str, release: dict, wait: bool, timeout: float) -> 
     if status["status"] == "FAILED":
         raise click.ClickException(f"release {version} did not start, so the previous release "
                                    f"keeps serving: {status['error']}")
+    _wait_for_cutover(api, name, version)  # as a push does: no old instance answers after
     console.print(f"Release {version} serves.")
 
 

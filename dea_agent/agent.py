@@ -175,7 +175,7 @@ class Agent:
                  instance.process_type, instance.index, instance.release)
         self.publish(force=True)
 
-    def _wait_for_router(self, since: float, timeout: float = 2.0) -> None:
+    def _wait_for_router(self, since: float, timeout: float = 5.0) -> None:
         """Wait until the router has read the route table published at ``since``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -124,7 +124,8 @@ def test_https_for_a_private_domain_with_wildcard_and_redirect(platform, apps, t
 
     assert wait_for(lambda: https("www.secure.test").startswith("va "), timeout=5), \
         https("www.secure.test")
-    assert https("any.secure.test").startswith("vb ")
+    assert wait_for(lambda: https("any.secure.test").startswith("vb "), timeout=5), \
+        https("any.secure.test")
     redirect = get(platform, "www.secure.test", "/x?y=1")
     assert redirect.status_code == 308
     assert redirect.headers["Location"] == f"https://www.secure.test:{port}/x?y=1"
