@@ -238,7 +238,7 @@ class Router:
             access_log_path=str(self.access_log.path) if self.access_log else None,
             max_body_mb=self.settings.router_max_body_mb,
             sticky_cookies=self.sticky_cookies,
-            retired_dir=str(getattr(self.nginx, "retired_dir", None) or "") or None,
+            retired_dir=str(getattr(self.nginx, "retired_dir", "")) or None,
         )
 
     def start(self) -> None:

@@ -37,26 +37,13 @@ _PR_SET_PDEATHSIG = 1
 RETIRED_MARKER_TTL = 330.0
 
 
-def _retired_dir(runtime_dir: Path) -> Path | None:
-    """A folder for retirement markers that nginx's workers can reach: they run as
-    ``nobody`` when nginx starts as root, and the runtime dir may be private (0700). Under
-    /run (or the temp dir), named for the runtime dir, owned by this user, not writable by
-    others. None (no marker: reloads close idle keep-alive connections abruptly) if that
-    cannot be made."""
+def _retired_dir(runtime_dir: Path) -> Path:
+    """Where retirement markers go: a folder nginx's workers can reach (they run as
+    ``nobody`` when nginx starts as root, and the runtime dir may be private, 0700), under
+    /run (or the temp dir), named for the runtime dir. Made at the first reload."""
     digest = hashlib.sha256(str(runtime_dir).encode()).hexdigest()[:16]
-    for base in ("/run", tempfile.gettempdir()):
-        folder = Path(base) / f"paas-router-{digest}"
-        try:
-            folder.mkdir(mode=0o755, exist_ok=True)
-            info = folder.stat()
-            if info.st_uid != os.getuid() or info.st_mode & 0o022:
-                log.warning("%s is not this user's own folder; not using it", folder)
-                continue
-            folder.chmod(0o755)
-            return folder
-        except OSError:
-            continue
-    return None
+    base = "/run" if os.access("/run", os.W_OK) else tempfile.gettempdir()
+    return Path(base) / f"paas-router-{digest}"
 
 
 def _listen_error(address: str, err: int, reason: str, log_text: str = "") -> NginxStartError:
@@ -294,8 +281,6 @@ class Nginx:
             live = self.config_path.read_text()
         except OSError:
             return None
-        if self.retired_dir is None:
-            return None
         marker = retired_marker(live, str(self.retired_dir))
         if marker is None:
             return None
@@ -303,6 +288,12 @@ class Nginx:
         now = time.time()
         try:
             folder.mkdir(mode=0o755, exist_ok=True)  # stop() removes it
+            info = folder.stat()
+            if info.st_uid != os.getuid() or info.st_mode & 0o022:
+                log.warning("%s is not this user's own folder; reloads may reset a few "
+                            "keep-alive requests", folder)
+                return None
+            folder.chmod(0o755)  # whatever the umask: nginx's workers must get in
             for old in folder.iterdir():  # old workers are gone after worker_shutdown_timeout
                 if now - old.stat().st_mtime > RETIRED_MARKER_TTL:
                     old.unlink(missing_ok=True)
@@ -371,8 +362,7 @@ class Nginx:
             except subprocess.TimeoutExpired:
                 self._kill()
         self._proc = None
-        if self.retired_dir is not None:  # every worker that could look in it is gone
-            shutil.rmtree(self.retired_dir, ignore_errors=True)
+        shutil.rmtree(self.retired_dir, ignore_errors=True)  # no worker looks in it now
         log.info("nginx stopped")
 
     def _kill(self) -> None:
