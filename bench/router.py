@@ -54,6 +54,8 @@ sys.path.insert(0, str(ROOT))
 from contracts import keys  # noqa: E402
 from contracts.messages import Backend  # noqa: E402
 from contracts.routing import MappedRoute, RouteTable, write_route_table  # noqa: E402
+from launcher.sandbox import free_ports  # noqa: E402
+from router.nginx import child_pids  # noqa: E402
 
 APPS = 100
 TARGET = 50  # the app wrk asks for: app-050.localhost
@@ -156,19 +158,6 @@ def need(binary: str, package: str) -> str:
         raise SystemExit(f"the router benchmark needs {binary}: install it with "
                          f"`sudo apt-get install {package}` (or run `make setup`)")
     return found
-
-
-def free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def get(port: int, host: str) -> tuple[int, str]:
@@ -403,20 +392,6 @@ class RouterUnderTest:
             return None
 
 
-def _children(pid: int) -> set[int]:
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rpartition(")")[2].split()
-            if len(fields) > 1 and fields[1] == str(pid):
-                found.add(int(entry))
-    return found
-
-
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -442,7 +417,7 @@ class Target:
     router: int | None = None
 
     def run(self, wrk: Wrk, seconds: float) -> Result:
-        workers = _children(self.master() or -1)
+        workers = child_pids(self.master() or -1)
         helper = {self.router} if self.router else set()
         before = cpu_seconds(workers), cpu_seconds(helper)
         result = wrk.run(self.port, seconds)
@@ -467,7 +442,7 @@ class EverySecond:
         self.error: Exception | None = None
 
     def __enter__(self) -> EverySecond:
-        self.before = _children(self.master() or -1)
+        self.before = child_pids(self.master() or -1)
         self.thread.start()
         return self
 
@@ -483,7 +458,7 @@ class EverySecond:
                     self.change(self.changes)
                     self.changes += 1
                     next_change += 1.0
-                self.workers |= _children(self.master() or -1)
+                self.workers |= child_pids(self.master() or -1)
                 self.stop.wait(0.05)
         except Exception as e:  # noqa: BLE001 - reported by the caller
             self.error = e

@@ -23,7 +23,6 @@ import argparse
 import json
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,7 +49,7 @@ from contracts.messages import (  # noqa: E402
     Heartbeat,
 )
 from dea_agent.instances import CONTAINER_PORT, LAUNCH, RUN_USER  # noqa: E402
-from launcher.sandbox import Sandbox, paas_command  # noqa: E402
+from launcher.sandbox import Sandbox, free_ports, paas_command  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "runtime-app"
 INDEX_RE = re.compile(r"index=(\d+)")
@@ -230,7 +229,7 @@ class Bench:
         image = config["Image"]
         env = [e for e in config["Env"] if not e.startswith("INSTANCE_INDEX=")]
         memory = template.attrs["HostConfig"]["Memory"]
-        ports = _free_ports(count)
+        ports = free_ports(count)
         started = time.monotonic()
         done: list[float] = []
         errors: list[str] = []
@@ -275,19 +274,6 @@ class Bench:
         if errors:
             raise SystemExit("the docker run floor failed: " + "; ".join(errors))
         return elapsed
-
-
-def _free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def main() -> None:

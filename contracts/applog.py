@@ -18,7 +18,7 @@ from __future__ import annotations
 import calendar
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii as _json_str  # type: ignore[attr-defined]
 from typing import Any, NamedTuple
@@ -141,6 +141,24 @@ def entry_json(entry_id: str, flat: list[bytes]) -> tuple[str, str, str]:
             f'{_json_tags(src, proc, idx, fd)}"text": '
             f'{_json_str(text.decode("utf-8", "replace"))}}}')
 _FIELD_NAMES = [b"t", b"src", b"proc", b"idx", b"fd", b"line"]  # as fields() orders them
+
+
+def raw_reply(client: redis.Redis, send: Callable[[Any], None]) -> Any:
+    """The reply, unparsed by redis-py's response callbacks, to what ``send(connection)``
+    writes on a connection of ``client``'s pool; an error reply is raised."""
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        send(conn)
+        reply = conn.read_response()
+    except BaseException:
+        conn.disconnect()  # a half-read reply must not reach the next user
+        raise
+    finally:
+        pool.release(conn)
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
 
 
 def _bulk(data: bytes) -> bytes:
@@ -325,18 +343,7 @@ class AppLogWriter:
                     _bulk(x.encode()) for x in (src, proc, idx, fd))
             stamp, raw = b"%.6f" % t, text.encode("utf-8", "replace")
             parts.append(b"$%d\r\n%s\r\n%s$%d\r\n%s\r\n" % (len(stamp), stamp, tag, len(raw), raw))
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
-        try:
-            conn.send_packed_command([b"".join(parts)])
-            reply = conn.read_response()
-        except BaseException:
-            conn.disconnect()  # a half-read reply must not reach the next user
-            raise
-        finally:
-            pool.release(conn)
-        if isinstance(reply, Exception):
-            raise reply
+        raw_reply(self.client, lambda conn: conn.send_packed_command([b"".join(parts)]))
 
     def write(self, app_guid: str, lines: Iterable[LogLine]) -> None:
         """Add ``lines`` and flush at once."""

@@ -53,6 +53,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports on 127.0.0.1 (all held until all are found)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def port_blocks(first: int = PORT_BLOCKS_FIRST, last: int = PORT_BLOCKS_LAST,
                 size: int = PORT_BLOCK_SIZE) -> list[tuple[int, int]]:
     """Every whole block of ``size`` ports in ``first..last``, as (min, max) pairs."""

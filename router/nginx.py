@@ -261,7 +261,7 @@ class Nginx:
                 # The live workers now answer with "Connection: close": give busy keep-alive
                 # clients time for one more request, so none is idle when they retire.
                 time.sleep(self.close_keepalive_for)
-            old_workers = _children(self._proc.pid)
+            old_workers = child_pids(self._proc.pid)
             self._proc.send_signal(signal.SIGHUP)
             _wait_not_accepting(old_workers, timeout=self.drain_timeout)
         return True
@@ -378,7 +378,7 @@ class Nginx:
         self._proc = None
 
 
-def _children(pid: int) -> set[int]:
+def child_pids(pid: int) -> set[int]:
     """The processes whose parent is ``pid`` (nginx's workers), read from /proc."""
     found = set()
     for entry in os.listdir("/proc"):

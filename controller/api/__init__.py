@@ -8,7 +8,7 @@ from flask import Blueprint, Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from controller.auth import identify
-from controller.errors import ControllerError
+from controller.errors import ControllerError, InvalidInput
 
 log = logging.getLogger("paas.controller")
 
@@ -21,6 +21,16 @@ def _authenticate() -> None:
     if request.endpoint in PUBLIC_ENDPOINTS:
         return
     g.identity = identify(g.db)
+
+
+def json_body() -> dict[str, object]:
+    """The request's JSON object ({} without a body); a 400 for any other JSON."""
+    body = request.get_json(silent=True)
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise InvalidInput("the request body must be a JSON object.")
+    return body
 
 
 def error_body(message: str, detail: object = None) -> dict[str, object]:

@@ -22,7 +22,7 @@ import redis
 from flask import Response, current_app, request
 
 from contracts import keys
-from contracts.applog import API, SOURCES, LogLine, entry_json
+from contracts.applog import API, SOURCES, LogLine, entry_json, raw_reply
 from controller.api import v1
 from controller.api.apps import find_app
 from controller.auth import Action
@@ -118,19 +118,8 @@ def read_after(client: redis.Redis, stream: str, last_id: str,
         lines = [(_ident(i), LogLine.from_fields(f)) for _name, items in replies
                  for i, f in items]
         return [(i, line.src, line.idx, line.json(i)) for i, line in lines]
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    try:
-        conn.send_command("XREAD", "COUNT", FOLLOW_COUNT, "BLOCK", BLOCK_MS, "STREAMS",
-                          stream, last_id)
-        reply = conn.read_response()
-    except BaseException:
-        conn.disconnect()  # a half-read reply must not reach the next user
-        raise
-    finally:
-        pool.release(conn)
-    if isinstance(reply, Exception):
-        raise reply
+    reply = raw_reply(client, lambda conn: conn.send_command(
+        "XREAD", "COUNT", FOLLOW_COUNT, "BLOCK", BLOCK_MS, "STREAMS", stream, last_id))
     if not reply:
         return []
     # RESP2: [[stream, items]]; RESP3: {stream: items}

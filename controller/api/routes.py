@@ -6,7 +6,7 @@ from flask import current_app, g, jsonify, request
 from sqlalchemy import select
 
 from controller import events, routing
-from controller.api import v1
+from controller.api import json_body, v1
 from controller.api.apps import find_app
 from controller.auth import Action, current_identity
 from controller.errors import InvalidInput, NotFound
@@ -15,15 +15,6 @@ from controller.models import Certificate, Domain, Route
 
 def _redis():  # noqa: ANN202
     return current_app.extensions["paas.redis"]
-
-
-def _body() -> dict:
-    body = request.get_json(silent=True)
-    if body is None:
-        return {}
-    if not isinstance(body, dict):
-        raise InvalidInput("the request body must be a JSON object.")
-    return body
 
 
 def _text(body: dict, key: str) -> str | None:
@@ -54,7 +45,7 @@ def list_domains():  # noqa: ANN201
 
 @v1.post("/domains")
 def create_domain():  # noqa: ANN201
-    body = _body()
+    body = json_body()
     ident = current_identity()
     domain = routing.create_domain(g.db, ident, _text(body, "name") or "",
                                    shared=bool(body.get("shared")))
@@ -95,7 +86,7 @@ def app_routes(name: str):  # noqa: ANN201
 def map_route(name: str):  # noqa: ANN201
     """Map hostname.domain/path to the app (or change the options of one it has)."""
     app = find_app(name, Action.WRITE)
-    body = _body()
+    body = json_body()
     ident = current_identity()
     redirect = body.get("https_redirect")
     if redirect is not None and not isinstance(redirect, bool):
@@ -142,7 +133,7 @@ def put_certificate(domain_name: str):  # noqa: ANN201
     ident = current_identity()
     domain = routing.find_domain(g.db, domain_name)
     routing.check_domain_owner(ident, domain)
-    body = _body()
+    body = json_body()
     cert, key = _text(body, "cert"), _text(body, "key")
     if not cert or not key:
         raise InvalidInput("give both the certificate and its key (--cert FILE --key FILE).")

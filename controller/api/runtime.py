@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 
-from flask import current_app, g, jsonify, request
+from flask import current_app, g, jsonify
 from sqlalchemy import select
 
 from contracts.messages import Heartbeat
 from controller import events, releases
 from controller.actual import nudge, read_heartbeats
-from controller.api import v1
+from controller.api import json_body, v1
 from controller.api.apps import find_app, present_app
 from controller.auth import Action, current_identity
 from controller.errors import Conflict, InvalidInput, NotFound
@@ -22,15 +22,6 @@ MAX_INSTANCES = 100
 
 def _redis():  # noqa: ANN202
     return current_app.extensions["paas.redis"]
-
-
-def _body() -> dict[str, object]:
-    body = request.get_json(silent=True)
-    if body is None:
-        return {}
-    if not isinstance(body, dict):
-        raise InvalidInput("the request body must be a JSON object.")
-    return body
 
 
 def _whole(body: dict[str, object], key: str, low: int, high: int, what: str) -> int | None:
@@ -54,7 +45,7 @@ def scale(name: str, process_type: str):  # noqa: ANN201
     """Instances, memory and disk of one process type; a change of memory or disk rolls the
     instances over (one at a time, like a deploy)."""
     app = find_app(name, Action.WRITE)
-    body = _body()
+    body = json_body()
     instances = _whole(body, "instances", 0, MAX_INSTANCES, "instances")
     memory = _whole(body, "memory_mb", 16, 65536, "memory (MB)")
     disk = _whole(body, "disk_mb", 64, 1024 * 1024, "disk (MB)")
@@ -191,7 +182,7 @@ CRASH_KEYS = {"immediate_restarts": (0, 100), "backoff_base": (0, 86400),
 def update_app(name: str):  # noqa: ANN201
     """Rollout width, crash policy and the health check of a process type."""
     app = find_app(name, Action.WRITE)
-    body = _body()
+    body = json_body()
     changes: dict[str, object] = {}
     width = _whole(body, "max_in_flight", 1, MAX_INSTANCES, "max_in_flight")
     if width is not None:
@@ -266,7 +257,7 @@ def show_env(name: str):  # noqa: ANN201
 def change_env(name: str):  # noqa: ANN201
     """Set and unset variables: a new release, rolled out like a deploy."""
     app = find_app(name, Action.WRITE)
-    body = _body()
+    body = json_body()
     to_set, to_unset = body.get("set") or {}, body.get("unset") or []
     if not isinstance(to_set, dict) or not isinstance(to_unset, list):
         raise InvalidInput("give 'set' as an object and 'unset' as a list of names.")
@@ -322,7 +313,7 @@ def list_releases(name: str):  # noqa: ANN201
 def rollback(name: str):  # noqa: ANN201
     """A new release with the droplet, env and commands of an earlier one."""
     app = find_app(name, Action.WRITE)
-    version = _whole(_body(), "version", 1, 1 << 30, "the release version")
+    version = _whole(json_body(), "version", 1, 1 << 30, "the release version")
     earlier = releases.rollback_target(g.db, app, version)
     release = releases.create(
         g.db, app, droplet=earlier.droplet, env=dict(earlier.env),
