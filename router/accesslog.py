@@ -63,7 +63,7 @@ def parse_access_line(line: bytes) -> AccessEntry | None:
     fields = line.rstrip(b"\n").decode("utf-8", "replace").split("\t")
     if len(fields) != len(ACCESS_LOG_FIELDS):
         return None
-    msec, method, path, status, sent, duration, upstream, request_id, host = fields
+    upstream, msec, method, path, status, sent, duration, request_id, host = fields
     try:
         return AccessEntry(
             float(msec), method, path, int(status), int(sent),
@@ -169,6 +169,7 @@ class AccessLogListener:
         # Has nginx reopen its log files (the router sets it to its nginx's reopen_logs).
         self.reopen: Callable[[], None] | None = None
         self._backends: Mapping[str, Backend] = {}
+        self._by_address: Mapping[bytes, Backend] = {}  # the same, by address as nginx logs it
         self._received: dict[str, list[tuple[bytes, Backend]]] = {}  # by app guid
         self._count = 0
         self._file: BinaryIO | None = None
@@ -180,7 +181,9 @@ class AccessLogListener:
 
     def set_backends(self, backends: Iterable[Backend]) -> None:
         """The backends nginx serves now (replaced at once; the thread reads the old or new)."""
-        self._backends = backends_by_address(backends)
+        by_address = backends_by_address(backends)
+        self._backends = by_address
+        self._by_address = {address.encode(): b for address, b in by_address.items()}
 
     def start(self) -> None:
         """Remove the last run's file (its lines were handled or are stale) and follow."""
@@ -241,12 +244,28 @@ class AccessLogListener:
         return read
 
     def _lines(self, data: bytes) -> bytes:
-        """Receive every whole line of ``data``; returns the incomplete rest."""
+        """Receive every whole line of ``data``; returns the incomplete rest.
+
+        As :meth:`receive` does, but a line whose first field is one backend's address (all
+        but retried requests) is sorted by one slice and one lookup: a busy router reads
+        tens of thousands a second."""
         lines = data.split(b"\n")
-        for line in lines[:-1]:
-            if line:
-                self.receive(line)
-        return lines[-1]
+        rest = lines.pop()
+        by_address, received = self._by_address, self._received
+        count = 0
+        for line in lines:
+            backend = by_address.get(line[:line.find(b"\t")])
+            if backend is None:
+                if line:
+                    self.receive(line)  # several addresses, none, or no access line
+                continue
+            items = received.get(backend.app_guid)
+            if items is None:
+                items = received[backend.app_guid] = []
+            items.append((line, backend))
+            count += 1
+        self._count += count
+        return rest
 
     def _rotate(self) -> None:
         if self.reopen is None or self._file is None:

@@ -69,7 +69,7 @@ def test_request_id_and_start_reach_the_app_and_the_id_comes_back(platform, echo
 
     r = get(platform, echo_app, **{"X-Request-Id": "not a token!"})
     seen = {k.lower(): v for k, v in r.json().items()}
-    assert re.fullmatch(r"[0-9a-f]{32}", seen["x-request-id"])
+    assert re.fullmatch(r"\d+\.\d{3}-\d+-\d+-\d+", seen["x-request-id"])  # made here
     assert r.headers["X-Request-Id"] == seen["x-request-id"]
 
 

@@ -296,7 +296,14 @@ def test_headers_reach_the_app_and_the_client(platform: Platform) -> None:
 
     made = platform.get("hdr.localhost", headers={"X-Request-Id": "not a token!"})
     made_id = made.json()["headers"]["x-request-id"]
-    assert re.fullmatch(r"[0-9a-f]{32}", made_id) and made.headers["X-Request-Id"] == made_id
+    assert re.fullmatch(r"\d+\.\d{3}-\d+-\d+-\d+", made_id)
+    assert made.headers["X-Request-Id"] == made_id
+    # Made ids differ, on one connection and on another.
+    with requests.Session() as session:
+        ids = [session.get(f"http://127.0.0.1:{platform.port}/", headers={"Host": "hdr.localhost"},
+                           timeout=5)
+               .headers["X-Request-Id"] for _ in range(3)]
+    assert len({made_id, *ids}) == 4
 
 
 def test_access_lines_reach_the_apps_log_stream(platform: Platform) -> None:

@@ -18,13 +18,16 @@ from router.accesslog import (
     last_upstream,
     parse_access_line,
 )
+from router.render import ACCESS_LOG_FIELDS
 
 
 def line(upstream: str = "127.0.0.1:61001", path: str = "/p?q=1",
          request_id: str = "abc.1") -> bytes:
-    fields = ["1795982573.992", "GET", path, "200", "228", "0.005", upstream, request_id,
-              "myapp.localhost"]
-    return "\t".join(fields).encode() + b"\n"
+    fields = {"$upstream_addr": upstream, "$msec": "1795982573.992", "$request_method": "GET",
+              "$request_uri": path, "$status": "200", "$body_bytes_sent": "228",
+              "$request_time": "0.005", "$paas_request_id": request_id,
+              "$host": "myapp.localhost"}
+    return "\t".join(fields[name] for name in ACCESS_LOG_FIELDS).encode() + b"\n"
 
 
 def backend(address: str, app_guid: str = "guid-1", index: int = 2) -> Backend:
@@ -133,6 +136,25 @@ def test_the_listener_maps_with_the_backends_nginx_serves(tmp_path: Path) -> Non
     listener.drain()
     assert "GET /b 200" in writer.lines[-1][1].line  # type: ignore[attr-defined]
     listener.stop()
+
+
+def test_retried_requests_and_other_lines_take_the_slow_path(tmp_path: Path) -> None:
+    writer = FakeWriter()
+    listener = AccessLogListener(writer, tmp_path / "access.log")  # type: ignore[arg-type]
+    listener.set_backends([backend("127.0.0.1:61001"), backend("127.0.0.1:61002", "g2", 0)])
+    (tmp_path / "access.log").write_bytes(
+        line(path="/fast")
+        + line(upstream="127.0.0.1:61002, 127.0.0.1:61001", path="/retried")
+        + line(upstream="127.0.0.1:61009", path="/unknown")
+        + line(upstream="-", path="/none")
+        + b"\n" + b"no access line\n" + b"127.0.0.1:61001\tbut too few fields\n")
+    listener.poll()
+    listener.drain()
+    listener.stop()
+    got = [(guid, rtr.line.split()[1]) for guid, rtr in writer.lines]  # type: ignore[attr-defined]
+    assert sorted(got[:2]) == [("guid-1", "/fast"), ("guid-1", "/retried")]
+    # A line nginx never writes (its address first, its fields wrong) is kept as it is.
+    assert got[2:] == [("guid-1", "but")] and len(writer.lines) == 3
 
 
 def test_lines_appended_while_following_are_written_in_batches(tmp_path: Path) -> None:

@@ -118,7 +118,7 @@ def test_apply_of_an_invalid_config_returns_false_and_keeps_the_old_file(nginx: 
     assert nginx.apply(good) is True
     assert nginx.config_path.read_text() == good
 
-    assert nginx.apply(good.replace("keepalive 32;", "keepalive nope;")) is False
+    assert nginx.apply(good.replace("keepalive_timeout 1s;", "keepalive_timeout nope;")) is False
     # A config render_nginx_config wrote, whose certificate file is gone.
     missing = render([route("a.localhost", "127.0.0.1:61001")], nginx.runtime_dir,
                      https_port=8443, certificates={"localhost": ("/nonexistent.pem",

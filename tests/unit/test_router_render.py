@@ -23,6 +23,7 @@ from contracts.messages import Backend
 from contracts.routing import LEAST_CONNECTIONS, MappedRoute
 from router.render import (
     backend_problem,
+    idle_connections,
     normalize_host,
     parse_backend,
     render_nginx_config,
@@ -249,6 +250,12 @@ def test_main_context_is_foreground_with_everything_under_runtime_dir() -> None:
     assert text.count("{") == text.count("}")
 
 
+def test_workers_keep_more_idle_connections_to_apps_with_more_instances() -> None:
+    assert idle_connections(1) == 64  # more than a busy client pool's connections
+    assert idle_connections(8) == 128
+    assert idle_connections(1000) == 1024
+
+
 def test_the_common_request_is_proxied_from_the_route_location() -> None:
     text = render_scenario("one_app")
     name = upstream_name("guid-myapp", "round-robin")
@@ -256,7 +263,7 @@ def test_the_common_request_is_proxied_from_the_route_location() -> None:
         f"    upstream {name} {{\n"
         "        # app: myapp\n"
         "        server 127.0.0.1:61001;\n"
-        "        keepalive 32;\n"
+        "        keepalive 64;\n"
         "        keepalive_timeout 1s;\n"
         "    }")
     location = section(text.split("server_name myapp.localhost;")[1], "location / {")
@@ -418,9 +425,9 @@ def test_request_id_is_kept_when_a_plain_token_and_echoed() -> None:
     text = render_scenario("one_app")
     assert section(text, "map $http_x_request_id $paas_request_id {") == (
         "    map $http_x_request_id $paas_request_id {\n"
-        '        "" $request_id;\n'
+        '        "" $msec-$pid-$connection-$connection_requests;\n'
         '        "~^[A-Za-z0-9._-]{1,200}$" $http_x_request_id;\n'
-        "        default $request_id;\n"
+        "        default $msec-$pid-$connection-$connection_requests;\n"
         "    }")
     app = text.split("server_name myapp.localhost;")[1]
     assert "add_header X-Request-Id $paas_request_id always;" in section(app, "location / {")
@@ -431,8 +438,8 @@ def test_request_id_is_kept_when_a_plain_token_and_echoed() -> None:
 def test_access_lines_and_body_limit() -> None:
     text = render_scenario("access_log_and_body_limit")
     fields = "\\t".join([
-        "$msec", "$request_method", "$request_uri", "$status", "$body_bytes_sent",
-        "$request_time", "$upstream_addr", "$paas_request_id", "$host"])
+        "$upstream_addr", "$msec", "$request_method", "$request_uri", "$status",
+        "$body_bytes_sent", "$request_time", "$paas_request_id", "$host"])
     assert f"    log_format paas_rtr '{fields}';\n" in text
     assert (f'    access_log "{RT}/access.log" paas_rtr buffer=32k flush=100ms;\n') in text
     assert "        access_log off;\n" in section(text, "    server {")  # unknown hosts
