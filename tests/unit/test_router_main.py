@@ -177,8 +177,16 @@ def test_sync_reloads_only_when_the_table_changes(fakes: tuple) -> None:
     assert router.sync() is False
     assert len(nginx.applied) == 1
 
+    rendered = []
+    render = router.render
+    router.render = lambda *a, **kw: rendered.append(1) or render(*a, **kw)
+    assert router.sync() is False
+    assert rendered == []  # nothing changed: the config is not made again
+    server.serve("agent-a", "b.localhost", 61002)
+    assert router.sync() is True and rendered == [1]
+
     status = json.loads(server.values[keys.ROUTER_STATUS])
-    assert status["routes"] == 1
+    assert status["routes"] == 2
     assert status["reloaded_at"] == pytest.approx(time.time(), abs=5)
 
 
