@@ -800,6 +800,7 @@ def render_nginx_config(
         "master_process on;",
         "worker_processes auto;",
         f"worker_shutdown_timeout {WORKER_SHUTDOWN_TIMEOUT};",
+        "pcre_jit on;  # the maps' regexes run on every request",
         f"pid {path('nginx.pid')};",
         f"error_log {path('error.log')} warn;",
         "",
