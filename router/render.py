@@ -836,7 +836,9 @@ def render_nginx_config(
     if https_port:
         out += [
             "    server {",
-            f"        listen {https_listen} ssl default_server;",
+            # HTTP/2 for browsers (ALPN; HTTP/1.1 clients keep HTTP/1.1), whose reloads
+            # end with a GOAWAY that clients obey rather than a closed connection.
+            f"        listen {https_listen} ssl http2 default_server;",
             "        server_name _;",
             "        ssl_reject_handshake on;  # no certificate for this name",
             "    }",
@@ -851,7 +853,7 @@ def render_nginx_config(
             out += [
                 "",
                 "    server {",
-                f"        listen {address}{' ssl' if scheme == 'https' else ''};",
+                f"        listen {address}{' ssl http2' if scheme == 'https' else ''};",
                 f"        server_name {host};",
             ]
             if scheme == "https" and cert:

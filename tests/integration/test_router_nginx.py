@@ -480,6 +480,9 @@ def test_https_with_a_certificate_and_the_redirect(
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout)
     assert seen["headers"]["x-forwarded-proto"] == "https" and seen["path"] == "/x?y=1"
+    h2 = curl("--http2", "-s", "-o", "/dev/null", "-w", "%{http_version}", "--cacert",
+              str(cert), "--resolve", f"{host}:{port}:127.0.0.1", f"https://{host}:{port}/")
+    assert h2.stdout == "2", h2.stderr  # HTTP/2 when the client offers it
 
     redirect = platform.get(host, "/x?y=1")
     assert redirect.status_code == 308

@@ -327,7 +327,7 @@ def test_certificates_are_written_private_and_removed_when_unused(
     assert all(oct(f.stat().st_mode & 0o777) == "0o600" for f in files)
     assert f'ssl_certificate "{files[1]}";' in nginx.live
     assert f'ssl_certificate_key "{files[0]}";' in nginx.live
-    assert "listen 127.0.0.1:8443 ssl;" in nginx.live
+    assert "listen 127.0.0.1:8443 ssl http2;" in nginx.live
 
     server.map(route)  # the certificate was deleted
     assert router.sync() is True

@@ -378,14 +378,15 @@ def test_sticky_sessions_pin_by_instance_cookie_with_the_others_as_backup() -> N
 def test_tls_servers_for_routes_with_a_certificate_and_redirects() -> None:
     text = render_scenario("tls_and_redirect")
     assert "    ssl_protocols TLSv1.2 TLSv1.3;" in text
-    default = section(text, "listen 127.0.0.1:8443 ssl default_server;")
-    assert "ssl_reject_handshake on;" in text.split("listen 127.0.0.1:8443 ssl default_server;")[1]
+    listen = "listen 127.0.0.1:8443 ssl http2 default_server;"
+    default = section(text, listen)
+    assert "ssl_reject_handshake on;" in text.split(listen)[1]
     del default
     servers = text.split("\n    server {\n")
     secure = [s for s in servers if "server_name secure.example.com;" in s]
     plain, tls = sorted(secure, key=lambda s: "ssl" in s)
     assert "return 308 https://$host:8443$request_uri;" in plain
-    assert "listen 127.0.0.1:8443 ssl;" in tls
+    assert "listen 127.0.0.1:8443 ssl http2;" in tls
     assert f'ssl_certificate "{RT}/certs/example.pem";' in tls
     assert f'ssl_certificate_key "{RT}/certs/example.key";' in tls
     assert "return 308" not in tls and "proxy_pass" in tls
