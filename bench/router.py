@@ -13,10 +13,12 @@ same run:
   unmapped), so the router reloads nginx under load; every request must get a 2xx. Beside
   it, the same on (b) with a plain ``nginx -s reload`` every second: what nginx itself does.
 
-Runs are interleaved (a, b, c, a, b, c, ...) and medians taken: the machine is shared and
-noisy, so the ratios (c)/(b) measured side by side are what to compare across runs. Beside
-requests/s, the CPU the proxy's nginx workers spend per request (from /proc) is printed: it
-moves much less than requests/s when other work shares the cores.
+Runs are interleaved (a, b, c, a, b, c, ...): the machine is shared and noisy, so each
+run's (c) is compared with the (b) just before it, and the median of those ratios taken.
+Beside requests/s, the CPU the whole machine spends per request (``/proc/stat``) is
+printed: on loopback the kernel's TCP work is counted to whichever process it interrupts,
+so only the whole machine's time compares two proxies' cost (the proxy's own workers' CPU
+is shown too).
 
 wrk runs one thread with 50 connections (``-t1 -c50``): on 2 cores the proxy's workers and
 the backend's worker need the rest, so a second wrk thread would only take CPU from what
@@ -209,6 +211,7 @@ class Result:
     statuses: dict[int, int]
     proxy_us: float = 0.0  # CPU of the proxy's nginx workers per request, microseconds
     router_us: float = 0.0  # CPU of the router's own process (mostly access lines) per request
+    machine_us: float = 0.0  # CPU of every process on the machine per request
 
     @property
     def errors(self) -> int:
@@ -395,6 +398,15 @@ class RouterUnderTest:
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu_seconds() -> float:
+    """CPU time every processor spent not idle so far (``/proc/stat``): the kernel's work
+    for loopback TCP is counted to whichever process it interrupts, so only the whole
+    machine's time per request compares proxies fairly."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+    return (user + nice + system + irq + softirq + steal) / TICKS
+
+
 def cpu_seconds(pids: set[int]) -> float:
     """User plus system CPU the processes ``pids`` used so far."""
     ticks = 0
@@ -419,11 +431,12 @@ class Target:
     def run(self, wrk: Wrk, seconds: float) -> Result:
         workers = child_pids(self.master() or -1)
         helper = {self.router} if self.router else set()
-        before = cpu_seconds(workers), cpu_seconds(helper)
+        before = cpu_seconds(workers), cpu_seconds(helper), machine_cpu_seconds()
         result = wrk.run(self.port, seconds)
         if result.requests:
             result.proxy_us = (cpu_seconds(workers) - before[0]) / result.requests * 1e6
             result.router_us = (cpu_seconds(helper) - before[1]) / result.requests * 1e6
+            result.machine_us = (machine_cpu_seconds() - before[2]) / result.requests * 1e6
         return result
 
 
@@ -507,9 +520,15 @@ def line(label: str, runs: list[Result]) -> str:
     cpu = med(r.proxy_us for r in runs)
     router = med(r.router_us for r in runs)
     return (f"  {label:34} {med(r.rps for r in runs):>9,.0f} {med(r.p50 for r in runs):>7.2f}"
-            f" {med(r.p99 for r in runs):>7.2f} {cpu:>8.1f}"
-            + (f" + {router:.1f}" if router else "")
+            f" {med(r.p99 for r in runs):>7.2f} {med(r.machine_us for r in runs):>8.1f}"
+            f" {cpu:>8.1f}" + (f" + {router:.1f}" if router else "")
             + f"   ({min(r.rps for r in runs):,.0f}-{max(r.rps for r in runs):,.0f} req/s)")
+
+
+def paired(c: list[Result], b: list[Result], value: Callable[[Result, Result], float]) -> float:
+    """The median over runs of ``value(c run, b run)``: each run's (c) measured just after
+    its (b), so a slow drift of the machine's other load touches both alike."""
+    return statistics.median(value(x, y) for x, y in zip(c, b, strict=True))
 
 
 def main() -> int:
@@ -584,26 +603,32 @@ def main() -> int:
     print(f"router benchmark: wrk -t{THREADS} -c{CONNECTIONS} on loopback, {args.seconds:g} s "
           f"per run, median of {args.runs} interleaved runs; backend: nginx return 200; "
           f"proxies: worker_processes {workers}")
-    print(f"  {'':34} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>8}")
+    print(f"  {'':34} {'':>9} {'':>7} {'':>7} {'CPU us per request':>17}")
+    print(f"  {'':34} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'machine':>8} {'proxy':>8}")
     print(line("(a) direct to the backend", a))
     print(line("(b) minimal nginx proxy", b))
     if failure:
         print(f"  (c) platform router, {APPS} apps: NOT MEASURED\n      {failure}")
         return 1
     print(line(f"(c) platform router, {APPS} apps", c))
-    ratio = med(r.rps for r in c) / med(r.rps for r in b)
-    extra = med(r.p99 for r in c) - med(r.p99 for r in b)
+    ratio = paired(c, b, lambda x, y: x.rps / y.rps)
+    extra = paired(c, b, lambda x, y: x.p99 - y.p99)
     print(f"  (c)/(b) requests/s = {ratio:.2f}  (target >= 0.9: "
-          f"{'met' if ratio >= 0.9 else 'MISSED'})")
+          f"{'met' if ratio >= 0.9 else 'MISSED'}; median of each run's ratio; the "
+          f"medians' ratio: {med(r.rps for r in c) / med(r.rps for r in b):.2f})")
     print(f"  (c)-(b) p99        = {extra:+.2f} ms  (target <= 1 ms: "
-          f"{'met' if extra <= 1.0 else 'MISSED'})")
+          f"{'met' if extra <= 1.0 else 'MISSED'}; median of each run's difference)")
     print(f"  (b)/(a) requests/s = {med(r.rps for r in b) / med(r.rps for r in a):.2f}  "
           "(what any proxy in between costs on this machine)")
-    cpu = med(r.proxy_us for r in c) / med(r.proxy_us for r in b)
-    print(f"  (c)/(b) nginx CPU per request = {cpu:.2f}  (steadier than requests/s on a "
-          "shared machine;")
-    print(f"      the router's own process adds {med(r.router_us for r in c):.1f} us per "
-          "request, mostly for access lines)")
+    machine = paired(c, b, lambda x, y: y.machine_us / x.machine_us)
+    print(f"  (b)/(c) machine CPU per request = {machine:.2f}  (the requests/s ratio the "
+          "CPU allows; wrk,")
+    print("      backend, proxy, router and Redis together, anything else running "
+          "inflates both)")
+    print(f"  (c)/(b) CPU per request of the proxy's nginx workers = "
+          f"{med(r.proxy_us for r in c) / med(r.proxy_us for r in b):.2f}; the router's own "
+          f"process adds\n      {med(r.router_us for r in c):.1f} us per request, mostly "
+          "for access lines")
     for label, result, every in churn:
         print("\n".join(churn_lines(label, result, every)))
     (_, router_d, _), (_, bare_d, _) = churn
