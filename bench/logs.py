@@ -5,8 +5,12 @@ and notes when each line arrives. Two runs, against a platform started for the b
 
 - flood: the app prints ``--flood`` lines as fast as it can; lines/s arriving at the CLI
   (first to last line) and their delay from print to CLI output (median, p99);
-- steady: ``--rate`` lines/s, then ``--fast-rate`` (the target, 20k) lines/s, for ``--seconds``
-  each: lines/s arriving and the delay at a steady rate.
+- steady: ``--rate`` lines/s, then ``--fast-rate`` (the target, 20k) lines/s ``--repeat``
+  times, for ``--seconds`` each: lines/s arriving and the delay at a steady rate (each run
+  reported on its own: on a shared 2-core machine one run's p99 is one moment's luck).
+
+The delay is split at Redis: "->Redis" is from the print to the entry's id (app, Docker,
+agent, Redis), the rest is Redis, controller, CLI and this reader.
 
 The sandbox's per-app rate limit (``log_rate_per_app``, default 1000 lines/s) is raised to
 10 million for the run, so this measures the pipeline, not the limit.
@@ -118,7 +122,7 @@ def percentile(values: list[float], p: float) -> float:
 def report(label: str, lines: list[tuple[float, float, float]],
            expected: int) -> dict[str, float]:
     if not lines:
-        print(f"  {label:7} {0:>8}/{expected:<8} (no line arrived)")
+        print(f"  {label:9} {0:>8}/{expected:<8} (no line arrived)")
         return {"rate": 0.0, "p99": float("nan")}
     delays = [(arrived - printed) * 1000 for arrived, printed, _ in lines]
     # Print -> Redis (Docker and the agent), to the millisecond of the entry id.
@@ -126,7 +130,7 @@ def report(label: str, lines: list[tuple[float, float, float]],
     first, last = min(a for a, _, _ in lines), max(a for a, _, _ in lines)
     rate = (len(lines) - 1) / (last - first) if last > first else float("nan")
     printed = max(p for _, p, _ in lines) - min(p for _, p, _ in lines)
-    print(f"  {label:7} {len(lines):>8}/{expected:<8} {rate:>12,.0f} "
+    print(f"  {label:9} {len(lines):>8}/{expected:<8} {rate:>12,.0f} "
           f"{(len(lines) - 1) / printed if printed else float('nan'):>12,.0f} "
           f"{statistics.median(delays):>9.1f} {percentile(delays, 99):>9.1f} "
           f"{max(delays):>9.1f} {statistics.median(stored):>9.1f} "
@@ -142,6 +146,9 @@ def main() -> None:
     parser.add_argument("--fast-rate", type=int, default=20_000, help="the target's lines/s")
     parser.add_argument("--rate", type=int, default=5000, help="steady lines/s")
     parser.add_argument("--seconds", type=float, default=5.0, help="steady run length")
+    parser.add_argument("--repeat", type=int, default=2, help="runs at --fast-rate")
+    parser.add_argument("--dump", help="write every line's (arrived, printed, stored) here, "
+                        "as JSON by run")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="paas-bench-logs-"))
@@ -163,11 +170,17 @@ def main() -> None:
             sandbox.router_get(host, f"/paced?n={steady_n}&rate={args.rate}&tag=steady")
             steady = follower.wait("steady", steady_n, args.seconds + 30)
             fast_n = int(args.fast_rate * args.seconds)
-            sandbox.router_get(host, f"/paced?n={fast_n}&rate={args.fast_rate}&tag=fast")
-            fast = follower.wait("fast", fast_n, args.seconds + 30)
+            fast = []
+            for run in range(1, args.repeat + 1):
+                tag = f"fast{run}"
+                sandbox.router_get(host, f"/paced?n={fast_n}&rate={args.fast_rate}&tag={tag}")
+                fast.append(follower.wait(tag, fast_n, args.seconds + 30))
             sandbox.router_get(host, f"/flood?n={args.flood}&tag=flood")
             flood = follower.wait("flood", args.flood, 120)
             notes = follower.notes()
+            if args.dump:
+                Path(args.dump).write_text(json.dumps(
+                    {"steady": steady, "fast": fast, "flood": flood}))
         finally:
             follower.close()
     shutil.rmtree(work, ignore_errors=True)
@@ -176,15 +189,17 @@ def main() -> None:
     print("log benchmark: one instance -> agent -> Redis -> controller -> paas logs --json")
     print(f"  (per-app rate limit raised to 10,000,000 lines/s for the run; cap "
           f"{sandbox.settings.log_lines_per_app:,} lines)")
-    print(f"  {'run':7} {'lines got/sent':>17} {'lines/s got':>12} {'printed/s':>12} "
+    print(f"  {'run':9} {'lines got/sent':>17} {'lines/s got':>12} {'printed/s':>12} "
           f"{'median ms':>9} {'p99 ms':>9} {'max ms':>9} {'->Redis md':>9} {'->Redis 99':>9}")
     report(f"{args.rate // 1000}k/s", steady, steady_n)
-    report(f"{args.fast_rate // 1000}k/s", fast, fast_n)
+    p99s = [report(f"{args.fast_rate // 1000}k/s #{run}", lines, fast_n)["p99"]
+            for run, lines in enumerate(fast, 1)]
     got = report("flood", flood, args.flood)
     for note in dict.fromkeys(notes):
         print(f"  the pipeline said ({notes.count(note)}x): {note}")
     print(f"  targets: >= 20,000 lines/s per app stream (flood: {got['rate']:,.0f}), "
-          f"p99 < 250 ms")
+          f"p99 < 250 ms at {args.fast_rate:,} lines/s "
+          f"({', '.join(f'{p:.0f}' for p in p99s)} ms)")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """The per-app log stream: one Redis stream per app, every line tagged with its source.
 
-Entry fields (all strings): ``t`` epoch seconds, ``src`` one of :data:`SOURCES`, ``proc``
-process type and ``idx`` instance index (APP lines; empty otherwise), ``fd`` ``out`` or
-``err`` (APP lines), ``line`` the text.
+Entry fields (all strings): ``src`` one of :data:`SOURCES`; ``meta`` the line's time (epoch
+seconds, six decimals) and, space-separated, its process type, instance index (APP and RTR
+lines) and ``out`` or ``err`` (APP lines), each empty when it does not apply, such as
+``1764442862.123456 web 0 out``; ``line`` the text. Three fields, not six: every field costs
+Redis and its readers work per line, and a busy app writes tens of thousands of lines a
+second. (Entries of the former six fields, ``t src proc idx fd line``, read the same.)
 
 Writers keep the stream bounded three ways, and say so in the stream when they do:
 
@@ -44,16 +47,25 @@ class LogLine(NamedTuple):
     fd: str = ""
 
     def fields(self) -> dict[str, str]:
-        return {"t": f"{self.t:.6f}", "src": self.src, "proc": self.proc, "idx": self.idx,
-                "fd": self.fd, "line": self.line}
+        return {"src": self.src, "meta": f"{self.t:.6f} {self.proc} {self.idx} {self.fd}",
+                "line": self.line}
 
     @classmethod
     def from_fields(cls, fields: dict[Any, Any]) -> LogLine:
         """The line of a stream entry's fields (bytes from Redis, or str)."""
         get = fields.get
-        values = [get(b"t", get("t", b"")), get(b"src", get("src", b"")),
-                  get(b"line", get("line", b"")), get(b"proc", get("proc", b"")),
-                  get(b"idx", get("idx", b"")), get(b"fd", get("fd", b""))]
+        meta = get(b"meta", get("meta"))
+        if meta is not None:
+            if isinstance(meta, bytes):
+                meta = meta.decode("utf-8", "replace")
+            t, _, kind = meta.partition(" ")
+            proc, idx, fd = (kind.rsplit(" ", 2) + ["", ""])[:3]
+            values = [t, get(b"src", get("src", b"")), get(b"line", get("line", b"")),
+                      proc, idx, fd]
+        else:  # the former six fields
+            values = [get(b"t", get("t", b"")), get(b"src", get("src", b"")),
+                      get(b"line", get("line", b"")), get(b"proc", get("proc", b"")),
+                      get(b"idx", get("idx", b"")), get(b"fd", get("fd", b""))]
         try:
             t = float(values[0] or 0)
         except ValueError:
@@ -66,15 +78,9 @@ class LogLine(NamedTuple):
     def from_flat(cls, flat: list[bytes]) -> LogLine:
         """The line of a stream entry's fields as Redis sends them, names and values in
         turn, without redis-py's dict per entry."""
-        if flat[0::2] != _FIELD_NAMES:  # another writer's order
+        if len(flat) != 6 or flat[0] != b"src" or flat[2] != b"meta" or flat[4] != b"line":
             return cls.from_fields(dict(zip(flat[0::2], flat[1::2], strict=False)))
-        t, src, proc, idx, fd, line = flat[1::2]
-        try:
-            at = float(t or 0)
-        except ValueError:
-            at = 0.0
-        return cls(at, src.decode(), line.decode("utf-8", "replace"), proc.decode(),
-                   idx.decode(), fd.decode())
+        return cls.from_fields({b"src": flat[1], b"meta": flat[3], b"line": flat[5]})
 
     @property
     def tag(self) -> str:
@@ -124,23 +130,35 @@ def _json_tags(src: Any, proc: Any, idx: Any, fd: Any) -> str:
     return tags
 
 
+# (source, ``proc idx fd`` of the meta field) -> (source, instance index, the JSON's middle)
+_KINDS: dict[tuple[bytes, bytes], tuple[str, str, str]] = {}
+
+
+def _kind(src: bytes, kind: bytes) -> tuple[str, str, str]:
+    found = _KINDS.get((src, kind))
+    if found is None:
+        if len(_KINDS) > 4096:
+            _KINDS.clear()
+        proc, idx, fd = (kind.decode("utf-8", "replace").rsplit(" ", 2) + ["", ""])[:3]
+        source = src.decode("utf-8", "replace")
+        found = _KINDS[src, kind] = (source, idx, _json_tags(source, proc, idx, fd))
+    return found
+
+
 def entry_json(entry_id: str, flat: list[bytes]) -> tuple[str, str, str]:
     """(source, instance index, the line's JSON as :meth:`LogLine.json` makes it) of a
-    stream entry as Redis sends it: without a LogLine, as the follow endpoint makes one per
-    line."""
-    if flat[0::2] != _FIELD_NAMES:
+    stream entry as Redis sends it (``entry_id`` is a stream id: digits and a dash).
+
+    The follow endpoint makes one per line: an entry of the writers' three fields is made
+    without a LogLine, from the pieces cached per kind of line and per millisecond."""
+    if len(flat) != 6 or flat[2] != b"meta" or flat[0] != b"src" or flat[4] != b"line":
         line = LogLine.from_flat(flat)
         return line.src, line.idx, line.json(entry_id)
-    t, src, proc, idx, fd, text = flat[1::2]
-    try:
-        at = float(t or 0)
-    except ValueError:
-        at = 0.0
-    return (src.decode(), idx.decode(),
-            f'{{"id": {_json_str(entry_id)}, "time": "{iso_time(at)}", '
-            f'{_json_tags(src, proc, idx, fd)}"text": '
-            f'{_json_str(text.decode("utf-8", "replace"))}}}')
-_FIELD_NAMES = [b"t", b"src", b"proc", b"idx", b"fd", b"line"]  # as fields() orders them
+    stamp, _, kind = flat[3].partition(b" ")
+    src, idx, tags = _KINDS.get((flat[1], kind)) or _kind(flat[1], kind)
+    return (src, idx,
+            f'{{"id": "{entry_id}", "time": "{_ISO.get(stamp[:-3]) or _iso_stamp(stamp)}", '
+            f'{tags}"text": {_json_str(flat[5].decode("utf-8", "replace"))}}}')
 
 
 def raw_reply(client: redis.Redis, send: Callable[[Any], None]) -> Any:
@@ -165,19 +183,37 @@ def _bulk(data: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
-_SECONDS: dict[int, str] = {}
+_SECONDS: dict[bytes, str] = {}  # b"1764442862" -> "2025-11-29T19:01:02"
+_ISO: dict[bytes, str] = {}  # b"1764442862.123" -> "2025-11-29T19:01:02.123Z"
 
 
 def iso_time(t: float) -> str:
-    """``2026-11-29T19:01:02.123Z`` (the whole-second part is cached: many lines share it)."""
-    whole = int(t)
+    """``2026-11-29T19:01:02.123Z``: the time to the millisecond, read from its six
+    decimals as a stream entry holds them (so every path shows a line at the same time)."""
+    stamp = b"%.6f" % t
+    return _ISO.get(stamp[:-3]) or _iso_stamp(stamp)
+
+
+def _iso_stamp(stamp: bytes) -> str:
+    """:func:`iso_time` of an epoch time written with six decimals (``b"%.6f" % t``),
+    cached by its millisecond: the lines of a busy app share them."""
+    if stamp[-7:-6] != b"." or not stamp[:-7].isdigit():  # not as the writers make it
+        try:
+            t = float(stamp)
+        except ValueError:
+            t = 0.0
+        stamp = b"%.6f" % (t if 0.0 <= t < 1e11 else 0.0)  # (a year datetime can show)
+    whole, frac = stamp[:-7], stamp[-6:-3]
     prefix = _SECONDS.get(whole)
     if prefix is None:
         if len(_SECONDS) > 1024:
             _SECONDS.clear()
-        prefix = _SECONDS[whole] = datetime.fromtimestamp(whole, UTC).strftime(
+        prefix = _SECONDS[whole] = datetime.fromtimestamp(int(whole), UTC).strftime(
             "%Y-%m-%dT%H:%M:%S")
-    return f"{prefix}.{int((t - whole) * 1000):03d}Z"
+    if len(_ISO) > 8192:
+        _ISO.clear()
+    iso = _ISO[stamp[:-3]] = f"{prefix}.{frac.decode()}Z"
+    return iso
 
 
 def cut(text: str, max_bytes: int) -> str:
@@ -221,15 +257,18 @@ def dropped_line(count: int, rate: float) -> str:
     return f"{count} lines dropped (rate limit {rate:g} lines/s)"
 
 
-# KEYS[1] the stream; ARGV[1] its cap, then t, src, proc, idx, fd, line of each entry.
+# KEYS[1] the stream; ARGV[1] its cap, then src, meta, line of each entry.
 _XADD_MANY = """
 local cap = ARGV[1]
-for i = 2, #ARGV, 6 do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', cap, '*', 't', ARGV[i], 'src', ARGV[i + 1],
-             'proc', ARGV[i + 2], 'idx', ARGV[i + 3], 'fd', ARGV[i + 4], 'line', ARGV[i + 5])
+for i = 2, #ARGV, 3 do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', cap, '*',
+             'src', ARGV[i], 'meta', ARGV[i + 1], 'line', ARGV[i + 2])
 end
 return #ARGV
 """
+
+
+SEND_MOST = 2000  # lines a script call writes at most (about 10 ms of Redis)
 
 
 class AppLogWriter:
@@ -314,7 +353,9 @@ class AppLogWriter:
             return 0
         written = 0
         for app_guid, lines in pending.items():
-            self._send(keys.app_log(app_guid), lines)
+            # In pieces: a script call holds Redis (every other client) while it runs.
+            for start in range(0, len(lines), SEND_MOST):
+                self._send(keys.app_log(app_guid), lines[start:start + SEND_MOST])
             written += len(lines)
         if cursors:
             pipe = self.client.pipeline(transaction=False)
@@ -333,16 +374,18 @@ class AppLogWriter:
                 pipe.xadd(key, line.fields(), maxlen=self.max_lines, approximate=True)
             pipe.execute()
             return
-        parts = [b"*%d\r\n$4\r\nEVAL\r\n" % (5 + 6 * len(lines)), _bulk(_XADD_MANY.encode()),
+        parts = [b"*%d\r\n$4\r\nEVAL\r\n" % (5 + 3 * len(lines)), _bulk(_XADD_MANY.encode()),
                  b"$1\r\n1\r\n", _bulk(key.encode()), _bulk(str(self.max_lines).encode())]
-        tags: dict[tuple[str, str, str, str], bytes] = {}  # src, proc, idx, fd: packed
+        # src, proc, idx, fd -> the packed src, and the meta's `` proc idx fd``
+        tags: dict[tuple[str, str, str, str], tuple[bytes, bytes]] = {}
         for t, src, text, proc, idx, fd in lines:
             tag = tags.get((src, proc, idx, fd))
             if tag is None:
-                tag = tags[src, proc, idx, fd] = b"".join(
-                    _bulk(x.encode()) for x in (src, proc, idx, fd))
+                tag = tags[src, proc, idx, fd] = (_bulk(src.encode()),
+                                                  f" {proc} {idx} {fd}".encode())
             stamp, raw = b"%.6f" % t, text.encode("utf-8", "replace")
-            parts.append(b"$%d\r\n%s\r\n%s$%d\r\n%s\r\n" % (len(stamp), stamp, tag, len(raw), raw))
+            parts.append(b"%s$%d\r\n%s%s\r\n$%d\r\n%s\r\n" % (
+                tag[0], len(stamp) + len(tag[1]), stamp, tag[1], len(raw), raw))
         raw_reply(self.client, lambda conn: conn.send_packed_command([b"".join(parts)]))
 
     def write(self, app_guid: str, lines: Iterable[LogLine]) -> None:
@@ -398,12 +441,11 @@ class DockerTime:
         return seconds * 1_000_000_000 + int(frac[:9].ljust(9, b"0") or 0)
 
     def ns_text(self, stamp: str) -> int:
-        """:meth:`ns` of a timestamp as text."""
-        if stamp[19:20] != "." or stamp[-1:] != "Z":
-            return self.ns(stamp.encode())
-        whole = stamp[:19]
-        seconds = self._seconds.get(whole)
-        if seconds is None:
-            seconds = self.ns(whole.encode() + b"Z") // 1_000_000_000
-            self._seconds[whole] = seconds
-        return seconds * 1_000_000_000 + int(stamp[20:-1][:9].ljust(9, "0") or 0)
+        """:meth:`ns` of a timestamp as text (the json-file log has one a line)."""
+        seconds, frac = self._seconds.get(stamp[:19]), stamp[20:-1]
+        if seconds is None or stamp[19:20] != "." or stamp[-1:] != "Z":
+            if stamp[19:20] != "." or stamp[-1:] != "Z":
+                return self.ns(stamp.encode())
+            seconds = self._seconds[stamp[:19]] = self.ns(stamp[:19].encode() + b"Z") // 10**9
+        # Docker drops a fraction's trailing zeros: "...:02.12Z" is 120 ms.
+        return seconds * 1_000_000_000 + int(frac if len(frac) == 9 else frac[:9].ljust(9, "0"))

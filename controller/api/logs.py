@@ -103,10 +103,11 @@ def _ident(entry_id: bytes | str) -> str:
     return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
 
 
-def read_after(client: redis.Redis, stream: str, last_id: str,
-               ) -> list[tuple[str, str, str, str]]:
-    """(id, source, instance index, JSON line) of up to ``FOLLOW_COUNT`` entries after
-    ``last_id``, waiting up to ``BLOCK_MS`` for one.
+def read_after(client: redis.Redis, stream: str, last_id: str, keep: Filter,
+               ) -> tuple[str, int, list[str]]:
+    """(the last entry's id, how many entries came, the JSON lines of those ``keep`` passes)
+    of up to ``FOLLOW_COUNT`` entries after ``last_id``, waiting up to ``BLOCK_MS`` for one
+    (``last_id`` again, and none, when none came).
 
     The reply is read as Redis sends it and each entry made into its JSON line at once
     (redis-py would make a dict per entry, and a LogLine between costs as much again: more
@@ -117,18 +118,21 @@ def read_after(client: redis.Redis, stream: str, last_id: str,
         replies = client.xread({stream: last_id}, block=BLOCK_MS, count=FOLLOW_COUNT) or []
         lines = [(_ident(i), LogLine.from_fields(f)) for _name, items in replies
                  for i, f in items]
-        return [(i, line.src, line.idx, line.json(i)) for i, line in lines]
+        return ((lines[-1][0] if lines else last_id), len(lines),
+                [line.json(i) for i, line in lines if keep(line)])
     reply = raw_reply(client, lambda conn: conn.send_command(
         "XREAD", "COUNT", FOLLOW_COUNT, "BLOCK", BLOCK_MS, "STREAMS", stream, last_id))
     if not reply:
-        return []
+        return last_id, 0, []
     # RESP2: [[stream, items]]; RESP3: {stream: items}
     items = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+    passes = None if keep.sources is None and keep.instance is None else keep.passes
     out = []
     for entry_id, flat in items:
-        ident = entry_id.decode()
-        out.append((ident, *entry_json(ident, flat)))
-    return out
+        src, idx, text = entry_json(entry_id.decode(), flat)
+        if passes is None or passes(src, idx):
+            out.append(text)
+    return items[-1][0].decode(), len(items), out
 
 
 def _id_key(ident: str | bytes) -> tuple[int, int]:
@@ -189,16 +193,13 @@ def _lines(client: redis.Redis, stream: str, keep: Filter, count: int, recent: b
         try:
             if behind and _trimmed_past(client, stream, last_id):
                 out.append(LogLine(time.time(), API, SKIPPED.format(cap=cap)).json(""))
-            entries = read_after(client, stream, last_id)
+            last_id, got, lines = read_after(client, stream, last_id, keep)
         except redis.RedisError:
             # Redis restarts: the client keeps its connection and gets what comes next.
             time.sleep(1.0)
-            entries = []
-        behind = len(entries) >= FOLLOW_COUNT
-        passes = keep.passes
-        out += [text for _ident, src, idx, text in entries if passes(src, idx)]
-        if entries:
-            last_id = entries[-1][0]
+            got, lines = 0, []
+        behind = got >= FOLLOW_COUNT
+        out += lines
         if out:  # one chunk a reply: a busy stream is not one write a line
             last_sent = time.monotonic()
             out.append("")

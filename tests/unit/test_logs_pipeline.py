@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 from contracts import applog, keys
 from contracts.applog import AppLogWriter, LogLine, TokenBucket, entry_json
+from contracts.settings import Settings
 from dea_agent import logs as agent_logs
 from dea_agent.logs import LOST, Follower, frames
 from tests.unit.test_applog import StreamRedis, lines_of
@@ -24,7 +25,9 @@ from tests.unit.test_applog import StreamRedis, lines_of
 def test_json_lines_are_what_json_dumps_made():
     for line in [LogLine(1764442862.5, applog.APP, 'hé "q"\t\x01 ☃ \\', "web", "12", "err"),
                  LogLine(1.0, applog.STG, "x"), LogLine(2.25, applog.APP, "y", "web", "", "out"),
-                 LogLine(3.0, applog.API, "", "", "x", "")]:
+                 LogLine(3.0, applog.API, "", "", "x", ""),
+                 LogLine(1764442862.123, applog.RTR, "GET / 200", "", "3", ""),
+                 LogLine(1764442862.9999996, applog.APP, "z", "worker two", "0", "out")]:
         assert json.loads(line.json("7-1")) == line.to_dict("7-1")
         assert line.json("7-1") == json.dumps(line.to_dict("7-1"))
         flat = [x for k, v in line.fields().items() for x in (k.encode(), v.encode())]
@@ -32,12 +35,66 @@ def test_json_lines_are_what_json_dumps_made():
             assert entry_json("7-1", fields) == (line.src, line.idx, line.json("7-1"))
 
 
+def test_times_read_the_same_to_the_millisecond_on_every_path():
+    line = LogLine(1764442862.123, applog.APP, "x", "web", "0", "out")
+    assert line.to_dict()["time"] == "2025-11-29T19:01:02.123Z"  # not .122: float error
+    assert LogLine(1764442862.9999996, applog.APP, "x").format().startswith(
+        "2025-11-29T19:01:03.000Z")
+
+
+def _old_entry(line: LogLine) -> list[bytes]:
+    """The entry as writers made it before the three fields: t, src, proc, idx, fd, line."""
+    fields = {"t": f"{line.t:.6f}", "src": line.src, "proc": line.proc, "idx": line.idx,
+              "fd": line.fd, "line": line.line}
+    return [x for k, v in fields.items() for x in (k.encode(), v.encode())]
+
+
+def test_entries_of_the_former_six_fields_read_the_same():
+    for line in [LogLine(1764442862.5, applog.APP, "hé", "web", "3", "err"),
+                 LogLine(1764442862.25, applog.RTR, "GET /", "", "1", "")]:
+        flat = _old_entry(line)
+        assert LogLine.from_flat(flat) == line
+        assert LogLine.from_fields(dict(zip(flat[0::2], flat[1::2], strict=True))) == line
+        assert entry_json("7-1", flat) == (line.src, line.idx, line.json("7-1"))
+
+
+def test_entries_hold_three_fields_and_keep_src_and_line_for_plain_readers():
+    line = LogLine(1764442862.5, applog.RTR, "GET / 200", "", "3", "")
+    assert line.fields() == {"src": "RTR", "meta": "1764442862.500000  3 ", "line": "GET / 200"}
+
+
+def test_a_large_flush_is_written_in_pieces(monkeypatch):  # noqa: ANN001
+    monkeypatch.setattr(applog, "SEND_MOST", 4)
+    client = StreamRedis()
+    writer = AppLogWriter(client, 10_000, 4096, rate=1e9)
+    sent: list[int] = []
+    send = writer._send
+    monkeypatch.setattr(writer, "_send", lambda key, lines: (sent.append(len(lines)),
+                                                             send(key, lines)))
+    writer.write("a1", [LogLine(1.0, applog.APP, f"n{n}", "web", "0", "out") for n in range(10)])
+    assert sent == [4, 4, 2]
+    assert [x.line for x in lines_of(client)] == [f"n{n}" for n in range(10)]
+
+
+def test_a_full_batch_is_written_at_once_while_the_follower_reads_on(monkeypatch):  # noqa: ANN001
+    monkeypatch.setattr(agent_logs, "FLUSH_EVERY", 30.0)  # no tick during the test
+    client = StreamRedis()
+    shipper = agent_logs.LogShipper(Settings(), None, client)  # type: ignore[arg-type]
+    threading.Thread(target=shipper._flush_loop, daemon=True).start()
+    shipper.writer.add_many("a1", [LogLine(1.0, applog.APP, "x", "web", "0", "out")])
+    shipper.flush_soon()
+    deadline = time.monotonic() + 5
+    while not lines_of(client) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [x.line for x in lines_of(client)] == ["x"]
+
+
 def test_entries_read_as_redis_sends_them_are_the_same_lines():
     line = LogLine(1764442862.5, applog.APP, "hé", "web", "3", "err")
     flat = [x for k, v in line.fields().items() for x in (k.encode(), v.encode())]
     assert LogLine.from_flat(flat) == line == LogLine.from_fields(
         {k.encode(): v.encode() for k, v in line.fields().items()})
-    other_order = flat[10:] + flat[:10]
+    other_order = flat[4:] + flat[:4]  # another writer's order
     assert LogLine.from_flat(other_order) == line
 
 
