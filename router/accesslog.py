@@ -26,7 +26,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, overload
 
@@ -147,8 +147,32 @@ class LazyLines(Sequence[LogLine]):
             return [_line(*item) for item in self._items[i]]
         return _line(*self._items[i])
 
+    def __iter__(self) -> Iterator[LogLine]:
+        return (_line(*item) for item in self._items)
+
+
+_new_line = tuple.__new__  # a LogLine without NamedTuple's Python-level __new__
+_FIELDS = len(ACCESS_LOG_FIELDS)
+
 
 def _line(raw: bytes, backend: Backend) -> LogLine:
+    """:func:`rtr_line` of :func:`parse_access_line`, for the lines the rate limit keeps (a
+    thousand a second and more): one split, no entry between."""
+    fields = raw.decode("utf-8", "replace").split("\t")
+    if len(fields) == _FIELDS:
+        _up, msec, method, path, status, sent, duration, request_id, host = fields
+        if status.isdigit() and sent.isdigit():
+            try:
+                t, ms = float(msec), round(float(duration) * 1000)
+            except ValueError:
+                pass
+            else:
+                index = backend.index
+                if type(index) is not int:  # noqa: E721 - not a bool either
+                    index = 0
+                text = (f"{method} {path} {int(status)} {int(sent)} bytes {ms} ms instance "
+                        f"{index} request-id {request_id} host {host}")
+                return _new_line(LogLine, (t, RTR, text, "", str(index), ""))
     entry = parse_access_line(raw)
     if entry is None:  # app_of took it, so only a field nginx never writes is wrong
         return LogLine(t=time.time(), src=RTR, line=raw.decode("utf-8", "replace"), idx="0")
