@@ -26,7 +26,7 @@ it measures; 50 keep-alive connections keep one thread and the proxy busy. wrk d
 retry a request whose keep-alive connection was closed under it (a browser would retry an
 idempotent one), so (d) counts every such request as failed.
 
-    make bench            # or: .venv/bin/python bench/router.py --runs 5 --seconds 5
+    make bench            # or: .venv/bin/python bench/router.py --runs 9 --seconds 5
 """
 
 from __future__ import annotations
@@ -533,7 +533,7 @@ def paired(c: list[Result], b: list[Result], value: Callable[[Result, Result], f
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5, help="interleaved runs of (a), (b), (c)")
+    parser.add_argument("--runs", type=int, default=9, help="interleaved runs of (a), (b), (c)")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each wrk run")
     parser.add_argument("--churn-seconds", type=float, default=10.0,
                         help="length of each run with a reload every second")
@@ -613,10 +613,10 @@ def main() -> int:
     print(line(f"(c) platform router, {APPS} apps", c))
     ratio = paired(c, b, lambda x, y: x.rps / y.rps)
     extra = paired(c, b, lambda x, y: x.p99 - y.p99)
-    print(f"  (c)/(b) requests/s = {ratio:.2f}  (target >= 0.9: "
+    print(f"  (c)/(b) requests/s = {ratio:.3f}  (target >= 0.9: "
           f"{'met' if ratio >= 0.9 else 'MISSED'}; median of each run's ratio; the "
           f"medians' ratio: {med(r.rps for r in c) / med(r.rps for r in b):.2f})")
-    print(f"  (c)-(b) p99        = {extra:+.2f} ms  (target <= 1 ms: "
+    print(f"  (c)-(b) p99        = {extra:+.3f} ms  (target <= 1 ms: "
           f"{'met' if extra <= 1.0 else 'MISSED'}; median of each run's difference)")
     print(f"  (b)/(a) requests/s = {med(r.rps for r in b) / med(r.rps for r in a):.2f}  "
           "(what any proxy in between costs on this machine)")
