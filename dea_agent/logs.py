@@ -31,7 +31,7 @@ import docker
 import redis
 
 from contracts import applog, keys
-from contracts.applog import AppLogWriter, DockerTime, LogLine
+from contracts.applog import AppLogWriter, DockerTime, LogLine, line_of
 from contracts.settings import Settings
 
 log = logging.getLogger("paas.agent.logs")
@@ -44,7 +44,6 @@ _scan = json.decoder.scanstring  # type: ignore[attr-defined]
 _OUT, _ERR = ',"stream":"stdout","time":"', ',"stream":"stderr","time":"'
 MAX_PENDING = 64 * 1024  # bytes of a line without its newline yet, before it is cut
 FDS = {1: "out", 2: "err"}
-_new_tuple = tuple.__new__  # makes a LogLine without its Python-level __new__
 RESUME_TAIL = 1000
 LOST = ("output may have been lost here: Docker rotated this instance's log file more than "
         "once before the agent read it")
@@ -327,7 +326,7 @@ class Follower(threading.Thread):
                 text = text[:-1]
                 if pending.get(fd):
                     text, pending[fd] = pending[fd] + text, ""
-            append(_new_tuple(LogLine, (ns / 1e9, app, text, proc, idx, FDS.get(fd, "out"))))
+            append(line_of((ns / 1e9, app, text, proc, idx, FDS.get(fd, "out"))))
         if backlog is not None:
             backlog.extend(lines)
             return

@@ -32,7 +32,7 @@ from typing import BinaryIO, NamedTuple, overload
 
 import redis
 
-from contracts.applog import RTR, AppLogWriter, LogLine
+from contracts.applog import RTR, AppLogWriter, LogLine, line_of
 from contracts.messages import Backend
 from router.render import ACCESS_LOG_FIELDS
 
@@ -97,15 +97,18 @@ def backends_by_address(backends: Iterable[Backend]) -> dict[str, Backend]:
 
 def rtr_line(entry: AccessEntry, backend: Backend) -> LogLine:
     """The RTR line of ``entry`` for the app of ``backend`` (the instance that answered)."""
+    return _rtr(entry.t, entry.method, entry.path, entry.status, entry.bytes_sent,
+                entry.duration_ms, entry.request_id, entry.host, backend)
+
+
+def _rtr(t: float, method: str, path: str, status: int, sent: int, ms: int, request_id: str,
+         host: str, backend: Backend) -> LogLine:
     index = backend.index
-    if not isinstance(index, int) or isinstance(index, bool):
+    if type(index) is not int:  # noqa: E721 - not a bool either
         index = 0
-    text = (
-        f"{entry.method} {entry.path} {entry.status} {entry.bytes_sent} bytes "
-        f"{entry.duration_ms} ms instance {index} request-id {entry.request_id} "
-        f"host {entry.host}"
-    )
-    return LogLine(t=entry.t, src=RTR, line=text, idx=str(index))
+    text = (f"{method} {path} {status} {sent} bytes {ms} ms instance {index} "
+            f"request-id {request_id} host {host}")
+    return line_of((t, RTR, text, "", str(index), ""))
 
 
 def app_line(line: bytes, backends: Mapping[str, Backend]) -> tuple[str, LogLine] | None:
@@ -151,7 +154,6 @@ class LazyLines(Sequence[LogLine]):
         return (_line(*item) for item in self._items)
 
 
-_new_line = tuple.__new__  # a LogLine without NamedTuple's Python-level __new__
 _FIELDS = len(ACCESS_LOG_FIELDS)
 
 
@@ -167,12 +169,8 @@ def _line(raw: bytes, backend: Backend) -> LogLine:
             except ValueError:
                 pass
             else:
-                index = backend.index
-                if type(index) is not int:  # noqa: E721 - not a bool either
-                    index = 0
-                text = (f"{method} {path} {int(status)} {int(sent)} bytes {ms} ms instance "
-                        f"{index} request-id {request_id} host {host}")
-                return _new_line(LogLine, (t, RTR, text, "", str(index), ""))
+                return _rtr(t, method, path, int(status), int(sent), ms, request_id, host,
+                            backend)
     entry = parse_access_line(raw)
     if entry is None:  # app_of took it, so only a field nginx never writes is wrong
         return LogLine(t=time.time(), src=RTR, line=raw.decode("utf-8", "replace"), idx="0")

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from router.errors import NginxConfigError, NginxNotFoundError, NginxStartError, RouterError
+from router.render import retired_marker
 
 log = logging.getLogger("paas.router")
 
@@ -273,8 +274,6 @@ class Nginx:
     def _retire_live_config(self) -> Path | None:
         """Create the retirement marker of the config nginx serves (see
         :func:`router.render.retired_marker`); drop markers of configs long gone."""
-        from router.render import retired_marker
-
         if not self.is_running():
             return None
         try:
