@@ -1,7 +1,7 @@
 """Log benchmark: one instance printing lines, followed by the real ``paas logs --json``.
 
 Each line carries the app's ``time.time()`` at print; the benchmark reads the CLI's output
-and notes when each line arrives. Two runs, against a platform started for the benchmark:
+and notes when each line arrives. Runs, against platforms started for the benchmark:
 
 - flood: the app prints ``--flood`` lines as fast as it can; lines/s arriving at the CLI
   (first to last line) and their delay from print to CLI output (median, p99);
@@ -9,8 +9,13 @@ and notes when each line arrives. Two runs, against a platform started for the b
   times, for ``--seconds`` each: lines/s arriving and the delay at a steady rate (each run
   reported on its own: on a shared 2-core machine one run's p99 is one moment's luck).
 
-The delay is split at Redis: "->Redis" is from the print to the entry's id (app, Docker,
-agent, Redis), the rest is Redis, controller, CLI and this reader.
+The delay is split at Redis: "->Redis" is from the print to the entry's id (app, its output
+file or Docker, agent, Redis), the rest is Redis, controller, CLI and this reader. "CPU
+us/ln" is the whole machine's busy time per line during a paced run.
+
+Two platforms run side by side, taking turns: "files", where instances write their output
+files and the agent reads them (the default), and "docker", where output goes through
+Docker's json-file log (``instance_log_files`` off), the path the files replaced.
 
 The sandbox's per-app rate limit (``log_rate_per_app``, default 1000 lines/s) is raised to
 10 million for the run, so this measures the pipeline, not the limit.
@@ -21,6 +26,7 @@ The sandbox's per-app rate limit (``log_rate_per_app``, default 1000 lines/s) is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -119,34 +125,83 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-def report(label: str, lines: list[tuple[float, float, float]],
-           expected: int) -> dict[str, float]:
+def report(label: str, lines: list[tuple[float, float, float]], expected: int,
+           cpu_us: float = float("nan")) -> dict[str, float]:
     if not lines:
-        print(f"  {label:9} {0:>8}/{expected:<8} (no line arrived)")
-        return {"rate": 0.0, "p99": float("nan")}
+        print(f"  {label:16} {0:>8}/{expected:<8} (no line arrived)")
+        return {"rate": 0.0, "p99": float("nan"), "median": float("nan"), "cpu": cpu_us}
     delays = [(arrived - printed) * 1000 for arrived, printed, _ in lines]
     # Print -> Redis (Docker and the agent), to the millisecond of the entry id.
     stored = [(at - printed) * 1000 for _, printed, at in lines]
     first, last = min(a for a, _, _ in lines), max(a for a, _, _ in lines)
     rate = (len(lines) - 1) / (last - first) if last > first else float("nan")
     printed = max(p for _, p, _ in lines) - min(p for _, p, _ in lines)
-    print(f"  {label:9} {len(lines):>8}/{expected:<8} {rate:>12,.0f} "
+    print(f"  {label:16} {len(lines):>8}/{expected:<8} {rate:>12,.0f} "
           f"{(len(lines) - 1) / printed if printed else float('nan'):>12,.0f} "
           f"{statistics.median(delays):>9.1f} {percentile(delays, 99):>9.1f} "
           f"{max(delays):>9.1f} {statistics.median(stored):>9.1f} "
-          f"{percentile(stored, 99):>9.1f}")
-    return {"rate": rate, "p99": percentile(delays, 99)}
+          f"{percentile(stored, 99):>9.1f} {cpu_us:>9.1f}")
+    return {"rate": rate, "p99": percentile(delays, 99), "median": statistics.median(delays),
+            "cpu": cpu_us}
+
+
+def busy_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle, iowait
+    return sum(values) - idle, sum(values)
+
+
+class Target:
+    """One platform with the log app pushed, and a ``paas logs`` following it."""
+
+    def __init__(self, label: str, sandbox: Sandbox, folder: Path) -> None:
+        self.label, self.sandbox = label, sandbox
+        pushed = sandbox.paas("push", NAME, "-p", str(folder))
+        if pushed.returncode != 0:
+            raise SystemExit(pushed.stdout + pushed.stderr)
+        self.host = sandbox.app_host(NAME)
+        self.follower = Follower(sandbox)
+        deadline = time.monotonic() + 30  # until the follower is connected: a line it shows
+        while not self.follower.tagged("out") and time.monotonic() < deadline:
+            sandbox.router_get(self.host, f"/say/{time.time():.6f}")
+            time.sleep(0.5)
+        self.runs: list[tuple[str, list, int, float]] = []  # label, lines, sent, CPU us/line
+
+    def paced(self, label: str, tag: str, n: int, rate: int, seconds: float) -> None:
+        before = busy_jiffies()
+        self.sandbox.router_get(self.host, f"/paced?n={n}&rate={rate}&tag={tag}")
+        lines = self.follower.wait(tag, n, seconds + 30)
+        after = busy_jiffies()
+        # Busy time of the whole machine (its 2 cores) per line, in microseconds: jiffies
+        # are 1/100 s; the wait's idle tail only adds idle time.
+        cpu = (after[0] - before[0]) / 100 * 1e6 / max(1, len(lines))
+        self.runs.append((label, lines, n, cpu))
+
+    def flood(self, n: int) -> None:
+        self.sandbox.router_get(self.host, f"/flood?n={n}&tag=flood")
+        self.runs.append(("flood", self.follower.wait("flood", n, 120), n, float("nan")))
+
+    def close(self) -> None:
+        self.follower.close()
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b else "n/a"
+
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flood", type=int, default=100_000,
-                        help="lines printed at once (Docker's json-file log of an instance, "
-                        "2 x 10 MB, holds about 100k of them while the follower catches up)")
+                        help="lines printed at once, as fast as the app can")
     parser.add_argument("--fast-rate", type=int, default=20_000, help="the target's lines/s")
     parser.add_argument("--rate", type=int, default=5000, help="steady lines/s")
     parser.add_argument("--seconds", type=float, default=5.0, help="steady run length")
     parser.add_argument("--repeat", type=int, default=2, help="runs at --fast-rate")
+    parser.add_argument("--no-compare", action="store_true",
+                        help="skip the platform whose instances log through Docker")
     parser.add_argument("--dump", help="write every line's (arrived, printed, stored) here, "
                         "as JSON by run")
     args = parser.parse_args()
@@ -154,52 +209,63 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="paas-bench-logs-"))
     folder = work / "log-app"
     shutil.copytree(FIXTURE, folder)
-    with Sandbox(log_rate_per_app=10_000_000) as sandbox:
-        pushed = sandbox.paas("push", NAME, "-p", str(folder))
-        if pushed.returncode != 0:
-            raise SystemExit(pushed.stdout + pushed.stderr)
-        host = sandbox.app_host(NAME)
-        follower = Follower(sandbox)
-        try:
-            # Until the follower is connected: a line it shows.
-            deadline = time.monotonic() + 30
-            while not follower.tagged("out") and time.monotonic() < deadline:
-                sandbox.router_get(host, f"/say/{time.time():.6f}")
-                time.sleep(0.5)
-            steady_n = int(args.rate * args.seconds)
-            sandbox.router_get(host, f"/paced?n={steady_n}&rate={args.rate}&tag=steady")
-            steady = follower.wait("steady", steady_n, args.seconds + 30)
-            fast_n = int(args.fast_rate * args.seconds)
-            fast = []
-            for run in range(1, args.repeat + 1):
-                tag = f"fast{run}"
-                sandbox.router_get(host, f"/paced?n={fast_n}&rate={args.fast_rate}&tag={tag}")
-                fast.append(follower.wait(tag, fast_n, args.seconds + 30))
-            sandbox.router_get(host, f"/flood?n={args.flood}&tag=flood")
-            flood = follower.wait("flood", args.flood, 120)
-            notes = follower.notes()
-            if args.dump:
-                Path(args.dump).write_text(json.dumps(
-                    {"steady": steady, "fast": fast, "flood": flood}))
-        finally:
-            follower.close()
+    steady_n, fast_n = int(args.rate * args.seconds), int(args.fast_rate * args.seconds)
+    with contextlib.ExitStack() as stack:
+        # Both platforms run for the whole benchmark and take turns, so the machine's
+        # moods fall on both alike.
+        kinds = [("files", True)] + ([] if args.no_compare else [("docker", False)])
+        targets = []
+        for label, files in kinds:
+            sandbox = stack.enter_context(Sandbox(log_rate_per_app=10_000_000,
+                                                  instance_log_files=files))
+            target = Target(label, sandbox, folder)
+            stack.callback(target.close)
+            targets.append(target)
+        for target in targets:
+            target.paced(f"{args.rate // 1000}k/s", "steady", steady_n, args.rate,
+                         args.seconds)
+        for run in range(1, args.repeat + 1):
+            for target in targets if run % 2 else targets[::-1]:
+                target.paced(f"{args.fast_rate // 1000}k/s #{run}", f"fast{run}", fast_n,
+                             args.fast_rate, args.seconds)
+        for target in targets:
+            target.flood(args.flood)
+        notes = {t.label: t.follower.notes() for t in targets}
+        if args.dump:
+            Path(args.dump).write_text(json.dumps(
+                {t.label: {label: lines for label, lines, _, _ in t.runs} for t in targets}))
+        settings = targets[0].sandbox.settings
     shutil.rmtree(work, ignore_errors=True)
 
     print()
     print("log benchmark: one instance -> agent -> Redis -> controller -> paas logs --json")
+    print("  files: the instance writes its output files, the agent reads them (the default);")
+    print("  docker: its output goes through Docker's json-file log (instance_log_files off)")
     print(f"  (per-app rate limit raised to 10,000,000 lines/s for the run; cap "
-          f"{sandbox.settings.log_lines_per_app:,} lines)")
-    print(f"  {'run':9} {'lines got/sent':>17} {'lines/s got':>12} {'printed/s':>12} "
-          f"{'median ms':>9} {'p99 ms':>9} {'max ms':>9} {'->Redis md':>9} {'->Redis 99':>9}")
-    report(f"{args.rate // 1000}k/s", steady, steady_n)
-    p99s = [report(f"{args.fast_rate // 1000}k/s #{run}", lines, fast_n)["p99"]
-            for run, lines in enumerate(fast, 1)]
-    got = report("flood", flood, args.flood)
-    for note in dict.fromkeys(notes):
-        print(f"  the pipeline said ({notes.count(note)}x): {note}")
-    print(f"  targets: >= 20,000 lines/s per app stream (flood: {got['rate']:,.0f}), "
+          f"{settings.log_lines_per_app:,} lines)")
+    print(f"  {'run':16} {'lines got/sent':>17} {'lines/s got':>12} {'printed/s':>12} "
+          f"{'median ms':>9} {'p99 ms':>9} {'max ms':>9} {'->Redis md':>9} "
+          f"{'->Redis 99':>9} {'CPU us/ln':>9}")
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for target in targets:
+        results[target.label] = {
+            label: report(f"{target.label} {label}", lines, sent, cpu)
+            for label, lines, sent, cpu in target.runs}
+        for note in dict.fromkeys(notes[target.label]):
+            print(f"  the pipeline said ({notes[target.label].count(note)}x): {note}")
+    files = results["files"]
+    fast = [v for k, v in files.items() if k.startswith(f"{args.fast_rate // 1000}k/s")]
+    print(f"  targets: >= 20,000 lines/s per app stream (flood: {files['flood']['rate']:,.0f}), "
           f"p99 < 250 ms at {args.fast_rate:,} lines/s "
-          f"({', '.join(f'{p:.0f}' for p in p99s)} ms)")
+          f"({', '.join(format(r['p99'], '.0f') for r in fast)} ms)")
+    if "docker" in results:
+        docker_ = results["docker"]
+        pairs = [(docker_[k], v) for k, v in files.items() if k in docker_ and k != "flood"]
+        cpu = statistics.median(d["cpu"] / f["cpu"] for d, f in pairs)
+        p99 = statistics.median(d["p99"] / f["p99"] for d, f in pairs)
+        print(f"  docker/files, median over the paced runs: machine CPU per line "
+              f"{cpu:.2f}, p99 delay {p99:.2f}; flood lines/s files/docker "
+              f"{ratio(files['flood']['rate'], docker_['flood']['rate'])}")
 
 
 if __name__ == "__main__":

@@ -112,6 +112,12 @@ class Settings:
     # Lines per second per app a writer lets through (bursts of one second's worth); the
     # excess is dropped and counted in an "N lines dropped" line.
     log_rate_per_app: float = 1000.0
+    # Instances write stdout and stderr to files the agent reads (dea_agent.logs), not
+    # through Docker's logging, which costs more than the rest of the log path together.
+    # The folder must be the same path on the Docker host as in the agent ("" is
+    # <data_dir>/instance-logs). False: Docker's json-file logs, as before.
+    instance_log_files: bool = True
+    instance_logs_dir: str = ""
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -122,6 +128,10 @@ class Settings:
     @property
     def blobstore_dir(self) -> Path:
         return Path(self.data_dir) / "blobs"
+
+    @property
+    def instance_logs_path(self) -> Path:
+        return Path(self.instance_logs_dir or Path(self.data_dir) / "instance-logs").absolute()
 
     @property
     def router_dir(self) -> Path:

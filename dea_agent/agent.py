@@ -89,6 +89,7 @@ class Agent:
                     self.instances[instance.guid] = instance
                     adopted += 1
             self.logs.follow(instance, resume=True)
+        self._sweep_output_files()
         if found:
             log.info("re-adopted %d running instance container(s), removed %d stopped one(s)",
                      adopted, removed)
@@ -116,6 +117,7 @@ class Agent:
             stopped_meanwhile = instance.state == InstanceState.STOPPING
             if not stopped_meanwhile:
                 instance.container_id = container.id
+                instance.output_dir = container.labels.get(inst_mod.LABEL_OUTPUT, "")
         if stopped_meanwhile:  # a stop came while Docker was creating it
             self._remove(container)
             with self.lock:
@@ -143,6 +145,22 @@ class Agent:
             container.remove(force=True)
         except docker.errors.APIError as e:
             log.warning("could not remove container %s: %s", container.id[:12], e)
+            return
+        inst_mod.remove_output_files(container.labels.get(inst_mod.LABEL_OUTPUT, ""))
+
+    def _sweep_output_files(self) -> None:
+        """Remove the output files of instances this agent no longer has (their containers
+        went while it was down)."""
+        folder = self.settings.instance_logs_path / self.settings.agent_id
+        with self.lock:
+            kept = {i.output_dir for i in self.instances.values()}
+        try:
+            found = [str(p) for p in folder.iterdir()]
+        except FileNotFoundError:
+            return
+        for path in found:
+            if path not in kept:
+                inst_mod.remove_output_files(path)
 
     def stop(self, instance_guid: str) -> None:
         """Take the instance out of the router, then SIGTERM, grace period, SIGKILL."""
@@ -170,7 +188,8 @@ class Agent:
                 log.warning("stopping %s failed: %s", instance_guid, e)
         with self.lock:
             self.instances.pop(instance_guid, None)
-        self.logs.stop(instance_guid)
+        self.logs.stop(instance_guid)  # it reads what is left through its open files
+        inst_mod.remove_output_files(instance.output_dir)
         log.info("stopped %s/%s index %d release %d", instance.app_name,
                  instance.process_type, instance.index, instance.release)
         self.publish(force=True)
@@ -309,7 +328,8 @@ class Agent:
 
     def _crash_with_output(self, instance: Instance, container, reason: str,  # noqa: ANN001
                            exit_code: int | None = None) -> None:
-        lines = inst_mod.last_log_lines(container)
+        lines = self.logs.last_lines(instance.guid) if instance.output_dir else []
+        lines = lines or inst_mod.last_log_lines(container)
         if lines:
             reason += f"; its last output: {lines[-1]}"
         instance.last_lines = lines

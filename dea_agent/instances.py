@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 
@@ -35,8 +37,15 @@ LABEL_DISK = "paas.disk_mb"
 LABEL_GENERATION = "paas.generation"
 LABEL_HEALTH_CHECK = "paas.health_check"  # JSON: type, endpoint, interval, probe timeout
 RUN_USER = "2000:2000"
+LABEL_OUTPUT = "paas.output_dir"  # the host folder of the instance's stdout and stderr files
+OUTPUT_DIR = "/run/paas"  # where they are in the container
+OUTPUT_FILES = {1: "stdout", 2: "stderr"}
 LAUNCH = 'for f in /app/.profile.d/*.sh; do [ -r "$f" ] && . "$f"; done; ' \
          'exec /bin/sh -c "$PAAS_START_COMMAND"'
+# Everything the instance writes goes to its output files (opened to append, so a write
+# never blocks on a reader and an agent's restart loses nothing); only a failure to open
+# them reaches Docker's log.
+LAUNCH_TO_FILES = f'exec >>{OUTPUT_DIR}/stdout 2>>{OUTPUT_DIR}/stderr; ' + LAUNCH
 
 
 @dataclass
@@ -69,6 +78,7 @@ class Instance:
     failures: int = 0  # health checks failed in a row
     checked_at: float = 0.0
     last_lines: list[str] = field(default_factory=list)
+    output_dir: str = ""  # host folder of its stdout/stderr files; "" when Docker logs them
 
     def report(self) -> InstanceReport:
         return InstanceReport(
@@ -112,6 +122,7 @@ class Instance:
             health_check_endpoint=check.get("endpoint", "/"),
             check_interval=float(check.get("interval", 2.0)),
             probe_timeout=float(check.get("probe_timeout", 1.0)),
+            output_dir=labels.get(LABEL_OUTPUT, ""),
         )
 
 
@@ -147,9 +158,38 @@ def confinement(memory_mb: int) -> dict[str, object]:
     }
 
 
+def output_dir(settings: Settings, instance_guid: str) -> str:
+    return str(settings.instance_logs_path / settings.agent_id / instance_guid)
+
+
+def make_output_files(folder: str) -> None:
+    """The instance's empty stdout and stderr files, writable by its user only."""
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    uid, gid = (int(n) for n in RUN_USER.split(":"))
+    for name in OUTPUT_FILES.values():
+        path = os.path.join(folder, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            try:
+                os.fchown(fd, uid, gid)
+            except PermissionError:  # an agent that is not root: the folder guards them
+                os.fchmod(fd, 0o666)
+        finally:
+            os.close(fd)
+
+
+def remove_output_files(folder: str) -> None:
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def create_container(client: docker.DockerClient, spec: InstanceSpec, settings: Settings,
                      host_port: int):  # noqa: ANN201
-    """Create (not start) the instance's container; ImageNotFound if the image is missing."""
+    """Create (not start) the instance's container; ImageNotFound if the image is missing.
+
+    With ``settings.instance_log_files``, its stdout and stderr go to files in a folder of
+    its own (see dea_agent.logs), bind-mounted one by one so that it can write them and
+    nothing else there."""
     started_at = time.time()
     env = {
         **spec.env,
@@ -183,21 +223,43 @@ def create_container(client: docker.DockerClient, spec: InstanceSpec, settings: 
             "type": spec.health_check, "endpoint": spec.health_check_endpoint,
             "interval": spec.check_interval, "probe_timeout": spec.probe_timeout}),
     }
-    return client.containers.create(
-        spec.image,
-        name=f"paas-{spec.app_name}-{spec.process_type}-{spec.index}-{spec.instance_guid[:8]}",
-        environment=env,
-        labels=labels,
-        ports={f"{CONTAINER_PORT}/tcp": (settings.agent_address, host_port)},
-        **confinement(spec.memory_mb),
-    )
+    how = confinement(spec.memory_mb)
+    folder = ""
+    if settings.instance_log_files:
+        folder = output_dir(settings, spec.instance_guid)
+        make_output_files(folder)
+        labels[LABEL_OUTPUT] = folder
+        how["command"] = ["/bin/sh", "-c", LAUNCH_TO_FILES]
+        how["mounts"] = [docker.types.Mount(f"{OUTPUT_DIR}/{name}", f"{folder}/{name}",
+                                            type="bind")
+                         for name in OUTPUT_FILES.values()]
+        how["log_config"] = {"type": "json-file", "config": {"max-size": "1m", "max-file": "1"}}
+    try:
+        return client.containers.create(
+            spec.image,
+            name=f"paas-{spec.app_name}-{spec.process_type}-{spec.index}-"
+                 f"{spec.instance_guid[:8]}",
+            environment=env,
+            labels=labels,
+            ports={f"{CONTAINER_PORT}/tcp": (settings.agent_address, host_port)},
+            **how,
+        )
+    except Exception:
+        remove_output_files(folder)
+        raise
+
+
+def last_lines(lines: list[str], count: int = 10) -> list[str]:
+    """The last ``count`` non-blank ``lines``, each cut to 300 characters."""
+    kept = [line.rstrip()[:300] for line in lines if line.strip()]
+    return kept[-count:]
 
 
 def last_log_lines(container, count: int = 10) -> list[str]:  # noqa: ANN001
-    """The container's last non-blank output lines (each cut to 300 characters)."""
+    """The container's last non-blank output lines as Docker logged them (an instance that
+    writes to output files has there only what went wrong before it could open them)."""
     try:
         raw = container.logs(tail=count * 2).decode("utf-8", "replace")
     except docker.errors.APIError:
         return []
-    lines = [line.rstrip()[:300] for line in raw.splitlines() if line.strip()]
-    return lines[-count:]
+    return last_lines(raw.splitlines(), count)

@@ -122,11 +122,39 @@ def test_a_crash_shows_as_a_health_line(platform, log_app):  # noqa: ANN001
     health = wait_for(lambda: [x["text"] for x in recent(platform, "--source", "HEALTH")
                                if "crashed" in x["text"]], timeout=20)
     assert health and "exited with code 7" in health[-1], health
+    assert "its last output: crashing on purpose (index 0)" in health[-1], health
     app_lines = [x["text"] for x in recent(platform, "--source", "APP")]
     assert "crashing on purpose (index 0)" in app_lines
     # Back up for the next tests.
     assert wait_for(lambda: platform.router_get(platform.app_host(NAME), "/").status_code
                     == 200, timeout=30)
+
+
+def test_output_while_the_agent_is_down_arrives_once_when_it_is_back(platform, log_app):  # noqa: ANN001
+    get(platform, "/say/before-the-kill")
+    assert wait_for(lambda: "out before-the-kill" in [x["text"] for x in recent(platform)],
+                    timeout=10)
+    agent = platform.agent_service(platform.agent_ids[0])
+    platform.platform.kill(agent)  # SIGKILL: nothing is flushed or cleaned up
+    try:
+        # The instance neither blocks nor dies for want of a reader of its output.
+        get(platform, "/say/while-the-agent-is-down")
+        get(platform, "/paced?n=300&rate=1000&tag=down")
+        time.sleep(0.5)
+    finally:
+        platform.platform.start_service(agent)
+
+    def texts() -> list[str]:
+        return [x["text"] for x in recent(platform, "--source", "APP")]
+
+    assert wait_for(lambda: sum(t.startswith("down ") for t in texts()) == 300, timeout=30), \
+        texts()[-20:]
+    shown = texts()
+    assert shown.count("out while-the-agent-is-down") == 1
+    assert shown.count("err while-the-agent-is-down") == 1
+    assert shown.count("out before-the-kill") == 1  # not shipped again by the new agent
+    downs = [int(t.split()[1]) for t in shown if t.startswith("down ")]
+    assert downs == list(range(300))
 
 
 def test_a_flood_is_rate_limited_with_an_honest_count_and_capped(platform, log_app):  # noqa: ANN001

@@ -38,6 +38,9 @@ class FakeRedis:
     def hgetall(self, key: str) -> dict[bytes, bytes]:
         return dict(self.hashes.get(key, {}))
 
+    def hget(self, key: str, field: str) -> bytes | None:
+        return self.hashes.get(key, {}).get(self._b(field))
+
     def hset(self, key: str, field: str, value: Any) -> int:
         self.hashes.setdefault(key, {})[self._b(field)] = self._b(value)
         return 1

@@ -1,0 +1,196 @@
+"""Instances' output files: the agent follows an instance's stdout and stderr files, resumes
+where it stopped after a restart, frees what it has read, and keeps the last lines for a
+crash's reason."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from contracts import keys
+from contracts.settings import Settings
+from dea_agent import logs as agent_logs
+from dea_agent.instances import make_output_files
+from dea_agent.logs import Follower, LogShipper
+from tests.unit.test_applog import StreamRedis, lines_of
+
+APP = "app-1"
+
+
+@pytest.fixture(autouse=True)
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent_logs, "READ_PAUSE", 0.001)
+    monkeypatch.setattr(agent_logs, "IDLE_PAUSE", 0.005)
+    monkeypatch.setattr(agent_logs, "FLUSH_EVERY", 0.005)
+
+
+@pytest.fixture
+def running(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether the container runs, as the followers see it (Docker is not asked)."""
+    state = [True]
+    monkeypatch.setattr(Follower, "_running", lambda self: state[0])
+    return state
+
+
+def instance(folder: Path, guid: str = "i1") -> SimpleNamespace:
+    return SimpleNamespace(guid=guid, app_guid=APP, container_id=guid * 8, process_type="web",
+                           index=2, output_dir=str(folder))
+
+
+def shipper(client: StreamRedis) -> LogShipper:
+    return LogShipper(Settings(agent_id="a1"), None, client)  # type: ignore[arg-type]
+
+
+def write(folder: Path, name: str, data: bytes) -> None:
+    with open(folder / name, "ab") as f:  # as the instance's shell opened it: to append
+        f.write(data)
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def texts(client: StreamRedis) -> list[tuple[str, str, str]]:
+    return [(x.fd, x.idx, x.line) for x in lines_of(client, APP)]
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    make_output_files(str(tmp_path / "i1"))
+    return tmp_path / "i1"
+
+
+def test_both_files_are_followed_tagged_and_lines_written_in_pieces_are_whole(
+        folder: Path, running: list[bool]) -> None:
+    client = StreamRedis()
+    ship = shipper(client)
+    ship.follow(instance(folder))
+    write(folder, "stdout", b"one\ntw")
+    write(folder, "stderr", "trouble \xe2".encode("latin-1"))
+    wait_for(lambda: len(texts(client)) == 1)
+    write(folder, "stdout", b"o\n")
+    write(folder, "stderr", b"\x98\x83 here\n")  # the rest of a snowman
+    wait_for(lambda: len(texts(client)) == 3)
+    assert sorted(texts(client)) == [("err", "2", "trouble ☃ here"), ("out", "2", "one"),
+                                     ("out", "2", "two")]
+    cursor = client.hget(keys.app_log_cursors("a1"), "i1" * 8)
+    assert cursor in ("f8:17", b"f8:17")  # bytes of whole lines read, stdout:stderr
+    running[0] = False  # the container ended: the last lines are read, then the follower ends
+    write(folder, "stdout", b"last words\n")
+    wait_for(lambda: not ship.followers)
+    assert texts(client)[-1] == ("out", "2", "last words")
+    assert ship.last_lines("i1") == ["one", "two", "trouble ☃ here", "last words"]
+
+
+def test_a_restarted_agent_resumes_at_its_cursor_with_nothing_lost_or_doubled(
+        folder: Path, running: list[bool]) -> None:
+    client = StreamRedis()
+    first = shipper(client)
+    first.follow(instance(folder))
+    write(folder, "stdout", b"".join(b"line %d\n" % n for n in range(5)))
+    wait_for(lambda: len(texts(client)) == 5)
+    first.flush()
+    gone = first.followers["i1"]
+    first.ended = lambda follower: None  # type: ignore[method-assign]  # no clean-up:
+    gone.stopped.set()  # the agent is gone; the instance writes on
+    gone.join(5)
+    write(folder, "stdout", b"".join(b"line %d\n" % n for n in range(5, 8)))
+    write(folder, "stderr", b"oops\n")
+    again = shipper(client)
+    again.follow(instance(folder), resume=True)
+    wait_for(lambda: len(texts(client)) == 9)
+    time.sleep(0.05)
+    assert [t for _, _, t in texts(client)] == [f"line {n}" for n in range(8)] + ["oops"]
+
+
+def test_adopted_without_a_cursor_ships_the_last_lines_only(
+        folder: Path, running: list[bool], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent_logs, "RESUME_TAIL", 3)
+    monkeypatch.setattr(agent_logs, "RESUME_BYTES", 40)
+    write(folder, "stdout", b"".join(b"earlier line %d\n" % n for n in range(10)))
+    client = StreamRedis()
+    shipper(client).follow(instance(folder), resume=True)
+    wait_for(lambda: len(texts(client)) >= 2)
+    time.sleep(0.05)
+    # 40 bytes before the end: a piece of line 7 (dropped), lines 8 and 9.
+    assert [t for _, _, t in texts(client)] == ["earlier line 8", "earlier line 9"]
+
+
+def test_what_was_read_is_freed_and_the_offsets_stay(
+        folder: Path, running: list[bool], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent_logs, "FREE_EVERY", 0.01)
+    monkeypatch.setattr(agent_logs, "FREE_AT", 64 * 1024)
+    client = StreamRedis()
+    ship = shipper(client)
+    ship.writer.rate = 1e9
+    ship.follow(instance(folder))
+    block = b"".join(b"%0100d\n" % n for n in range(4000))  # 404,000 bytes
+    write(folder, "stdout", block)
+    wait_for(lambda: len(texts(client)) == 4000)
+    path = folder / "stdout"
+    wait_for(lambda: os.stat(path).st_blocks * 512 < 64 * 1024)
+    assert os.stat(path).st_size == len(block)
+    write(folder, "stdout", b"after the hole\n")
+    wait_for(lambda: texts(client)[-1][2] == "after the hole")
+    # A restarted agent reading from before the freed stretch skips its zeros.
+    ship.followers["i1"].stopped.set()
+    wait_for(lambda: not ship.followers)
+    again = StreamRedis()
+    again.hset(keys.app_log_cursors("a1"), "i1" * 8, "f0:0")
+    shipper(again).follow(instance(folder), resume=True)
+    wait_for(lambda: any(t == "after the hole" for _, _, t in texts(again)))
+    assert not any("\0" in t for _, _, t in texts(again))
+
+
+def test_a_file_the_app_truncates_is_read_again_from_its_start(
+        folder: Path, running: list[bool], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent_logs, "FREE_EVERY", 0.01)
+    client = StreamRedis()
+    ship = shipper(client)
+    ship.follow(instance(folder))
+    write(folder, "stdout", b"before\n")
+    wait_for(lambda: len(texts(client)) == 1)
+    with open(folder / "stdout", "wb") as f:  # open(..., "w"), as /dev/stdout might be
+        f.write(b"")
+    time.sleep(0.05)
+    write(folder, "stdout", b"after\n")
+    wait_for(lambda: len(texts(client)) == 2)
+    assert [t for _, _, t in texts(client)] == ["before", "after"]
+
+
+def test_a_crash_s_last_lines_wait_for_the_follower_to_read_them(
+        folder: Path, running: list[bool], monkeypatch: pytest.MonkeyPatch) -> None:
+    client = StreamRedis()
+    ship = shipper(client)
+    ship.follow(instance(folder))
+    write(folder, "stdout", b"started\n")
+    wait_for(lambda: len(texts(client)) == 1)
+    monkeypatch.setattr(agent_logs, "IDLE_PAUSE", 0.3)  # the follower looks seldom now
+    time.sleep(0.35)
+    write(folder, "stderr", b"Traceback (most recent call last):\nValueError: boom\n")
+    assert ship.last_lines("i1")[-1] == "ValueError: boom"
+    ship.stop("i1")
+    assert ship.last_lines("i1") == []
+
+
+def test_a_follower_stopped_reads_what_is_left_first(folder: Path, running: list[bool]) -> None:
+    client = StreamRedis()
+    ship = shipper(client)
+    ship.follow(instance(folder))
+    wait_for(lambda: ship.followers["i1"].is_alive())
+    follower = ship.followers["i1"]
+    write(folder, "stdout", b"".join(b"bye %d\n" % n for n in range(3)))
+    ship.stop("i1")
+    follower.join(5)
+    ship.flush()
+    assert [t for _, _, t in texts(client)] == ["bye 0", "bye 1", "bye 2"]
+    assert not threading.enumerate().count(follower)
