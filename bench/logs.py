@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import shutil
 import statistics
@@ -148,8 +149,9 @@ def report(label: str, lines: list[tuple[float, float, float]], expected: int,
 def busy_jiffies() -> tuple[int, int]:
     """(busy, total) CPU time of the whole machine so far, from /proc/stat."""
     with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + values[4]  # idle, iowait
+        # user nice system idle iowait irq softirq steal (guest time is counted in user)
+        values = [int(v) for v in f.readline().split()[1:9]]
+    idle = values[3] + values[4]
     return sum(values) - idle, sum(values)
 
 
@@ -174,9 +176,9 @@ class Target:
         self.sandbox.router_get(self.host, f"/paced?n={n}&rate={rate}&tag={tag}")
         lines = self.follower.wait(tag, n, seconds + 30)
         after = busy_jiffies()
-        # Busy time of the whole machine (its 2 cores) per line, in microseconds: jiffies
-        # are 1/100 s; the wait's idle tail only adds idle time.
-        cpu = (after[0] - before[0]) / 100 * 1e6 / max(1, len(lines))
+        # Busy time of the whole machine (its 2 cores) per line printed, in microseconds;
+        # the wait's idle tail adds only idle time.
+        cpu = (after[0] - before[0]) / os.sysconf("SC_CLK_TCK") * 1e6 / n
         self.runs.append((label, lines, n, cpu))
 
     def flood(self, n: int) -> None:
@@ -188,7 +190,7 @@ class Target:
 
 
 def ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}" if b else "n/a"
+    return f"{a / b:.2f}" if b and not math.isnan(a / b) else "n/a"
 
 
 
@@ -261,11 +263,15 @@ def main() -> None:
     if "docker" in results:
         docker_ = results["docker"]
         pairs = [(docker_[k], v) for k, v in files.items() if k in docker_ and k != "flood"]
-        cpu = statistics.median(d["cpu"] / f["cpu"] for d, f in pairs)
-        p99 = statistics.median(d["p99"] / f["p99"] for d, f in pairs)
+
+        def median_ratio(key: str) -> str:
+            found = [d[key] / f[key] for d, f in pairs
+                     if f[key] > 0 and not math.isnan(d[key] / f[key])]
+            return f"{statistics.median(found):.2f}" if found else "n/a"
+
         print(f"  docker/files, median over the paced runs: machine CPU per line "
-              f"{cpu:.2f}, p99 delay {p99:.2f}; flood lines/s files/docker "
-              f"{ratio(files['flood']['rate'], docker_['flood']['rate'])}")
+              f"{median_ratio('cpu')}, p99 delay {median_ratio('p99')}; flood lines/s "
+              f"files/docker {ratio(files['flood']['rate'], docker_['flood']['rate'])}")
 
 
 if __name__ == "__main__":

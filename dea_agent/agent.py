@@ -143,17 +143,19 @@ class Agent:
     def _remove(container) -> None:  # noqa: ANN001
         try:
             container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
         except docker.errors.APIError as e:
             log.warning("could not remove container %s: %s", container.id[:12], e)
-            return
+            return  # it may run on: its output files stay (the next adoption sweeps them)
         inst_mod.remove_output_files(container.labels.get(inst_mod.LABEL_OUTPUT, ""))
 
     def _sweep_output_files(self) -> None:
         """Remove the output files of instances this agent no longer has (their containers
         went while it was down)."""
         folder = self.settings.instance_logs_path / self.settings.agent_id
-        with self.lock:
-            kept = {i.output_dir for i in self.instances.values()}
+        with self.lock:  # (an instance being started has its folder before its label)
+            kept = {inst_mod.output_dir(self.settings, guid) for guid in self.instances}
         try:
             found = [str(p) for p in folder.iterdir()]
         except FileNotFoundError:
@@ -177,6 +179,7 @@ class Agent:
         removed_at = time.time()
         self.publish()  # routes without it, before the signal
         self._wait_for_router(removed_at)
+        removed = True
         if instance.container_id:
             try:
                 container = self.docker.containers.get(instance.container_id)
@@ -185,11 +188,13 @@ class Agent:
             except docker.errors.NotFound:
                 pass
             except docker.errors.APIError as e:
+                removed = False
                 log.warning("stopping %s failed: %s", instance_guid, e)
         with self.lock:
             self.instances.pop(instance_guid, None)
         self.logs.stop(instance_guid)  # it reads what is left through its open files
-        inst_mod.remove_output_files(instance.output_dir)
+        if removed:
+            inst_mod.remove_output_files(instance.output_dir)
         log.info("stopped %s/%s index %d release %d", instance.app_name,
                  instance.process_type, instance.index, instance.release)
         self.publish(force=True)

@@ -225,16 +225,17 @@ def create_container(client: docker.DockerClient, spec: InstanceSpec, settings: 
     }
     how = confinement(spec.memory_mb)
     folder = ""
-    if settings.instance_log_files:
-        folder = output_dir(settings, spec.instance_guid)
-        make_output_files(folder)
-        labels[LABEL_OUTPUT] = folder
-        how["command"] = ["/bin/sh", "-c", LAUNCH_TO_FILES]
-        how["mounts"] = [docker.types.Mount(f"{OUTPUT_DIR}/{name}", f"{folder}/{name}",
-                                            type="bind")
-                         for name in OUTPUT_FILES.values()]
-        how["log_config"] = {"type": "json-file", "config": {"max-size": "1m", "max-file": "1"}}
     try:
+        if settings.instance_log_files:
+            folder = output_dir(settings, spec.instance_guid)
+            make_output_files(folder)
+            labels[LABEL_OUTPUT] = folder
+            how["command"] = ["/bin/sh", "-c", LAUNCH_TO_FILES]
+            how["mounts"] = [docker.types.Mount(f"{OUTPUT_DIR}/{name}", f"{folder}/{name}",
+                                                type="bind")
+                             for name in OUTPUT_FILES.values()]
+            how["log_config"] = {"type": "json-file",
+                                 "config": {"max-size": "1m", "max-file": "1"}}
         return client.containers.create(
             spec.image,
             name=f"paas-{spec.app_name}-{spec.process_type}-{spec.index}-"

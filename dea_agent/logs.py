@@ -59,6 +59,9 @@ RESUME_BYTES = 256 * 1024  # an output file adopted without a cursor: its last l
 RECENT = 20  # lines a follower keeps to explain a crash
 FREE_EVERY = 1.0  # seconds between looks at what of the output files can be freed
 FREE_AT = 1 << 20  # bytes read and written to Redis before they are freed
+MAX_BACKLOG = 64 << 20  # unread bytes of an output file past which the oldest are skipped
+BEHIND = ("output may have been lost here: {:,} bytes of it were skipped, as the agent had "
+          "fallen too far behind (it was down, or the app wrote faster than it could read)")
 BLOCK = 4096
 _PUNCH = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
 LOST = ("output may have been lost here: Docker rotated this instance's log file more than "
@@ -134,6 +137,17 @@ _fallocate = _libc.fallocate
 _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 
 
+def data_from(fd: int, offset: int) -> int:
+    """Where the file's data goes on at or after ``offset``, past a hole (its size when
+    only a hole follows; ``offset`` where the file system does not say)."""
+    try:
+        return os.lseek(fd, offset, os.SEEK_DATA)
+    except OSError as e:
+        if e.errno == errno.ENXIO:
+            return max(offset, os.fstat(fd).st_size)
+        return offset
+
+
 def punch_hole(fd: int, offset: int, length: int) -> None:
     """Free the disk blocks of ``length`` bytes of the file from ``offset``; its size, and
     the offsets of what follows, stay. OSError where the file system cannot."""
@@ -205,7 +219,7 @@ class Follower(threading.Thread):
             for f in fds.values():
                 os.close(f)
 
-    def _read_output(self, fds: dict[int, int]) -> None:
+    def _read_output(self, fds: dict[int, int]) -> None:  # noqa: C901
         pos = {fd: self.offsets.get(fd, 0) for fd in fds}  # the next byte to read
         rest = {fd: b"" for fd in fds}  # a line without its newline yet
         skip = dict.fromkeys(fds, False)  # the first line read is a piece: drop it
@@ -215,29 +229,60 @@ class Follower(threading.Thread):
                 pos[fd] = max(pos[fd], size - RESUME_BYTES) if self.tail else size
                 skip[fd] = 0 < pos[fd] < size
         freed = dict.fromkeys(fds, 0)
-        safe = dict(pos)  # what was read a look ago: in Redis by now, so it may be freed
+        # Offsets of a cursor handed to the writer by ``safe_at``: once a flush that began
+        # after that succeeded, what lies before them is in Redis and may be freed.
+        safe, safe_at = dict(pos), time.monotonic()
         can_free = True
         self.read_to = dict(pos)
         cursors = keys.app_log_cursors(self.shipper.settings.agent_id)
         proc, idx, app, name = self.proc, self.idx, applog.APP, FDS
         writer = self.shipper.writer
-        looked = last_read = time.monotonic()
+
+        def ship(lines: list[LogLine]) -> None:
+            writer.add_many(self.app_guid, lines)
+            writer.set_cursor(cursors, self.container_id, "f" + ":".join(
+                str(pos.get(fd, 0) - len(rest.get(fd, b""))) for fd in OUTPUT_FILES))
+            if writer.full():
+                self.shipper.flush_soon()  # the flusher writes; this goes on reading
+
+        looked, last_read = float("-inf"), time.monotonic()
         ending = False
         while True:
             stopping = self.stopped.is_set()
-            now = time.time()
+            now, mono = time.time(), time.monotonic()
+            if mono - looked >= FREE_EVERY:  # also while reading flat out
+                looked = mono
+                for fd, f in fds.items():
+                    size = os.fstat(f).st_size
+                    if size - pos[fd] > MAX_BACKLOG:  # the agent was down long, or is slow
+                        skipped = size - RESUME_BYTES - pos[fd]
+                        pos[fd], skip[fd], rest[fd] = size - RESUME_BYTES, True, b""
+                        ship([LogLine(now, app, BEHIND.format(skipped), proc, idx, name[fd])])
+                if can_free and self.shipper.written_at >= safe_at:
+                    can_free = self._free(fds, freed, safe)
+                safe, safe_at = {fd: pos[fd] - len(rest[fd]) for fd in fds}, time.monotonic()
+                if mono - last_read > 1.0 and not stopping and not self._running():
+                    ending = True  # one more read: the last lines, then end
             lines: list[LogLine] = []
             more = False
             for fd, f in fds.items():
-                data = os.pread(f, READ_SIZE, pos[fd])
+                at = pos[fd]
+                data = os.pread(f, READ_SIZE, at)
                 if not data:
+                    if os.fstat(f).st_size < at:  # the app truncated it: from the top
+                        pos[fd] = freed[fd] = safe[fd] = 0
+                        rest[fd] = b""
                     continue
-                pos[fd] += len(data)
-                more = more or len(data) == READ_SIZE
+                size = len(data)
+                if data[0] == 0 and not rest[fd]:  # a hole: the app wrote past the end
+                    data = data.lstrip(b"\0")  # (or one this follower freed, before a crash)
+                    if not data:  # on to where data is again
+                        pos[fd], more = data_from(f, at + size), True
+                        continue
+                pos[fd] = at + size
+                more = more or size == READ_SIZE
                 if rest[fd]:
                     data = rest[fd] + data
-                elif data[0] == 0:  # a freed stretch: read again after a restart
-                    data = data.lstrip(b"\0")
                 end = data.rfind(b"\n") + 1
                 if len(data) - end >= MAX_PENDING:  # a very long line: cut here
                     whole, rest[fd] = data + b"\n", b""
@@ -255,41 +300,32 @@ class Follower(threading.Thread):
                 self.recent.extend(texts[-RECENT:])
             self.tail = "all"
             self.read_to = dict(pos)
-            mono = time.monotonic()
             if lines:
                 last_read = mono
-                writer.add_many(self.app_guid, lines)
-                writer.set_cursor(cursors, self.container_id, "f" + ":".join(
-                    str(pos.get(fd, 0) - len(rest.get(fd, b""))) for fd in OUTPUT_FILES))
-                if writer.full():
-                    self.shipper.flush_soon()  # the flusher writes; this goes on reading
+                ship(lines)
             if more:
                 continue
-            if stopping or ending:
-                break  # that was the last read
-            if mono - looked >= FREE_EVERY:
-                looked = mono
-                for fd, f in fds.items():
-                    if os.fstat(f).st_size < pos[fd]:  # the app truncated it: from the top
-                        pos[fd] = freed[fd] = safe[fd] = 0
-                        rest[fd] = b""
-                if can_free:
-                    can_free = self._free(fds, freed, safe)
-                safe = {fd: pos[fd] - len(rest[fd]) for fd in fds}
-                if mono - last_read > 1.0 and not self._running():
-                    ending = True  # one more read: the last lines, then end
-                    continue
+            if stopping or ending:  # that was the last read; a last line may lack its "\n"
+                last = [(fd, r) for fd, r in rest.items() if r]
+                for fd, r in last:
+                    rest[fd] = b""
+                    text = r.decode("utf-8", "replace")
+                    self.recent.append(text)
+                    lines.append(line_of((now, app, text, proc, idx, name[fd])))
+                if last:
+                    ship(lines[-len(last):])
+                break
             # Quiet for a while: look less often (an agent has many mostly idle instances);
             # the first line after a pause waits at most IDLE_PAUSE.
             self.stopped.wait(READ_PAUSE if mono - last_read < 0.25 else IDLE_PAUSE)
 
     def _free(self, fds: dict[int, int], freed: dict[int, int], safe: dict[int, int]) -> bool:
-        """Free the disk blocks of what was read up to ``safe``, once it is ``FREE_AT`` or
-        more; False when this file system (or a read-only handle) cannot."""
+        """Free the disk blocks of what was shipped up to ``safe``, once it is ``FREE_AT``
+        or more; False when this file system (or a read-only handle) cannot."""
         for fd, f in fds.items():
             upto = safe[fd] // BLOCK * BLOCK
-            if upto - freed[fd] < FREE_AT:
-                continue
+            if upto - freed[fd] < FREE_AT or os.fstat(f).st_size < safe[fd]:
+                continue  # little to free, or the app truncated the file meanwhile
             try:
                 punch_hole(f, freed[fd], upto - freed[fd])
             except OSError as e:
@@ -527,6 +563,7 @@ class LogShipper:
         self.flusher: threading.Thread | None = None
         self.due = threading.Event()  # a batch is full: the flusher writes at once
         self.recent: dict[str, deque[str]] = {}  # ended followers' last lines, by instance
+        self.written_at = 0.0  # when the last flush that succeeded began (monotonic)
 
     def follow(self, instance, resume: bool = False) -> None:  # noqa: ANN001
         """Ship ``instance``'s output: all of it, or (``resume``, an adopted container) what
@@ -601,10 +638,13 @@ class LogShipper:
 
     def flush(self) -> None:
         with self.flush_lock:
+            began = time.monotonic()
             try:
                 self.writer.flush()
             except redis.RedisError as e:
                 log.warning("could not write app log lines (dropped): %s", e)
+            else:
+                self.written_at = began  # lines and cursors handed over by then are stored
 
     def flush_soon(self) -> None:
         """Have the flusher write now rather than at its next tick."""

@@ -194,3 +194,68 @@ def test_a_follower_stopped_reads_what_is_left_first(folder: Path, running: list
     ship.flush()
     assert [t for _, _, t in texts(client)] == ["bye 0", "bye 1", "bye 2"]
     assert not threading.enumerate().count(follower)
+
+
+def test_a_last_line_without_its_newline_is_shipped_when_the_container_ends(
+        folder: Path, running: list[bool]) -> None:
+    client = StreamRedis()
+    ship = shipper(client)
+    ship.follow(instance(folder))
+    write(folder, "stderr", b"fatal: no newline")
+    time.sleep(0.05)
+    assert texts(client) == []  # a line is shipped whole, while it may go on
+    running[0] = False
+    wait_for(lambda: not ship.followers)
+    assert texts(client) == [("err", "2", "fatal: no newline")]
+    assert ship.last_lines("i1") == ["fatal: no newline"]
+
+
+def test_a_file_made_huge_and_sparse_is_skipped_not_read(
+        folder: Path, running: list[bool]) -> None:
+    client = StreamRedis()
+    ship = shipper(client)
+    ship.follow(instance(folder))
+    write(folder, "stdout", b"before\n")
+    wait_for(lambda: len(texts(client)) == 1)
+    os.truncate(folder / "stdout", 1 << 40)  # 1 TiB of hole: truncate -s 1T
+    write(folder, "stdout", b"after\n")
+    wait_for(lambda: len(texts(client)) == 2, timeout=2)
+    assert [t for _, _, t in texts(client)] == ["before", "after"]
+
+
+def test_a_backlog_past_the_limit_is_skipped_with_a_note(
+        folder: Path, running: list[bool], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent_logs, "MAX_BACKLOG", 10_000)
+    monkeypatch.setattr(agent_logs, "RESUME_BYTES", 100)
+    monkeypatch.setattr(agent_logs, "FREE_EVERY", 0.0)
+    write(folder, "stdout", b"".join(b"backlog %05d\n" % n for n in range(2000)))  # 28 KB
+    client = StreamRedis()
+    client.hset(keys.app_log_cursors("a1"), "i1" * 8, "f0:0")  # down since the start
+    shipper(client).follow(instance(folder), resume=True)
+    wait_for(lambda: any(t.startswith("backlog 01999") for _, _, t in texts(client)))
+    shown = [t for _, _, t in texts(client)]
+    assert len(shown) < 2000
+    note = [t for t in shown if t.startswith("output may have been lost here")]
+    assert len(note) == 1 and "bytes of it were skipped" in note[0], shown[:3]
+
+
+def test_nothing_is_freed_until_redis_has_the_lines(
+        folder: Path, running: list[bool], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent_logs, "FREE_EVERY", 0.01)
+    monkeypatch.setattr(agent_logs, "FREE_AT", 4096)
+    monkeypatch.setattr(LogShipper, "_flush_loop", lambda self: None)  # a flusher stuck
+    client = StreamRedis()
+    ship = shipper(client)
+    ship.writer.rate = 1e9
+    ship.follow(instance(folder))
+    write(folder, "stdout", (b"x" * 999 + b"\n") * 200)
+    wait_for(lambda: ship.followers["i1"].read_to.get(1, 0) == 200_000)
+    path = folder / "stdout"
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())  # blocks allocated, not just reserved
+    time.sleep(0.2)  # many looks
+    assert os.stat(path).st_blocks * 512 >= 196 * 1024
+    assert texts(client) == []
+    ship.flush()
+    wait_for(lambda: os.stat(path).st_blocks * 512 < 8192)
+    assert len(texts(client)) == 200
