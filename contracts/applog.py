@@ -25,13 +25,14 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from functools import partial
 from json.encoder import encode_basestring_ascii as _json_str  # type: ignore[attr-defined]
-from typing import Any, NamedTuple
-
-import redis
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from contracts import keys
 from contracts.logstream import StreamWriter
 from contracts.settings import Settings
+
+if TYPE_CHECKING:  # the CLI reads lines with this module: redis-py would cost it 0.3 s
+    import redis
 
 APP, STG, RTR, API, HEALTH = "APP", "STG", "RTR", "API", "HEALTH"
 SOURCES = (APP, STG, RTR, API, HEALTH)
@@ -374,6 +375,8 @@ class AppLogWriter:
         """One script call for the batch, packed here: redis-py's packing of an XADD per
         line (or of the script's arguments) costs more than Redis takes to run them, and
         caps a writer near 20k lines/s. (Other clients, test fakes, get plain XADDs.)"""
+        import redis  # noqa: PLC0415  (loaded by then: the client is one)
+
         if not isinstance(self.client, redis.Redis):
             pipe = self.client.pipeline(transaction=False)
             for line in lines:
@@ -407,6 +410,8 @@ def append(client: redis.Redis, settings: Settings, app_guid: str, src: str, tex
     Best-effort: a Redis error is swallowed, since the line only reports what already
     happened (the caller's work must not fail because a log line could not be written).
     """
+    import redis  # noqa: PLC0415  (loaded by then: the client is one)
+
     line = LogLine(time.time(), src, cut(text, settings.log_line_max_bytes))
     try:
         client.xadd(keys.app_log(app_guid), line.fields(), maxlen=settings.log_lines_per_app,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import redis
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # redis-py costs a CLI that imports these contracts a third of a second
+    import redis
 
 MAX_LINE = 8192
 MAXLEN = 20_000

@@ -258,11 +258,13 @@ class Nginx:
             candidate.unlink(missing_ok=True)  # already gone if it became the live config
         if self.is_running():
             assert self._proc is not None
-            if old_marker is not None:
-                # The live workers now answer with "Connection: close": give busy keep-alive
-                # clients time for one more request, so none is idle when they retire.
-                time.sleep(self.close_keepalive_for)
             old_workers = child_pids(self._proc.pid)
+            if old_marker is not None and client_connections(old_workers) != 0:
+                # The live workers now answer with "Connection: close": give busy keep-alive
+                # clients time for one more request, so none is idle when they retire. (A
+                # connection opened from now on has its first answer say so: with none open
+                # now, there is nothing to wait for, and the change goes live at once.)
+                time.sleep(self.close_keepalive_for)
             self._proc.send_signal(signal.SIGHUP)
             _wait_not_accepting(old_workers, timeout=self.drain_timeout)
         return True
@@ -393,6 +395,42 @@ def child_pids(pid: int) -> set[int]:
         if len(fields) > 1 and fields[1] == str(pid):
             found.add(int(entry))
     return found
+
+
+def client_connections(pids: set[int]) -> int | None:
+    """How many open client connections the processes ``pids`` (nginx's workers) hold:
+    their TCP connections on a port they listen on (their connections to apps are not on
+    one). None when /proc does not say."""
+    if not pids:
+        return 0
+    sockets: set[str] = set()
+    try:
+        for pid in pids:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue  # closed meanwhile
+                if target.startswith("socket:["):
+                    sockets.add(target[8:-1])
+        listening: set[str] = set()
+        connected: list[str] = []
+        for table in ("tcp", "tcp6"):
+            with open(f"/proc/{next(iter(pids))}/net/{table}") as f:
+                next(f)  # the header
+                for line in f:
+                    # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+                    fields = line.split()
+                    if len(fields) < 10 or fields[9] not in sockets:
+                        continue
+                    port = fields[1].rpartition(":")[2]
+                    if fields[3] == "0A":  # LISTEN
+                        listening.add(port)
+                    elif fields[3] == "01":  # ESTABLISHED
+                        connected.append(port)
+    except OSError:
+        return None
+    return sum(port in listening for port in connected)
 
 
 def _wait_not_accepting(pids: set[int], timeout: float) -> None:

@@ -376,12 +376,15 @@ def test_static_nginx_conf():
     assert "location = /Staticfile" in staticpack.nginx_conf("/app")
 
 
-def _run_fast_compile(app: Path, layers: dict[str, Path],
-                      stack: str) -> subprocess.CompletedProcess:
+def _run_fast_compile(app: Path, layers: dict[str, Path], stack: str,
+                      release_file: Path | None = None) -> subprocess.CompletedProcess:
     script = Path(str(registry.by_name("python").folder / "bin" / "fast-compile"))
+    env = {**os.environ, "PAAS_STACK_PYTHON": stack}
+    if release_file is not None:
+        env["PAAS_RELEASE_FILE"] = str(release_file)
     return subprocess.run(
         [sys.executable, str(script), str(app), *(f"{k}={v}" for k, v in layers.items())],
-        capture_output=True, text=True, env={**os.environ, "PAAS_STACK_PYTHON": stack})
+        capture_output=True, text=True, env=env)
 
 
 def _django_app(root: Path) -> Path:
@@ -397,9 +400,10 @@ def test_fast_compile_uses_a_stored_layer_without_a_container(tmp_path):  # noqa
 
     stack = "3.11.2 (main, Mar 13 2023, 12:18:29) [GCC 12.2.0]"
     app = _django_app(tmp_path / "app")
-    declined = _run_fast_compile(app, {}, stack)
+    released = tmp_path / "release.yml"
+    declined = _run_fast_compile(app, {}, stack, released)
     assert declined.returncode == 100  # nothing stored: the container must compile
-    assert not (app / ".paas").exists()  # and nothing was written
+    assert not (app / ".paas").exists() and not released.exists()  # and nothing was written
 
     pack = load("python", "pythonpack")
     os.environ["PAAS_STACK_PYTHON"] = stack
@@ -414,8 +418,13 @@ def test_fast_compile_uses_a_stored_layer_without_a_container(tmp_path):  # noqa
             if name.count("/") < 2:
                 info.type = tarfile.DIRTYPE
             tar.addfile(info)
-    done = _run_fast_compile(app, {key: layer}, stack)
+    done = _run_fast_compile(app, {key: layer}, stack, released)
     assert done.returncode == 0, done.stdout + done.stderr
+    # What bin/release says, written by the same interpreter.
+    release = Path(str(registry.by_name("python").folder / "bin" / "release"))
+    said = subprocess.run([sys.executable, str(release), str(app)], capture_output=True,
+                          text=True, check=True).stdout
+    assert released.read_text() == said and "mysite.wsgi" in said
     assert "reusing them from the build cache" in done.stdout
     assert (app / ".paas" / "layers").read_text() == f".venv {key}\n"
     assert "gunicorn mysite.wsgi" in done.stdout  # Django inferred from the stored venv

@@ -392,6 +392,10 @@ def fast_compile_main(argv: list[str]) -> None:
         done = fast_compile(argv[0], layers)
     except (BuildFailed, pyversion.VersionError) as e:
         fail(str(e))
+    release_to = os.environ.get("PAAS_RELEASE_FILE")
+    if done and release_to:  # what bin/release would say, without a second interpreter
+        with open(release_to, "w") as f:
+            f.write(pystart.release_yaml(default_command(argv[0])))
     sys.exit(0 if done else NEEDS_CONTAINER)
 
 
