@@ -26,7 +26,6 @@ bench: setup
 
 lint: setup
 	@$(VENV)/ruff check .
-	@$(VENV)/ruff format --check contracts controller buildpacks dea_agent router cli launcher
 
 clean:
 	rm -rf .venv .paas-data .pytest_cache .ruff_cache

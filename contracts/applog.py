@@ -375,7 +375,7 @@ class AppLogWriter:
         """One script call for the batch, packed here: redis-py's packing of an XADD per
         line (or of the script's arguments) costs more than Redis takes to run them, and
         caps a writer near 20k lines/s. (Other clients, test fakes, get plain XADDs.)"""
-        import redis  # noqa: PLC0415  (loaded by then: the client is one)
+        import redis  # (loaded by then: the client is one)
 
         if not isinstance(self.client, redis.Redis):
             pipe = self.client.pipeline(transaction=False)
@@ -410,7 +410,7 @@ def append(client: redis.Redis, settings: Settings, app_guid: str, src: str, tex
     Best-effort: a Redis error is swallowed, since the line only reports what already
     happened (the caller's work must not fail because a log line could not be written).
     """
-    import redis  # noqa: PLC0415  (loaded by then: the client is one)
+    import redis  # (loaded by then: the client is one)
 
     line = LogLine(time.time(), src, cut(text, settings.log_line_max_bytes))
     try:
