@@ -9,8 +9,8 @@ import uuid
 
 import redis
 from flask import current_app, g, jsonify, request
-from sqlalchemy import select
-from sqlalchemy.orm import object_session
+from sqlalchemy import func, select
+from sqlalchemy.orm import object_session, selectinload
 
 from contracts import keys
 from contracts.messages import InstanceReport
@@ -25,10 +25,12 @@ from controller.models import (
     App,
     Build,
     BuildState,
+    Domain,
     Droplet,
     HealthCheck,
     Package,
     Release,
+    Route,
     Team,
     iso,
     validate_name,
@@ -157,8 +159,13 @@ def router_synced() -> float:
         return 0.0
 
 
-def present_app(app: App, instances: list[InstanceReport] | None = None) -> dict[str, object]:
-    release = g.db.get(Release, app.release_id) if app.release_id else None
+def present_app(app: App, instances: list[InstanceReport] | None = None,
+                latest: Release | None = None,
+                release: Release | None = None) -> dict[str, object]:
+    """The app as the API shows it; ``latest`` (its newest release) and ``release`` (its
+    current one), when the caller has them."""
+    if release is None and app.release_id:
+        release = g.db.get(Release, app.release_id)
     web = next((p for p in app.processes if p.type == "web"), None)
     body: dict[str, object] = {
         "guid": app.guid,
@@ -193,8 +200,9 @@ def present_app(app: App, instances: list[InstanceReport] | None = None) -> dict
             "process_types": release.droplet.process_types,
             "created_at": iso(release.created_at),
         }
-    latest = g.db.scalar(select(Release).where(Release.app_id == app.id)
-                         .order_by(Release.version.desc()))
+    if latest is None:
+        latest = g.db.scalar(select(Release).where(Release.app_id == app.id)
+                             .order_by(Release.version.desc()))
     if latest is not None and latest.status == "FAILED":
         body["failed_release"] = {"version": latest.version, "error": latest.error}
     if instances is not None:
@@ -210,12 +218,27 @@ def present_app(app: App, instances: list[InstanceReport] | None = None) -> dict
 @v1.get("/apps")
 def list_apps():  # noqa: ANN201
     ident = current_identity()
-    query = select(App).order_by(App.name)
+    # What present_app reads of each app, in a few queries for all of them (not several
+    # per app): its team, processes, routes with their domains, current and latest release.
+    query = select(App).order_by(App.name).options(
+        selectinload(App.team), selectinload(App.processes),
+        selectinload(App.routes).selectinload(Route.domain).selectinload(Domain.certificate))
     if not ident.is_admin:
         query = query.where(App.team_id == ident.team_id)
+    apps = list(g.db.scalars(query))
+    listed = [a.id for a in apps]
+    newest = (select(Release.app_id, func.max(Release.version).label("version"))
+              .where(Release.app_id.in_(listed)).group_by(Release.app_id).subquery())
+    latest = {r.app_id: r for r in g.db.scalars(
+        select(Release).join(newest, (Release.app_id == newest.c.app_id)
+                             & (Release.version == newest.c.version)))}
+    wanted = [a.release_id for a in apps if a.release_id]
+    current = {r.id: r for r in g.db.scalars(
+        select(Release).where(Release.id.in_(wanted)).options(selectinload(Release.droplet)))}
     grouped = instances_by_app(read_heartbeats(_redis()))
-    return jsonify({"apps": [present_app(a, grouped.get(a.guid, []))
-                             for a in g.db.scalars(query)]})
+    return jsonify({"apps": [
+        present_app(a, grouped.get(a.guid, []), latest.get(a.id), current.get(a.release_id))
+        for a in apps]})
 
 
 @v1.get("/apps/<name>")

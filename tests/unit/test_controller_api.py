@@ -245,3 +245,58 @@ def test_push_with_an_uploaded_buildpack(env):  # noqa: ANN001
     request = env.celery.sent[-1][1][0]
     assert request["buildpack"] == "mine"
     assert request["buildpack_blob"].startswith("buildpacks/")
+
+
+def test_listing_apps_takes_as_many_queries_for_many_apps_as_for_few(env):  # noqa: ANN001
+    from sqlalchemy import event
+
+    def queries_to_list() -> tuple[int, list[dict]]:
+        seen: list[str] = []
+        engine = env.app.extensions["paas.engine"]
+
+        def count(conn, cursor, statement, *args) -> None:  # noqa: ANN001
+            seen.append(statement)
+
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            listed = env.client.get("/v1/apps").json["apps"]
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+        return len(seen), listed
+
+    def add(name: str, fail_later: bool = False) -> None:
+        build = push(env.client, name, package()).json["build"]
+        _settle(env, build["guid"], StageResult(
+            ok=True, droplet_digest=name[-1] * 64, droplet_path="droplets/d.tar",
+            droplet_size=10, image="paas/droplet:x", buildpack="python",
+            process_types={"web": "gunicorn app:app"}))
+        if fail_later:  # a second release that failed to deploy: the first still serves
+            again = push(env.client, name, package()).json["build"]
+            _settle(env, again["guid"], StageResult(
+                ok=True, droplet_digest="f" * 64, droplet_path="droplets/f.tar",
+                droplet_size=10, image="paas/droplet:f", buildpack="python",
+                process_types={"web": "gunicorn app:app"}))
+            with env.app.extensions["paas.sessionmaker"]() as session:
+                from sqlalchemy import select
+
+                app = session.scalar(select(App).where(App.name == name))
+                first, second = sorted(session.scalars(
+                    select(Release).where(Release.app_id == app.id)), key=lambda r: r.version)
+                second.status, second.error, app.release_id = "FAILED", "it crashed", first.id
+                session.commit()
+
+    add("app-a")
+    add("app-b", fail_later=True)
+    few, _ = queries_to_list()
+    for n in range(8):
+        add(f"many-{n}", fail_later=n % 2 == 0)
+    many, listed = queries_to_list()
+    assert many == few, (few, many)
+    assert len(listed) == 10
+    by_name = {a["name"]: a for a in listed}
+    assert by_name["app-b"]["release"]["version"] == 1
+    assert by_name["app-b"]["release"]["buildpack"] == "python"
+    assert by_name["many-0"]["failed_release"]["version"] == 2
+    assert "failed_release" not in by_name["many-1"]
+    assert by_name["many-1"]["urls"] == ["http://many-1.localhost:8080"]
+    assert by_name["many-1"]["team"] and by_name["many-1"]["processes"][0]["type"] == "web"
