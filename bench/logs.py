@@ -42,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.measure import machine_cpu_seconds  # noqa: E402
 from launcher.sandbox import Sandbox, paas_command  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "log-app"
@@ -146,15 +147,6 @@ def report(label: str, lines: list[tuple[float, float, float]], expected: int,
             "cpu": cpu_us}
 
 
-def busy_jiffies() -> tuple[int, int]:
-    """(busy, total) CPU time of the whole machine so far, from /proc/stat."""
-    with open("/proc/stat") as f:
-        # user nice system idle iowait irq softirq steal (guest time is counted in user)
-        values = [int(v) for v in f.readline().split()[1:9]]
-    idle = values[3] + values[4]
-    return sum(values) - idle, sum(values)
-
-
 class Target:
     """One platform with the log app pushed, and a ``paas logs`` following it."""
 
@@ -172,13 +164,12 @@ class Target:
         self.runs: list[tuple[str, list, int, float]] = []  # label, lines, sent, CPU us/line
 
     def paced(self, label: str, tag: str, n: int, rate: int, seconds: float) -> None:
-        before = busy_jiffies()
+        before = machine_cpu_seconds()
         self.sandbox.router_get(self.host, f"/paced?n={n}&rate={rate}&tag={tag}")
         lines = self.follower.wait(tag, n, seconds + 30)
-        after = busy_jiffies()
         # Busy time of the whole machine (its 2 cores) per line printed, in microseconds;
         # the wait's idle tail adds only idle time.
-        cpu = (after[0] - before[0]) / os.sysconf("SC_CLK_TCK") * 1e6 / n
+        cpu = (machine_cpu_seconds() - before) * 1e6 / n
         self.runs.append((label, lines, n, cpu))
 
     def flood(self, n: int) -> None:

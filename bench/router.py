@@ -53,6 +53,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.measure import TICKS, machine_cpu_seconds  # noqa: E402
 from contracts import keys  # noqa: E402
 from contracts.messages import Backend  # noqa: E402
 from contracts.routing import MappedRoute, RouteTable, write_route_table  # noqa: E402
@@ -393,18 +394,6 @@ class RouterUnderTest:
             return int(Path(m[1] if m else self.conf.parent / "nginx.pid").read_text())
         except (OSError, ValueError):
             return None
-
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def machine_cpu_seconds() -> float:
-    """CPU time every processor spent not idle so far (``/proc/stat``): the kernel's work
-    for loopback TCP is counted to whichever process it interrupts, so only the whole
-    machine's time per request compares proxies fairly."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
-    return (user + nice + system + irq + softirq + steal) / TICKS
 
 
 def cpu_seconds(pids: set[int]) -> float:

@@ -80,7 +80,7 @@ class LogLine(NamedTuple):
     def from_flat(cls, flat: list[bytes]) -> LogLine:
         """The line of a stream entry's fields as Redis sends them, names and values in
         turn, without redis-py's dict per entry."""
-        if len(flat) != 6 or flat[0] != b"src" or flat[2] != b"meta" or flat[4] != b"line":
+        if not _three_fields(flat):
             return cls.from_fields(dict(zip(flat[0::2], flat[1::2], strict=False)))
         return cls.from_fields({b"src": flat[1], b"meta": flat[3], b"line": flat[5]})
 
@@ -114,10 +114,15 @@ class LogLine(NamedTuple):
 _JSON_TAGS: dict[tuple[Any, Any, Any, Any], str] = {}  # the JSON's middle, by tags
 
 
+def _three_fields(flat: list[bytes]) -> bool:
+    """Whether an entry as Redis sends it is the writers' ``src``, ``meta``, ``line``."""
+    return len(flat) == 6 and flat[2] == b"meta" and flat[0] == b"src" and flat[4] == b"line"
+
 
 # LogLine from a tuple of its six fields, without NamedTuple's Python-level __new__: the
 # agent and the router make tens of thousands a second.
 line_of = partial(tuple.__new__, LogLine)
+
 
 def _json_tags(src: Any, proc: Any, idx: Any, fd: Any) -> str:
     """``"source": ..., "process_type": ..., "instance": ..., "fd": ..., `` of a line's JSON
@@ -158,7 +163,7 @@ def entry_json(entry_id: str, flat: list[bytes]) -> tuple[str, str, str]:
 
     The follow endpoint makes one per line: an entry of the writers' three fields is made
     without a LogLine, from the pieces cached per kind of line and per millisecond."""
-    if len(flat) != 6 or flat[2] != b"meta" or flat[0] != b"src" or flat[4] != b"line":
+    if not _three_fields(flat):
         line = LogLine.from_flat(flat)
         return line.src, line.idx, line.json(entry_id)
     stamp, _, kind = flat[3].partition(b" ")
@@ -453,10 +458,10 @@ class DockerTime:
 
     def ns_text(self, stamp: str) -> int:
         """:meth:`ns` of a timestamp as text (the json-file log has one a line)."""
+        if stamp[19:20] != "." or stamp[-1:] != "Z":
+            return self.ns(stamp.encode())
         seconds, frac = self._seconds.get(stamp[:19]), stamp[20:-1]
-        if seconds is None or stamp[19:20] != "." or stamp[-1:] != "Z":
-            if stamp[19:20] != "." or stamp[-1:] != "Z":
-                return self.ns(stamp.encode())
+        if seconds is None:
             seconds = self._seconds[stamp[:19]] = self.ns(stamp[:19].encode() + b"Z") // 10**9
         # Docker drops a fraction's trailing zeros: "...:02.12Z" is 120 ms.
         return seconds * 1_000_000_000 + int(frac if len(frac) == 9 else frac[:9].ljust(9, "0"))

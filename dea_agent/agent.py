@@ -110,6 +110,9 @@ class Agent:
             self._crash(instance, f"the image {spec.image} is missing on agent "
                         f"{self.settings.agent_id}: push the app again.")
             return
+        except inst_mod.OutputFilesError as e:
+            self._crash(instance, f"{e}.")
+            return
         except Exception as e:  # Docker refused, or did not answer
             self._crash(instance, f"Docker could not create the instance: {_explain(e)}")
             return

@@ -45,7 +45,8 @@ LAUNCH = 'for f in /app/.profile.d/*.sh; do [ -r "$f" ] && . "$f"; done; ' \
 # Everything the instance writes goes to its output files (opened to append, so a write
 # never blocks on a reader and an agent's restart loses nothing); only a failure to open
 # them reaches Docker's log.
-LAUNCH_TO_FILES = f'exec >>{OUTPUT_DIR}/stdout 2>>{OUTPUT_DIR}/stderr; ' + LAUNCH
+LAUNCH_TO_FILES = f'exec >>{OUTPUT_DIR}/{OUTPUT_FILES[1]} 2>>{OUTPUT_DIR}/{OUTPUT_FILES[2]}; ' \
+    + LAUNCH
 
 
 @dataclass
@@ -158,6 +159,10 @@ def confinement(memory_mb: int) -> dict[str, object]:
     }
 
 
+class OutputFilesError(Exception):
+    """The agent could not make an instance's output files."""
+
+
 def output_dir(settings: Settings, instance_guid: str) -> str:
     return str(settings.instance_logs_path / settings.agent_id / instance_guid)
 
@@ -228,7 +233,13 @@ def create_container(client: docker.DockerClient, spec: InstanceSpec, settings: 
     try:
         if settings.instance_log_files:
             folder = output_dir(settings, spec.instance_guid)
-            make_output_files(folder)
+            try:
+                make_output_files(folder)
+            except OSError as e:
+                raise OutputFilesError(
+                    f"agent {settings.agent_id} could not make the instance's output files "
+                    f"in {folder} ({e.strerror or e}): the operators must free space there or "
+                    "let the agent write it (PAAS_INSTANCE_LOGS_DIR)") from e
             labels[LABEL_OUTPUT] = folder
             how["command"] = ["/bin/sh", "-c", LAUNCH_TO_FILES]
             how["mounts"] = [docker.types.Mount(f"{OUTPUT_DIR}/{name}", f"{folder}/{name}",

@@ -43,8 +43,17 @@ def instance(folder: Path, guid: str = "i1") -> SimpleNamespace:
                            index=2, output_dir=str(folder))
 
 
-def shipper(client: StreamRedis) -> LogShipper:
-    return LogShipper(Settings(agent_id="a1"), None, client)  # type: ignore[arg-type]
+def follow(folder: Path, client: StreamRedis | None = None, resume: bool = False,
+           cursor: str | None = None) -> tuple[StreamRedis, LogShipper]:
+    """An agent's shipper following the instance in ``folder`` (no rate limit), and the
+    Redis it writes to; ``cursor``, where an agent before it had got to."""
+    client = client or StreamRedis()
+    if cursor is not None:
+        client.hset(keys.app_log_cursors("a1"), "i1" * 8, cursor)
+    ship = LogShipper(Settings(agent_id="a1"), None, client)  # type: ignore[arg-type]
+    ship.writer.rate = 1e9
+    ship.follow(instance(folder), resume=resume)
+    return client, ship
 
 
 def write(folder: Path, name: str, data: bytes) -> None:
@@ -71,9 +80,7 @@ def folder(tmp_path: Path) -> Path:
 
 def test_both_files_are_followed_tagged_and_lines_written_in_pieces_are_whole(
         folder: Path, running: list[bool]) -> None:
-    client = StreamRedis()
-    ship = shipper(client)
-    ship.follow(instance(folder))
+    client, ship = follow(folder)
     write(folder, "stdout", b"one\ntw")
     write(folder, "stderr", "trouble \xe2".encode("latin-1"))
     wait_for(lambda: len(texts(client)) == 1)
@@ -93,9 +100,7 @@ def test_both_files_are_followed_tagged_and_lines_written_in_pieces_are_whole(
 
 def test_a_restarted_agent_resumes_at_its_cursor_with_nothing_lost_or_doubled(
         folder: Path, running: list[bool]) -> None:
-    client = StreamRedis()
-    first = shipper(client)
-    first.follow(instance(folder))
+    client, first = follow(folder)
     write(folder, "stdout", b"".join(b"line %d\n" % n for n in range(5)))
     wait_for(lambda: len(texts(client)) == 5)
     first.flush()
@@ -105,8 +110,7 @@ def test_a_restarted_agent_resumes_at_its_cursor_with_nothing_lost_or_doubled(
     gone.join(5)
     write(folder, "stdout", b"".join(b"line %d\n" % n for n in range(5, 8)))
     write(folder, "stderr", b"oops\n")
-    again = shipper(client)
-    again.follow(instance(folder), resume=True)
+    follow(folder, client, resume=True)
     wait_for(lambda: len(texts(client)) == 9)
     time.sleep(0.05)
     assert [t for _, _, t in texts(client)] == [f"line {n}" for n in range(8)] + ["oops"]
@@ -117,8 +121,7 @@ def test_adopted_without_a_cursor_ships_the_last_lines_only(
     monkeypatch.setattr(agent_logs, "RESUME_TAIL", 3)
     monkeypatch.setattr(agent_logs, "RESUME_BYTES", 40)
     write(folder, "stdout", b"".join(b"earlier line %d\n" % n for n in range(10)))
-    client = StreamRedis()
-    shipper(client).follow(instance(folder), resume=True)
+    client, _ = follow(folder, resume=True)
     wait_for(lambda: len(texts(client)) >= 2)
     time.sleep(0.05)
     # 40 bytes before the end: a piece of line 7 (dropped), lines 8 and 9.
@@ -129,10 +132,7 @@ def test_what_was_read_is_freed_and_the_offsets_stay(
         folder: Path, running: list[bool], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(agent_logs, "FREE_EVERY", 0.01)
     monkeypatch.setattr(agent_logs, "FREE_AT", 64 * 1024)
-    client = StreamRedis()
-    ship = shipper(client)
-    ship.writer.rate = 1e9
-    ship.follow(instance(folder))
+    client, ship = follow(folder)
     block = b"".join(b"%0100d\n" % n for n in range(4000))  # 404,000 bytes
     write(folder, "stdout", block)
     wait_for(lambda: len(texts(client)) == 4000)
@@ -144,9 +144,7 @@ def test_what_was_read_is_freed_and_the_offsets_stay(
     # A restarted agent reading from before the freed stretch skips its zeros.
     ship.followers["i1"].stopped.set()
     wait_for(lambda: not ship.followers)
-    again = StreamRedis()
-    again.hset(keys.app_log_cursors("a1"), "i1" * 8, "f0:0")
-    shipper(again).follow(instance(folder), resume=True)
+    again, _ = follow(folder, resume=True, cursor="f0:0")
     wait_for(lambda: any(t == "after the hole" for _, _, t in texts(again)))
     assert not any("\0" in t for _, _, t in texts(again))
 
@@ -154,9 +152,7 @@ def test_what_was_read_is_freed_and_the_offsets_stay(
 def test_a_file_the_app_truncates_is_read_again_from_its_start(
         folder: Path, running: list[bool], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(agent_logs, "FREE_EVERY", 0.01)
-    client = StreamRedis()
-    ship = shipper(client)
-    ship.follow(instance(folder))
+    client, ship = follow(folder)
     write(folder, "stdout", b"before\n")
     wait_for(lambda: len(texts(client)) == 1)
     with open(folder / "stdout", "wb") as f:  # open(..., "w"), as /dev/stdout might be
@@ -169,9 +165,7 @@ def test_a_file_the_app_truncates_is_read_again_from_its_start(
 
 def test_a_crash_s_last_lines_wait_for_the_follower_to_read_them(
         folder: Path, running: list[bool], monkeypatch: pytest.MonkeyPatch) -> None:
-    client = StreamRedis()
-    ship = shipper(client)
-    ship.follow(instance(folder))
+    client, ship = follow(folder)
     write(folder, "stdout", b"started\n")
     wait_for(lambda: len(texts(client)) == 1)
     monkeypatch.setattr(agent_logs, "IDLE_PAUSE", 0.3)  # the follower looks seldom now
@@ -183,9 +177,7 @@ def test_a_crash_s_last_lines_wait_for_the_follower_to_read_them(
 
 
 def test_a_follower_stopped_reads_what_is_left_first(folder: Path, running: list[bool]) -> None:
-    client = StreamRedis()
-    ship = shipper(client)
-    ship.follow(instance(folder))
+    client, ship = follow(folder)
     wait_for(lambda: ship.followers["i1"].is_alive())
     follower = ship.followers["i1"]
     write(folder, "stdout", b"".join(b"bye %d\n" % n for n in range(3)))
@@ -198,9 +190,7 @@ def test_a_follower_stopped_reads_what_is_left_first(folder: Path, running: list
 
 def test_a_last_line_without_its_newline_is_shipped_when_the_container_ends(
         folder: Path, running: list[bool]) -> None:
-    client = StreamRedis()
-    ship = shipper(client)
-    ship.follow(instance(folder))
+    client, ship = follow(folder)
     write(folder, "stderr", b"fatal: no newline")
     time.sleep(0.05)
     assert texts(client) == []  # a line is shipped whole, while it may go on
@@ -212,9 +202,7 @@ def test_a_last_line_without_its_newline_is_shipped_when_the_container_ends(
 
 def test_a_file_made_huge_and_sparse_is_skipped_not_read(
         folder: Path, running: list[bool]) -> None:
-    client = StreamRedis()
-    ship = shipper(client)
-    ship.follow(instance(folder))
+    client, ship = follow(folder)
     write(folder, "stdout", b"before\n")
     wait_for(lambda: len(texts(client)) == 1)
     os.truncate(folder / "stdout", 1 << 40)  # 1 TiB of hole: truncate -s 1T
@@ -229,9 +217,7 @@ def test_a_backlog_past_the_limit_is_skipped_with_a_note(
     monkeypatch.setattr(agent_logs, "RESUME_BYTES", 100)
     monkeypatch.setattr(agent_logs, "FREE_EVERY", 0.0)
     write(folder, "stdout", b"".join(b"backlog %05d\n" % n for n in range(2000)))  # 28 KB
-    client = StreamRedis()
-    client.hset(keys.app_log_cursors("a1"), "i1" * 8, "f0:0")  # down since the start
-    shipper(client).follow(instance(folder), resume=True)
+    client, _ = follow(folder, resume=True, cursor="f0:0")  # down since the start
     wait_for(lambda: any(t.startswith("backlog 01999") for _, _, t in texts(client)))
     shown = [t for _, _, t in texts(client)]
     assert len(shown) < 2000
@@ -244,10 +230,7 @@ def test_nothing_is_freed_until_redis_has_the_lines(
     monkeypatch.setattr(agent_logs, "FREE_EVERY", 0.01)
     monkeypatch.setattr(agent_logs, "FREE_AT", 4096)
     monkeypatch.setattr(LogShipper, "_flush_loop", lambda self: None)  # a flusher stuck
-    client = StreamRedis()
-    ship = shipper(client)
-    ship.writer.rate = 1e9
-    ship.follow(instance(folder))
+    client, ship = follow(folder)
     write(folder, "stdout", (b"x" * 999 + b"\n") * 200)
     wait_for(lambda: ship.followers["i1"].read_to.get(1, 0) == 200_000)
     path = folder / "stdout"
@@ -259,3 +242,20 @@ def test_nothing_is_freed_until_redis_has_the_lines(
     ship.flush()
     wait_for(lambda: os.stat(path).st_blocks * 512 < 8192)
     assert len(texts(client)) == 200
+
+
+def test_output_files_that_cannot_be_made_fail_the_start_with_a_sentence(tmp_path: Path) -> None:
+    from contracts.messages import InstanceSpec
+    from dea_agent.instances import OutputFilesError, create_container
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    settings = Settings(agent_id="a1", instance_logs_dir=str(blocked))
+    spec = InstanceSpec(instance_guid="i1", app_guid="g", app_name="web-app", release=1,
+                        process_type="web", index=0, image="i", command="", memory_mb=64,
+                        env={}, routes=[])
+    with pytest.raises(OutputFilesError) as failed:
+        create_container(None, spec, settings, 61000)  # type: ignore[arg-type]  # not reached
+    said = str(failed.value)
+    assert said.startswith("agent a1 could not make the instance's output files in ")
+    assert "PAAS_INSTANCE_LOGS_DIR" in said
