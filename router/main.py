@@ -82,6 +82,8 @@ class Router:
         # Receives nginx's access lines and writes them as RTR lines (None: no access log).
         self.access_log = access_log
         self.listen = (settings.router_host, settings.router_port)
+        self.nginx.client_ports = tuple(
+            p for p in (settings.router_port, settings.router_https_port) if p)
         self.sticky_cookies = tuple(
             c.strip() for c in settings.router_sticky_cookies.split(",") if c.strip()
         )

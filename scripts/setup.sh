@@ -16,6 +16,7 @@ command -v dockerd >/dev/null || need+=(docker.io)
 command -v redis-server >/dev/null || need+=(redis-server)
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || need+=(nginx)
 command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v ss >/dev/null || [ -x /usr/sbin/ss ] || [ -x /usr/bin/ss ] || need+=(iproute2)
 # Debian's docker.io (20.10) needs apparmor_parser where the kernel enforces AppArmor.
 if [ "$(cat /sys/module/apparmor/parameters/enabled 2>/dev/null)" = Y ]; then
   command -v apparmor_parser >/dev/null || need+=(apparmor)
