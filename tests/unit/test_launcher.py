@@ -103,7 +103,10 @@ def test_port_blocks_are_whole_and_above_the_ephemeral_range() -> None:
 
 
 def test_reserved_port_blocks_are_not_given_twice(tmp_path: Path) -> None:
-    blocks = port_blocks(63000, 63000 + 4 * 40 - 1)
+    # Four blocks no platform on this host uses while the test runs (a fixed range could
+    # hold the ports of a platform running beside it, the integration tests' own included).
+    held = reserve_port_blocks(4)
+    blocks = sorted((lease.port_min, lease.port_max) for lease in held)
     first = reserve_port_blocks(3, tmp_path, blocks)
     try:
         second = reserve_port_blocks(1, tmp_path, blocks)
@@ -117,7 +120,7 @@ def test_reserved_port_blocks_are_not_given_twice(tmp_path: Path) -> None:
         assert (again[0].port_min, again[0].port_max) == (second[0].port_min, second[0].port_max)
         again[0].release()
     finally:
-        for lease in first:
+        for lease in first + held:
             lease.release()
 
 
