@@ -10,6 +10,20 @@ Rules (as Cloud Foundry's, where the issue was silent):
   is a conflict until it is unmapped. Unmapping deletes the route.
 - A new app gets ``<name>.<platform domain>`` unless pushed with no route.
 
+Tenancy (a team must not reach another's names; admins may do anything):
+
+- A host name (``hostname.domain``, all its paths, through any domain row) belongs to the first
+  team that maps a route on it; another team's map on it is refused, and so is ``*.D`` while
+  another team routes a name under D, and any name equal to or under another team's private
+  domain. The refusal names the host, never the other team's apps.
+- A private domain may not be, or be above or under, another team's private domain or a host
+  name another team routes (taken), nor be above or under a shared domain (a private domain
+  under a shared one would pre-register a name every team can push to: only admins make those).
+- Another team's private domain is "no domain" (a 404 as for one that does not exist).
+- A team's certificate may cover only its own names: each DNS name (wildcards included) under
+  one of its private domains, or a host name it routes. The router serves a domain's
+  certificate only for hosts of routes under that domain, and those are its team's.
+
 After every change the caller commits and calls :func:`publish`, which writes the whole table
 (with the certificates) to Redis for the router.
 """
@@ -42,18 +56,50 @@ log = logging.getLogger("paas.controller")
 
 # -- domains -----------------------------------------------------------------------------
 
-def find_domain(session: Session, name: str) -> Domain:
+def _domain_missing(name: str) -> str:
+    return (f"there is no domain {name!r}: 'paas domains' lists them, and 'paas create-domain' "
+            "adds one.")
+
+
+def may_see_domain(ident: Identity | None, domain: Domain) -> bool:
+    """Shared domains are everyone's; a private one exists only for its team (and admins)."""
+    return (ident is None or ident.is_admin or domain.shared
+            or domain.team_id == ident.team_id)
+
+
+def find_domain(session: Session, name: str, ident: Identity | None = None) -> Domain:
+    """The domain ``name``; with ``ident``, another team's private domain is a 404 with the
+    words of one that does not exist."""
     domain = session.scalar(select(Domain).where(Domain.name == validate_domain(name)))
-    if domain is None:
-        raise NotFound(f"there is no domain {name!r}: 'paas domains' lists them, and "
-                       "'paas create-domain' adds one.")
+    if domain is None or not may_see_domain(ident, domain):
+        raise NotFound(_domain_missing(name))
     return domain
 
 
 def visible_domains(session: Session, ident: Identity) -> list[Domain]:
     query = select(Domain).order_by(Domain.name)
-    domains = session.scalars(query).all()
-    return [d for d in domains if ident.is_admin or d.shared or d.team_id == ident.team_id]
+    return [d for d in session.scalars(query).all() if may_see_domain(ident, d)]
+
+
+def _within(name: str, parent: str) -> bool:
+    """True if ``name`` is ``parent`` or a name under it (by whole labels)."""
+    return name == parent or name.endswith("." + parent)
+
+
+def _base(host: str) -> str:
+    """The name a route's host stands for: ``*.d`` stands for the names under ``d``."""
+    return host[2:] if host.startswith(WILDCARD + ".") else host
+
+
+def _overlaps(name: str, host: str) -> bool:
+    """True if the domain ``name`` is, is above or is under the routed ``host``."""
+    base = _base(host)
+    return _within(base, name) or _within(name, base)
+
+
+def _taken(name: str) -> Conflict:
+    return Conflict(f"{name} is taken by another team: choose another domain (a private "
+                    "domain may not be, or be above or under, another team's names).")
 
 
 def create_domain(session: Session, ident: Identity, name: str, *, shared: bool) -> Domain:
@@ -63,18 +109,34 @@ def create_domain(session: Session, ident: Identity, name: str, *, shared: bool)
                         "for your team without --shared.")
     existing = session.scalar(select(Domain).where(Domain.name == name))
     if existing is not None:
+        if not may_see_domain(ident, existing):
+            raise _taken(name)
         raise Conflict(f"the domain {name} exists already.")
-    # A name under another team's private domain belongs to that team.
-    for other in session.scalars(select(Domain).where(Domain.team_id.is_not(None))):
-        if name.endswith("." + other.name) and other.team_id != ident.team_id:
-            raise Forbidden(f"{name} is under {other.name}, a domain of another team.")
-    taken = [r for r in session.scalars(select(Route)) if r.host == name
-             and r.team_id != ident.team_id]
-    if taken:
-        raise Conflict(f"{name} is a route of another team's app already.")
+    if not ident.is_admin:
+        _check_private_domain(session, ident, name)
     domain = Domain(name=name, team_id=None if shared else ident.team_id)
     session.add(domain)
     return domain
+
+
+def _check_private_domain(session: Session, ident: Identity, name: str) -> None:
+    """Refuse a team's private domain over names it does not own (see the module's rules)."""
+    for route in session.scalars(select(Route).where(Route.team_id != ident.team_id)):
+        if _overlaps(name, route.host):
+            raise _taken(name)
+    for other in session.scalars(select(Domain)):
+        if other.team_id == ident.team_id:
+            continue
+        if other.shared and _within(name, other.name):
+            raise Forbidden(f"{name} is under the shared domain {other.name}: map a hostname "
+                            f"under it instead ('paas map-route APP {other.name} --hostname "
+                            "NAME'); only platform admins add domains there.")
+        if other.shared and _within(other.name, name):
+            raise Forbidden(f"{name} is above the shared domain {other.name}, whose names are "
+                            "every team's: choose a domain of your own; only platform admins "
+                            "add domains there.")
+        if _within(name, other.name) or _within(other.name, name):
+            raise _taken(name)
 
 
 def delete_domain(session: Session, ident: Identity, domain: Domain, platform_domain: str) -> None:
@@ -96,7 +158,7 @@ def check_domain_owner(ident: Identity, domain: Domain) -> None:
     if domain.shared:
         raise Forbidden(f"{domain.name} is a shared domain: only platform admins change it.")
     if domain.team_id != ident.team_id:
-        raise Forbidden(f"{domain.name} is a domain of another team.")
+        raise NotFound(_domain_missing(domain.name))
 
 
 # -- routes ------------------------------------------------------------------------------
@@ -110,8 +172,22 @@ def _check_may_route(ident: Identity, domain: Domain, hostname: str) -> None:
             raise Forbidden(f"only platform admins may map a wildcard route under the "
                             f"shared domain {domain.name}: add a private domain instead.")
     elif domain.team_id != ident.team_id and not ident.is_admin:
-        raise Forbidden(f"{domain.name} is a domain of another team: map routes under a "
-                        "shared domain or one of your team's.")
+        raise NotFound(_domain_missing(domain.name))
+
+
+def _check_host_free(session: Session, team_id: int, domain: Domain, hostname: str) -> None:
+    """Refuse a host name (any path) another team owns: one it routes, one equal to or under
+    its private domain, or for ``*``, a name under the domain that it routes."""
+    host = f"{hostname}.{domain.name}" if hostname else domain.name
+    name = domain.name if hostname == WILDCARD else host
+    taken = Conflict(f"{host} is taken by another team: choose another hostname.")
+    for other in session.scalars(select(Domain).where(Domain.team_id.is_not(None),
+                                                      Domain.team_id != team_id)):
+        if _within(name, other.name):
+            raise taken
+    for route in session.scalars(select(Route).where(Route.team_id != team_id)):
+        if route.host == host or (hostname == WILDCARD and _within(_base(route.host), name)):
+            raise taken
 
 
 def find_route(session: Session, domain: Domain, hostname: str, path: str) -> Route | None:
@@ -134,9 +210,11 @@ def map_route(
 
     Mapping a route the app has already changes only the options given.
     """
-    domain = find_domain(session, domain_name)
+    domain = find_domain(session, domain_name, ident)
     hostname, path = validate_hostname(hostname), validate_path(path)
     _check_may_route(ident, domain, hostname)
+    if not ident.is_admin:
+        _check_host_free(session, ident.team_id, domain, hostname)
     route = find_route(session, domain, hostname, path)
     if route is not None:
         if route.app_id != app.id:
@@ -160,9 +238,9 @@ def map_route(
     return route, True
 
 
-def unmap_route(session: Session, app: App, domain_name: str, hostname: str | None = None,
-                path: str | None = None) -> Route:
-    domain = find_domain(session, domain_name)
+def unmap_route(session: Session, ident: Identity, app: App, domain_name: str,
+                hostname: str | None = None, path: str | None = None) -> Route:
+    domain = find_domain(session, domain_name, ident)
     hostname, path = validate_hostname(hostname), validate_path(path)
     route = find_route(session, domain, hostname, path)
     shown = (f"{hostname}.{domain.name}" if hostname else domain.name) + path
@@ -172,9 +250,9 @@ def unmap_route(session: Session, app: App, domain_name: str, hostname: str | No
     return route
 
 
-def split_url(session: Session, url: str) -> tuple[str, str, str]:
-    """``"api.example.com/v1"`` -> (domain, hostname, path), with the longest known domain
-    that the host is or ends with (as a manifest's ``routes`` are read)."""
+def split_url(session: Session, url: str, ident: Identity) -> tuple[str, str, str]:
+    """``"api.example.com/v1"`` -> (domain, hostname, path), with the longest domain ``ident``
+    sees that the host is or ends with (as a manifest's ``routes`` are read)."""
     text = url.strip()
     for scheme in ("http://", "https://"):
         if text.lower().startswith(scheme):
@@ -184,7 +262,7 @@ def split_url(session: Session, url: str) -> tuple[str, str, str]:
     if ":" in host:
         raise InvalidInput(f"the route {url!r} has a port: routes are names (and paths); "
                            "the router's port is the platform's.")
-    names = set(session.scalars(select(Domain.name)))
+    names = {d.name for d in visible_domains(session, ident)}
     if host in names:
         return host, "", slash + path
     first, dot, rest = host.partition(".")
@@ -199,9 +277,10 @@ def default_route(session: Session, ident: Identity, app: App, platform_domain: 
     domain = find_domain(session, platform_domain)
     route = find_route(session, domain, app.name, "")
     if route is not None:
-        raise Conflict(f"the route {route.url} is mapped to app {route.app.name!r}: push "
-                       "with another name, or with --no-route and map one with 'paas "
-                       "map-route'.")
+        owner = (f"mapped to app {route.app.name!r}" if ident.is_admin
+                 or route.team_id == app.team_id else "taken by another team")
+        raise Conflict(f"the route {route.url} is {owner}: push with another name, or with "
+                       "--no-route and map one with 'paas map-route'.")
     return map_route(session, ident, app, domain.name, app.name)[0]
 
 
@@ -261,9 +340,36 @@ def _covers(name: str, domain: str) -> bool:
     return name.startswith("*.") and name[2:] == domain
 
 
-def set_certificate(session: Session, domain: Domain, cert_pem: str, key_pem: str) -> bool:
-    """Store (or replace) the domain's certificate; True if it is new."""
+def foreign_names(session: Session, ident: Identity, names: list[str]) -> list[str]:
+    """The certificate names that are not ``ident``'s team's: a name (or ``*.name``) must be
+    one of its private domains or under one, or (exactly) a host name the team routes."""
+    if ident.is_admin:
+        return []
+    own = list(session.scalars(select(Domain.name).where(Domain.team_id == ident.team_id)))
+    hosts = {r.host for r in session.scalars(select(Route).where(
+        Route.team_id == ident.team_id))}
+    foreign = []
+    for name in names:
+        base = _base(name.rstrip("."))
+        if any(_within(base, d) for d in own):
+            continue
+        if name == base and name in hosts:
+            continue
+        foreign.append(name)
+    return foreign
+
+
+def set_certificate(session: Session, ident: Identity, domain: Domain, cert_pem: str,
+                    key_pem: str) -> bool:
+    """Store (or replace) the domain's certificate; True if it is new. Every name it covers
+    must be the team's (:func:`foreign_names`)."""
     facts = parse_certificate(domain.name, cert_pem, key_pem)
+    foreign = foreign_names(session, ident, [n for n in facts["names"].split(",") if n])
+    if foreign:
+        raise InvalidInput(
+            f"the certificate also covers {', '.join(foreign)}, not your team's: a "
+            "certificate may cover only names under your team's private domains and host "
+            "names your team routes; get one for those names only.")
     cert = domain.certificate
     created = cert is None
     if cert is None:

@@ -18,9 +18,9 @@ from controller import events, packages, resources, routing, staging
 from controller.actual import instances_by_app, nudge, read_heartbeats
 from controller.api import v1
 from controller.api.buildpacks import store_buildpack
-from controller.auth import Action, authorize, current_identity
+from controller.auth import Action, app_missing, authorize, current_identity, may_see
 from controller.convergence import is_ready
-from controller.errors import InvalidInput, NotFound, TooLarge
+from controller.errors import Conflict, InvalidInput, NotFound, TooLarge
 from controller.models import (
     App,
     Build,
@@ -65,9 +65,11 @@ def urls(app: App) -> list[str]:
 
 
 def find_app(name: str, action: str) -> App:
+    """The app ``name`` if the caller may do ``action`` on it; another team's app is a 404
+    with the words of one that does not exist (see :func:`controller.auth.authorize`)."""
     app = g.db.scalar(select(App).where(App.name == name))
     if app is None:
-        raise NotFound(f"there is no app named {name!r}: 'paas apps' lists yours.")
+        raise NotFound(app_missing(name))
     authorize(current_identity(), action, app)
     return app
 
@@ -396,6 +398,8 @@ def resource_match(name: str):  # noqa: ANN201
     validate_name(name)
     ident = current_identity()
     app = g.db.scalar(select(App).where(App.name == name))
+    if app is not None and not may_see(ident, app):
+        app = None  # another team's: answered as for a new name, from the caller's cache
     if app is not None:
         authorize(ident, Action.WRITE, app)
     body = request.get_json(silent=True) or {}
@@ -422,6 +426,9 @@ def push(name: str):  # noqa: ANN201
         authorize(ident, Action.WRITE)
         app = App(name=name, team=g.db.get(Team, ident.team_id))
         g.db.add(app)
+    elif not may_see(ident, app):  # names are the platform's: a push cannot hide one
+        raise Conflict(f"the app name {name!r} is taken by another team: push with another "
+                       "name.")
     else:
         authorize(ident, Action.WRITE, app)
     blobs = current_app.extensions["paas.blobstore"]
@@ -493,7 +500,7 @@ def _push_routes(app: App, created: bool, requested: dict[str, object], settings
         events.record(g.db, "route.mapped", ident.name, app, route=route.url)
         return True
     for url in wanted:
-        domain, hostname, path = routing.split_url(g.db, str(url))
+        domain, hostname, path = routing.split_url(g.db, str(url), ident)
         g.db.flush()
         route, new = routing.map_route(g.db, ident, app, domain, hostname, path)
         if new:

@@ -23,9 +23,10 @@ PING_EVERY = 10.0
 
 def find_build(guid: str) -> Build:
     build = g.db.scalar(select(Build).where(Build.guid == guid))
+    missing = f"there is no build {guid}."
     if build is None:
-        raise NotFound(f"there is no build {guid}.")
-    authorize(current_identity(), Action.READ, build.app)
+        raise NotFound(missing)
+    authorize(current_identity(), Action.READ, build.app, missing=missing)
     return build
 
 

@@ -59,7 +59,7 @@ def create_domain():  # noqa: ANN201
 @v1.delete("/domains/<name>")
 def delete_domain(name: str):  # noqa: ANN201
     ident = current_identity()
-    domain = routing.find_domain(g.db, name)
+    domain = routing.find_domain(g.db, name, ident)
     routing.delete_domain(g.db, ident, domain, current_app.config["PAAS_SETTINGS"].domain)
     events.record(g.db, "domain.deleted", ident.name, domain=domain.name)
     _commit_and_publish()
@@ -92,7 +92,7 @@ def map_route(name: str):  # noqa: ANN201
     if redirect is not None and not isinstance(redirect, bool):
         raise InvalidInput("https_redirect must be true or false.")
     if body.get("url") is not None:
-        domain, hostname, path = routing.split_url(g.db, _text(body, "url") or "")
+        domain, hostname, path = routing.split_url(g.db, _text(body, "url") or "", ident)
     else:
         domain, hostname, path = (_text(body, "domain") or "", _text(body, "hostname"),
                                   _text(body, "path"))
@@ -111,8 +111,8 @@ def map_route(name: str):  # noqa: ANN201
 def unmap_route(name: str):  # noqa: ANN201
     app = find_app(name, Action.WRITE)
     args = request.args
-    route = routing.unmap_route(g.db, app, args.get("domain", ""), args.get("hostname"),
-                                args.get("path"))
+    route = routing.unmap_route(g.db, current_identity(), app, args.get("domain", ""),
+                                args.get("hostname"), args.get("path"))
     url = route.url
     events.record(g.db, "route.unmapped", current_identity().name, app, route=url)
     _commit_and_publish()
@@ -131,13 +131,13 @@ def list_certificates():  # noqa: ANN201
 def put_certificate(domain_name: str):  # noqa: ANN201
     """The certificate (PEM chain) and key HTTPS serves the domain and names under it with."""
     ident = current_identity()
-    domain = routing.find_domain(g.db, domain_name)
+    domain = routing.find_domain(g.db, domain_name, ident)
     routing.check_domain_owner(ident, domain)
     body = json_body()
     cert, key = _text(body, "cert"), _text(body, "key")
     if not cert or not key:
         raise InvalidInput("give both the certificate and its key (--cert FILE --key FILE).")
-    created = routing.set_certificate(g.db, domain, cert, key)
+    created = routing.set_certificate(g.db, ident, domain, cert, key)
     g.db.flush()
     events.record(g.db, "certificate.created" if created else "certificate.replaced",
                   ident.name, domain=domain.name,
@@ -149,7 +149,7 @@ def put_certificate(domain_name: str):  # noqa: ANN201
 @v1.delete("/certificates/<domain_name>")
 def delete_certificate(domain_name: str):  # noqa: ANN201
     ident = current_identity()
-    domain = routing.find_domain(g.db, domain_name)
+    domain = routing.find_domain(g.db, domain_name, ident)
     routing.check_domain_owner(ident, domain)
     if domain.certificate is None:
         raise NotFound(f"{domain.name} has no certificate.")

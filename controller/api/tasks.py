@@ -104,15 +104,17 @@ def run_task(name: str):  # noqa: ANN201
 
 
 def find_task(guid: str) -> dict[str, str]:
-    """The task's opening entry (app guid, agent); 404 / 403 as for its app."""
+    """The task's opening entry (app guid, agent); a 404 if there is none or its app is
+    another team's."""
     first = _redis().xrange(keys.task_log(guid), count=1)
+    missing = f"there is no task {guid} (a task's output is kept for a day)."
     if not first or b"task" not in first[0][1]:
-        raise NotFound(f"there is no task {guid} (a task's output is kept for a day).")
+        raise NotFound(missing)
     info = json.loads(first[0][1][b"task"])
     app = g.db.scalar(select(App).where(App.guid == info["app_guid"]))
     if app is None:
         raise NotFound(f"the app of task {guid} has been deleted.")
-    authorize(current_identity(), Action.READ, app)
+    authorize(current_identity(), Action.READ, app, missing=missing)
     return {"agent": info.get("agent", ""), "start": first[0][0]}
 
 

@@ -181,7 +181,7 @@ def test_bad_filters_are_refused_with_a_sentence(env):  # noqa: ANN001
     assert env.client.get("/v1/apps/web1/logs?instance=x").status_code == 400
 
 
-def test_another_team_may_not_read_the_logs(env):  # noqa: ANN001
+def test_another_teams_logs_are_a_404_as_for_an_app_that_does_not_exist(env):  # noqa: ANN001
     _seed(env)
     with env.app.extensions["paas.sessionmaker"]() as session:
         team = Team(name="other")
@@ -190,8 +190,8 @@ def test_another_team_may_not_read_the_logs(env):  # noqa: ANN001
         session.commit()
     r = env.client.get("/v1/apps/web1/logs?recent=1",
                        headers={"Authorization": f"Bearer {secret}"})
-    assert r.status_code == 403
-    assert "team" in r.json["error"]
+    assert r.status_code == 404
+    assert r.json["error"] == "there is no app named 'web1': 'paas apps' lists yours."
 
 
 def test_paas_logs_prints_tagged_lines():

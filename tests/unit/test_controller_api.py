@@ -176,8 +176,10 @@ def test_a_developer_cannot_touch_another_teams_app(env):  # noqa: ANN001
         session.add_all([team, token])
         session.commit()
     headers = {"Authorization": f"Bearer {secret}"}
-    assert env.client.get("/v1/apps/theirs", headers=headers).status_code == 403
-    assert env.client.delete("/v1/apps/theirs", headers=headers).status_code == 403
+    for r in (env.client.get("/v1/apps/theirs", headers=headers),
+              env.client.delete("/v1/apps/theirs", headers=headers)):
+        assert r.status_code == 404, r.json
+        assert r.json["error"] == "there is no app named 'theirs': 'paas apps' lists yours."
     assert env.client.get("/v1/apps", headers=headers).json["apps"] == []
     with sessions() as session:
         assert session.query(App).count() == 1

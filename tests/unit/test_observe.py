@@ -94,7 +94,8 @@ def test_other_teams_see_neither_an_apps_events_nor_the_platform_feed(env):  # n
     released(env)
     headers = developer(env)
     r = env.client.get("/v1/apps/myapp/events", headers=headers)
-    assert r.status_code == 403 and "not a member of the team" in r.json["error"]
+    assert r.status_code == 404
+    assert r.json["error"] == "there is no app named 'myapp': 'paas apps' lists yours."
     assert env.client.get("/v1/events", headers=headers).status_code == 403
     assert env.client.get("/v1/status", headers=headers).status_code == 403
     assert env.client.get("/v1/apps/nope/events").status_code == 404

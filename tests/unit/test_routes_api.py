@@ -122,7 +122,7 @@ def test_teams_own_their_private_domains(env):  # noqa: ANN001
     names = [d["name"] for d in env.client.get("/v1/domains", headers=dev).json["domains"]]
     assert names == ["localhost", "theirs.test"]
     r = env.client.post("/v1/domains", json={"name": "x.admins.test"}, headers=dev)
-    assert r.status_code == 403 and "another team" in r.json["error"]
+    assert r.status_code == 409 and "x.admins.test is taken by another team" in r.json["error"]
     r = env.client.delete("/v1/domains/theirs.test", headers=dev)
     assert r.status_code == 409 and "theirs" in r.json["error"]
     r = env.client.delete("/v1/domains/localhost")

@@ -248,8 +248,11 @@ def test_another_teams_developer_can_neither_run_nor_read_tasks(env):  # noqa: A
         session.add_all([team, token])
         session.commit()
     headers = {"Authorization": f"Bearer {secret}"}
-    assert _run(env, "theirs", headers=headers).status_code == 403
-    assert env.client.get(f"/v1/tasks/{guid}/log", headers=headers).status_code == 403
+    r = _run(env, "theirs", headers=headers)
+    assert r.status_code == 404 and "there is no app named 'theirs'" in r.json["error"]
+    r = env.client.get(f"/v1/tasks/{guid}/log", headers=headers)
+    assert r.status_code == 404
+    assert r.json["error"] == f"there is no task {guid} (a task's output is kept for a day)."
 
 
 # -- the agent's runner -------------------------------------------------------------------
