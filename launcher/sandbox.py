@@ -30,7 +30,7 @@ import docker.errors
 import redis
 
 from contracts.messages import LABEL_PLATFORM
-from contracts.settings import Settings, load
+from contracts.settings import Settings, as_env, load
 from launcher.up import Platform, agent_overrides
 
 # Agents' host ports: blocks of PORT_BLOCK_SIZE from PORT_BLOCKS_FIRST up, all above Linux's
@@ -257,6 +257,18 @@ class Sandbox:
         """Run the real ``paas`` command against this platform."""
         return subprocess.run([paas_command(), *args], env=self.cli_env(),
                               capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+    def create_token(self, name: str, team: str, role: str = "developer") -> str:
+        """A new token of ``team`` (made if missing), as an operator makes one: ``paas-admin
+        create-token`` run with this platform's settings."""
+        admin = Path(paas_command()).with_name("paas-admin")
+        made = subprocess.run(
+            [str(admin), "create-token", name, "--team", team, "--role", role],
+            env={**self.cli_env(), **as_env(self.settings)}, capture_output=True, text=True,
+            timeout=120)
+        if made.returncode != 0:
+            raise RuntimeError(f"paas-admin create-token {name} failed: {made.stderr.strip()}")
+        return made.stdout.strip()
 
     def router_get(self, host: str, path: str = "/", timeout: float = 5.0):  # noqa: ANN201
         import requests

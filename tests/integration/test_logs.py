@@ -195,7 +195,7 @@ def test_a_flood_is_rate_limited_with_an_honest_count_and_capped(platform, log_a
     client.close()
 
 
-def test_another_team_gets_403_on_the_logs(platform, log_app, tmp_path):  # noqa: ANN001
+def test_another_team_is_told_the_app_does_not_exist(platform, log_app, tmp_path):  # noqa: ANN001
     admin = Path(paas_command()).with_name("paas-admin")
     made = subprocess.run([str(admin), "create-token", "outsider", "--team", "other-team"],
                           env={**platform.cli_env(), **as_env(platform.settings)},
@@ -210,4 +210,4 @@ def test_another_team_gets_403_on_the_logs(platform, log_app, tmp_path):  # noqa
         shown = subprocess.run([paas_command(), "logs", NAME, *args], env=env,
                                capture_output=True, text=True, timeout=30)
         assert shown.returncode == 1
-        assert "not a member of the team" in shown.stderr
+        assert f"there is no app named {NAME!r}" in shown.stderr

@@ -129,12 +129,12 @@ def test_the_controller_serves_prometheus_text_summed_over_its_workers(platform)
     assert "paas_api_request_seconds_bucket" in r.text
 
 
-def test_another_teams_developer_may_not_read_the_events(platform, observed):  # noqa: ANN001
+def test_another_teams_developer_is_told_the_app_does_not_exist(platform, observed):  # noqa: ANN001
     secret = admin_cli(platform, "create-token", "outsider", "--team", "strangers")
     headers = {"Authorization": f"Bearer {secret}"}
     api = platform.settings.api_url
     r = requests.get(f"{api}/v1/apps/{observed}/events", headers=headers, timeout=10)
-    assert r.status_code == 403 and "not a member of the team" in r.json()["error"]
+    assert r.status_code == 404 and f"there is no app named {observed!r}" in r.json()["error"]
     assert requests.get(f"{api}/v1/events", headers=headers, timeout=10).status_code == 403
     assert requests.get(f"{api}/v1/status", headers=headers, timeout=10).status_code == 403
     mine = requests.get(f"{api}/v1/apps/{observed}/events",
