@@ -177,13 +177,14 @@ def _check_may_route(ident: Identity, domain: Domain, hostname: str) -> None:
 
 def _check_host_free(session: Session, team_id: int, domain: Domain, hostname: str) -> None:
     """Refuse a host name (any path) another team owns: one it routes, one equal to or under
-    its private domain, or for ``*``, a name under the domain that it routes."""
+    its private domain, or for ``*``, a name under the domain that it routes or its private
+    domain under this one (nginx's ``*.d`` catches names of every depth under d)."""
     host = f"{hostname}.{domain.name}" if hostname else domain.name
     name = domain.name if hostname == WILDCARD else host
     taken = Conflict(f"{host} is taken by another team: choose another hostname.")
     for other in session.scalars(select(Domain).where(Domain.team_id.is_not(None),
                                                       Domain.team_id != team_id)):
-        if _within(name, other.name):
+        if _within(name, other.name) or (hostname == WILDCARD and _within(other.name, name)):
             raise taken
     for route in session.scalars(select(Route).where(Route.team_id != team_id)):
         if route.host == host or (hostname == WILDCARD and _within(_base(route.host), name)):

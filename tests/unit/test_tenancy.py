@@ -97,6 +97,17 @@ def test_a_wildcard_is_refused_where_another_team_routes_a_name_under_the_domain
     assert r.status_code == 409 and r.json["error"] == (
         "*.b.test is taken by another team: choose another hostname.")
     env.client.delete("/v1/apps/store/routes?domain=b.test&hostname=x")
+    # ...and so is it over a private domain an admin made for team A under team B's.
+    with env.app.extensions["paas.sessionmaker"]() as session:
+        store = session.query(App).filter_by(name="store").one()
+        session.add(Domain(name="a.b.test", team_id=store.team_id))
+        session.commit()
+    r = env.client.post("/v1/apps/bapp/routes", json={"domain": "b.test", "hostname": "*"},
+                        headers=teams.b)
+    assert r.status_code == 409 and "*.b.test is taken" in r.json["error"]
+    with env.app.extensions["paas.sessionmaker"]() as session:
+        session.delete(session.query(Domain).filter_by(name="a.b.test").one())
+        session.commit()
     r = env.client.post("/v1/apps/bapp/routes", json={"domain": "b.test", "hostname": "*"},
                         headers=teams.b)
     assert r.status_code == 201
