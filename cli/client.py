@@ -84,4 +84,7 @@ def _error_message(response: requests.Response) -> str:
         message = f"{response.status_code} {response.reason}"
     if response.status_code == 401:
         return f"not logged in: {message}"
+    if response.status_code == 429 and "try again" not in message:
+        wait = response.headers.get("Retry-After") or "a few"
+        return f"{message}: the controller asks to slow down; try again in {wait} s."
     return message

@@ -33,6 +33,20 @@ class Settings:
     api_port: int = 8700
     api_workers: int = 2
     max_upload_bytes: int = 1024 * 1024 * 1024
+    # The API under abuse (controller.serve, controller.ratelimit). Each worker serves up to
+    # api_worker_connections connections at once (gevent: an idle one costs no thread).
+    api_worker_connections: int = 1000
+    # Seconds a client has to send a request's line and headers (and, between requests, to
+    # start the next one); a slower client is dropped.
+    api_header_timeout: int = 5
+    # Seconds a read of a request body, or a write of a response, may wait for the client.
+    api_io_timeout: float = 30.0
+    # Requests per second per token (per address without a token), with bursts of
+    # api_rate_burst, counted in each worker; past it a 429 with Retry-After. 0: no limit.
+    api_rate_per_second: float = 100.0
+    api_rate_burst: int = 500
+    # Log follows (paas logs) one token may hold open at once; the next gets a 429.
+    api_follows_per_token: int = 10
 
     # Routing.
     domain: str = "localhost"

@@ -23,9 +23,16 @@ def create_app(settings: Settings | None = None, **test_config: Any) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.config.update(test_config)
+    # Rate limits first: a request over its caller's rate costs nothing more.
+    from controller import ratelimit
+
+    ratelimit.init_app(app)
 
     engine = make_engine(settings.sqlalchemy_url)
-    app.extensions["paas.engine"] = engine
+    # Under gevent a worker's SQLite writers must wait their turn cooperatively.
+    from controller.sqlite_writers import serialize_writers
+
+    app.extensions["paas.engine"] = serialize_writers(engine)
     app.extensions["paas.sessionmaker"] = make_sessionmaker(engine)
     app.extensions["paas.redis"] = test_config.get("REDIS") or redis.Redis.from_url(
         settings.redis_url, socket_timeout=10, socket_connect_timeout=3)

@@ -1,4 +1,14 @@
-"""``paas-controller``: migrate the database, then serve the API with gunicorn."""
+"""``paas-controller``: migrate the database, then serve the API with gunicorn.
+
+The workers are gevent's: each connection is a greenlet, not a thread, so a log follow (which
+lasts as long as its client) or a slow client costs a few kilobytes, and a worker serves up to
+``api_worker_connections`` of them. gevent patches the standard library's sockets, locks and
+sleeps in :func:`main`, before anything else is imported, so that redis-py, kombu (Celery's
+publisher) and SQLAlchemy's pool all wait cooperatively. Slow clients are bounded twice: the
+request line and headers must come within ``api_header_timeout`` (gunicorn's keep-alive
+timeout, which gevent's worker applies to reading every request's head), and every later read
+of a body or write of a response within ``api_io_timeout`` (the connection's socket timeout).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +17,16 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
-
-from gunicorn.app.base import BaseApplication
+from typing import TYPE_CHECKING, Any
 
 from contracts import settings as settings_mod
 from contracts.settings import Settings
-from controller.admin import migrate
+
+if TYPE_CHECKING:
+    import socket
+
+    from flask import Flask
+    from gunicorn.app.base import BaseApplication
 
 # prometheus_client's multiprocess mode (see controller.metrics): each worker writes its
 # counters to files in this folder, and /metrics sums them. The variable is read once, when
@@ -39,45 +52,75 @@ def worker_exited(pid: int) -> None:
     multiprocess.mark_process_dead(pid)
 
 
-class _Gunicorn(BaseApplication):
-    def __init__(self, options: dict[str, Any]) -> None:
-        self.options = options
-        super().__init__()
+def _application(options: dict[str, Any]) -> BaseApplication:
+    """The gunicorn application serving the API with ``options`` (imported here, after gevent
+    patched the standard library)."""
+    from gunicorn.app.base import BaseApplication
 
-    def load_config(self) -> None:
-        for key, value in self.options.items():
-            self.cfg.set(key, value)
+    class _Gunicorn(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
 
-    def load(self):  # noqa: ANN201
-        # Imported in the worker, after main() chose the metrics folder (see
-        # controller.metrics: prometheus_client reads it once, at import).
-        from controller.app import create_app
+        def load(self) -> Flask:
+            # Imported in the worker, after main() chose the metrics folder (see
+            # controller.metrics: prometheus_client reads it once, at import).
+            from controller.app import create_app
 
-        app = create_app()
-        # What is alive now lives as long as the worker: keep it out of the collector's full
-        # passes, which a busy log follow triggers every few seconds (a pass over the whole
-        # app took 100-300 ms of a loaded worker, a stall every follower saw).
-        gc.freeze()
-        return app
+            app = create_app()
+            # What is alive now lives as long as the worker: keep it out of the collector's
+            # full passes, which a busy log follow triggers every few seconds (a pass over the
+            # whole app took 100-300 ms of a loaded worker, a stall every follower saw).
+            gc.freeze()
+            return app
+
+    return _Gunicorn()
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    settings = settings_mod.load()
-    migrate(settings)
-    prepare_metrics_dir(settings)
-    _Gunicorn({
+def api_worker(io_timeout: float) -> type:
+    """gunicorn's gevent worker, with ``io_timeout`` on every client connection."""
+    from gunicorn.workers.base_async import AsyncWorker
+    from gunicorn.workers.ggevent import GeventWorker
+
+    class ApiWorker(GeventWorker):
+        def handle(self, listener: socket.socket, client: socket.socket,
+                   addr: tuple[str, int]) -> None:
+            # GeventWorker.handle would make the socket blocking without a timeout; a client
+            # that stops reading or sending is dropped after io_timeout instead.
+            client.settimeout(io_timeout)
+            AsyncWorker.handle(self, listener, client, addr)
+
+    return ApiWorker
+
+
+def gunicorn_options(settings: Settings) -> dict[str, Any]:
+    return {
         "bind": f"{settings.api_host}:{settings.api_port}",
         "workers": settings.api_workers,
-        "worker_class": "gthread",
-        "threads": 8,
+        "worker_class": api_worker(settings.api_io_timeout),
+        "worker_connections": settings.api_worker_connections,
+        # The gevent worker bounds reading each request's line and headers by this.
+        "keepalive": max(1, settings.api_header_timeout),
         "timeout": 120,
         "graceful_timeout": 5,
         "accesslog": None,
         "loglevel": "info",
         "control_socket_disable": True,
         "child_exit": lambda _server, worker: worker_exited(worker.pid),
-    }).run()
+    }
+
+
+def main() -> None:
+    from gevent import monkey
+
+    monkey.patch_all()  # first: SQLAlchemy, redis-py and kombu must get gevent's locks
+    from controller.admin import migrate
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = settings_mod.load()
+    migrate(settings)
+    prepare_metrics_dir(settings)
+    _application(gunicorn_options(settings)).run()
 
 
 if __name__ == "__main__":

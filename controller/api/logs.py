@@ -27,6 +27,7 @@ from controller.api import v1
 from controller.api.apps import find_app
 from controller.auth import Action
 from controller.errors import InvalidInput
+from controller.ratelimit import FollowLease, follow_slot
 
 PING_EVERY = 10.0
 BLOCK_MS = 1000
@@ -94,9 +95,14 @@ def app_logs(name: str):  # noqa: ANN201
     client: redis.Redis = current_app.extensions["paas.redis"]
     stream = keys.app_log(app.guid)
     cap = current_app.config["PAAS_SETTINGS"].log_lines_per_app
-    return Response(_lines(client, stream, keep, lines, recent, follow, after, cap),
-                    mimetype="application/x-ndjson",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    # A follow holds its connection while the client stays: one slot of the token's few.
+    lease = follow_slot() if follow else None
+    response = Response(_lines(client, stream, keep, lines, recent, follow, after, cap, lease),
+                        mimetype="application/x-ndjson",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    if lease is not None:
+        response.call_on_close(lease.release)  # however the stream ends, even unstarted
+    return response
 
 
 def _ident(entry_id: bytes | str) -> str:
@@ -172,7 +178,8 @@ def recent_lines(client: redis.Redis, stream: str, keep: Filter, count: int,
 
 
 def _lines(client: redis.Redis, stream: str, keep: Filter, count: int, recent: bool,
-           follow: bool, after: str | None, cap: int = 0) -> Iterator[str]:
+           follow: bool, after: str | None, cap: int = 0,
+           lease: FollowLease | None = None) -> Iterator[str]:
     if follow:
         yield json.dumps({"ping": True}) + "\n"  # headers out now: the client is connected
     last_id = after
@@ -189,6 +196,8 @@ def _lines(client: redis.Redis, stream: str, keep: Filter, count: int, recent: b
     # A client that resumes, or reads a whole reply's worth behind, may be past the cap.
     last_sent, behind = time.monotonic(), after is not None
     while True:
+        if lease is not None:
+            lease.renew_if_due()
         out = []
         try:
             if behind and _trimmed_past(client, stream, last_id):
