@@ -8,10 +8,10 @@ the staging container; a tarball whose files sit under one top folder is unpacke
 
 from __future__ import annotations
 
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import uploads
 from buildpacks.errors import NoBuildpack
 
 
@@ -26,18 +26,18 @@ class CustomBuildpack:
 
 
 def unpack(blob: Path, name: str, into: Path) -> CustomBuildpack:
+    """Unpack with the upload rules (never through a link) into ``into/name``."""
     target = into / name
     target.mkdir(parents=True)
     try:
-        with tarfile.open(blob, "r:*") as tar:
-            tar.extractall(target, filter="data")
-    except (tarfile.TarError, OSError) as e:
-        raise NoBuildpack(f"the buildpack {name!r} could not be unpacked: {e}") from e
-    root = target
-    entries = [p for p in target.iterdir()]
-    if len(entries) == 1 and entries[0].is_dir() and not (target / "bin").exists():
-        root = entries[0]
-    if not (root / "bin" / "compile").is_file():
+        summary = uploads.extract(blob, target, what="buildpack")
+    except uploads.UploadRefused as e:
+        raise NoBuildpack(f"the buildpack {name!r} could not be unpacked: {e.message}") from e
+    except OSError as e:
+        raise NoBuildpack(f"the buildpack {name!r} could not be unpacked ({e}): push it "
+                          "again.") from e
+    top = uploads.buildpack_root(summary.kinds)
+    if top is None:
         raise NoBuildpack(f"the buildpack {name!r} has no bin/compile: it must follow the "
                           "Heroku/Cloud Foundry contract (bin/detect, bin/compile, bin/release).")
-    return CustomBuildpack(name=name, folder=root)
+    return CustomBuildpack(name=name, folder=target / top if top else target)

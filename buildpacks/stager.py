@@ -21,16 +21,20 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import BinaryIO
 
 import docker
 import docker.errors
 import redis
 import requests
 import yaml
+from docker.models.containers import Container
 
+import uploads
 from buildpacks import custom as custom_mod
 from buildpacks import procfile, registry
 from buildpacks.errors import (
@@ -59,6 +63,8 @@ ERROR_PREFIX = "!     "
 FAST_PATH_DECLINED = 100  # bin/fast-compile's "run the real compile in a container"
 TAIL_LINES = 20
 TAIL_DRAIN_SECONDS = 60  # how long a finished build may take to hand over its remaining output
+MAX_RELEASE_BYTES = 64 * 1024  # a buildpack's bin/release answer (YAML)
+MAX_SMALL_FILE_BYTES = 64 * 1024  # the other small files the staging container hands back
 
 
 class Stager:
@@ -104,24 +110,32 @@ class Stager:
         with tempfile.TemporaryDirectory(prefix="paas-stage-") as tmp:
             app_dir = Path(tmp) / "app"
             app_dir.mkdir()
-            with tarfile.open(package, "r:gz") as tar:
-                tar.extractall(app_dir, filter="data")
+            try:  # never through a link, whatever tarfile's filters do on this Python
+                uploads.extract(package, app_dir)
+            except uploads.UploadRefused as e:
+                raise StagingError(e.message) from e
             candidates, detect = self._candidates(request, app_dir, Path(tmp) / "buildpacks")
             if not detect:
                 out.line(f"-----> Buildpack: {candidates[0].name}")
             declared = _procfile(app_dir)
             if request.command:
                 declared["web"] = request.command
-            fast = self._fast_compile(request, candidates, detect, app_dir, out)
-            if fast is not None:
-                app_part, layers, defaults, name = fast
-            else:
-                app_tar = _tar_folder(app_dir, "app", uid=RUN_UID)
-                app_part, layers, defaults, name = self._compile(request, candidates, detect,
-                                                                 app_tar, out)
-        processes = process_types(defaults, declared)
-        droplet = Droplet(self.blob_root, app_part, layers)
-        digest, path = droplet.store()
+            app_part = self._droplet_file()
+            try:
+                fast = self._fast_compile(request, candidates, detect, app_dir, app_part, out)
+                if fast is not None:
+                    layers, defaults, name = fast
+                else:
+                    app_tar = Path(tmp) / "app.tar"
+                    with app_tar.open("wb") as f:
+                        _tar_folder(app_dir, "app", RUN_UID, f)
+                    layers, defaults, name = self._compile(request, candidates, detect,
+                                                           app_tar, app_part, out)
+                processes = process_types(defaults, declared)
+                droplet = Droplet(self.blob_root, app_part, layers)
+                digest, path = droplet.store()
+            finally:
+                app_part.unlink(missing_ok=True)
         size = sum((self.blob_root / p).stat().st_size for p in droplet.blob_paths())
         out.line(f"-----> Droplet: {size / 1e6:.1f} MB, sha256:{digest[:12]}")
         started = time.monotonic()
@@ -130,6 +144,14 @@ class Stager:
         return StageResult(ok=True, droplet_digest=digest, droplet_path=path,
                            droplet_size=size, image=image, buildpack=name,
                            process_types=processes)
+
+    def _droplet_file(self) -> Path:
+        """An empty file beside the droplets, for an app part being made."""
+        folder = self.blob_root / "droplets"
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".app-")
+        os.close(fd)
+        return Path(name)
 
     def _candidates(self, request: StageRequest, app_dir: Path,
                     work: Path) -> tuple[list, bool]:
@@ -164,12 +186,15 @@ class Stager:
 
     # -- the fast path: no container when a built-in buildpack has nothing to install ----
     def _fast_compile(self, request: StageRequest, candidates: list, detect: bool,
-                      app_dir: Path, out: StreamWriter,
-                      ) -> tuple[bytes, list[Layer], dict[str, str], str] | None:
+                      app_dir: Path, app_part: Path, out: StreamWriter,
+                      ) -> tuple[list[Layer], dict[str, str], str] | None:
         """A built-in buildpack's ``bin/fast-compile`` on this host, or None to use a container.
 
         Only built-in buildpacks (trusted code that runs no app code and reaches no
         network) have one, and it succeeds only when every dependency layer is stored.
+        The app part of the droplet is written to ``app_part``. The interpreter runs
+        isolated (``-I``: no user site, no PYTHON* variables) with an empty HOME, so nothing
+        from the upload (a ``.local/.../*.pth``) runs here.
         """
         bp = candidates[0]
         if detect or request.no_cache or not self.settings.staging_fast_path \
@@ -182,24 +207,19 @@ class Stager:
             prefix = _layer_prefix(self.settings, request.app_guid)
             stored = self._stored_layers(request.app_guid)
             release_file = app_dir.parent / "release.yml"
-            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(app_dir),
-                   "LANG": "C.UTF-8", "PAAS_STACK_PYTHON": self._stack_python(),
+            env = {"LANG": "C.UTF-8", "PAAS_STACK_PYTHON": self._stack_python(),
                    "PAAS_RELEASE_FILE": str(release_file)}
-            try:
-                proc = subprocess.run(
-                    [sys.executable, str(script), str(app_dir),
-                     *(f"{key}={path}" for key, path in stored.items())],
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                    timeout=120)
-            except subprocess.TimeoutExpired:
+            python = self.settings.staging_fast_path_python or sys.executable
+            ran = run_isolated(python, script, [str(app_dir), *(
+                f"{key}={path}" for key, path in stored.items())], env, timeout=120,
+                budget=self.settings.staging_output_bytes)
+            if ran is None or ran.code == FAST_PATH_DECLINED:
                 return None
-            if proc.returncode == FAST_PATH_DECLINED:
-                return None
-            lines = proc.stdout.splitlines()
-            if proc.returncode != 0:
+            lines = ran.lines
+            if ran.code != 0:
                 for line in lines:
                     out.line(line)
-                raise _compile_failed(lines, proc.returncode, f"the {bp.name} buildpack")
+                raise _compile_failed(lines, ran.code, f"the {bp.name} buildpack")
             layers = []
             for folder_name, key in parse_layers(_read_text(app_dir / ".paas" / "layers")):
                 layer = Layer(folder=folder_name, key=prefix + key)
@@ -207,19 +227,20 @@ class Stager:
                     return None  # a layer would have to be built: use the container
                 layers.append(layer)
             try:  # fast-compile wrote bin/release's answer, or it is asked
-                released = release_file.read_bytes()
+                with release_file.open("rb") as f:
+                    released = f.read(MAX_RELEASE_BYTES + 1)
             except FileNotFoundError:
-                try:
-                    released = subprocess.run(
-                        [sys.executable, str(folder / "bin" / "release"), str(app_dir)],
-                        capture_output=True, env=env, timeout=60).stdout
-                except subprocess.TimeoutExpired:
+                asked = run_isolated(python, folder / "bin" / "release", [str(app_dir)], env,
+                                     timeout=60, budget=MAX_RELEASE_BYTES + 1, raw=True)
+                if asked is None:
                     return None
+                released = asked.output
         for line in lines:
             out.line(line)
         excluded = {f"app/{layer.folder}" for layer in layers}
-        app_part = _tar_folder(app_dir, "app", uid=RUN_UID, exclude=excluded)
-        return app_part, layers, _default_process_types(released, bp.name), bp.name
+        with app_part.open("wb") as f:
+            _tar_folder(app_dir, "app", RUN_UID, f, exclude=excluded)
+        return layers, _default_process_types(released, bp.name), bp.name
 
     def _stack_python(self) -> str:
         """``sys.version`` of the build stack's python3 (asked once per image)."""
@@ -233,10 +254,10 @@ class Stager:
         return self._stack_pythons[image]
 
     # -- compile in a container ------------------------------------------------------------
-    def _compile(self, request: StageRequest, candidates: list, detect: bool, app_tar: bytes,
-                 out: StreamWriter) -> tuple[bytes, list[Layer], dict[str, str], str]:
-        """Run the buildpack; return the app part of /app, its layers, default processes and
-        the buildpack's name (chosen by bin/detect when ``detect``).
+    def _compile(self, request: StageRequest, candidates: list, detect: bool, app_tar: Path,
+                 app_part: Path, out: StreamWriter) -> tuple[list[Layer], dict[str, str], str]:
+        """Run the buildpack; write the app part of /app to ``app_part``; return its layers,
+        default processes and the buildpack's name (chosen by bin/detect when ``detect``).
 
         Folders the buildpack lists in ``/app/.paas/layers`` (``DIR KEY`` lines) are layers
         of their own, stored once per key. Keys the blobstore already holds are given to
@@ -277,7 +298,8 @@ class Stager:
                 ca = Path(self.settings.staging_ca_bundle)
                 if self.settings.staging_ca_bundle and ca.is_file():
                     _add_bytes(tar, "etc/ssl/certs/ca-certificates.crt", ca.read_bytes())
-            container.put_archive("/", app_tar)
+            with app_tar.open("rb") as f:
+                container.put_archive("/", f)
             container.put_archive("/", inputs.getvalue())
             container.start()
             tail = _Tail(container, out, self.settings.staging_output_bytes)
@@ -304,7 +326,8 @@ class Stager:
                 which = "the buildpack" if detect else f"the {candidates[0].name} buildpack"
                 raise _compile_failed(list(tail.lines), code, which)
             name = _read_single_file(container, "/tmp/paas/buildpack").decode().strip()
-            app_part = _read_single_file(container, "/tmp/paas/app.tar")
+            _copy_single_file(container, "/tmp/paas/app.tar", app_part,
+                              self.settings.staging_max_droplet_bytes, "the app part of /app")
             layers = []
             listed = _read_single_file(container, "/tmp/paas/layers").decode("utf-8", "replace")
             for folder, key in parse_layers(listed):
@@ -312,8 +335,9 @@ class Stager:
                 if not key or not (self.blob_root / layer.blob_path).exists():
                     layer = self._fetch_layer(container, layer)
                 layers.append(layer)
-            release = _read_single_file(container, "/tmp/paas/release.yml")
-            return app_part, layers, _default_process_types(release, name), name
+            release = _read_single_file(container, "/tmp/paas/release.yml",
+                                        MAX_RELEASE_BYTES + 1)
+            return layers, _default_process_types(release, name), name
         finally:
             try:
                 container.remove(force=True)
@@ -327,10 +351,20 @@ class Stager:
         folder = self.blob_root / "layers"
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".layer-")
-        with os.fdopen(fd, "wb") as f:
-            for chunk in stream:
-                digest.update(chunk)
-                f.write(chunk)
+        limit, size = self.settings.staging_max_droplet_bytes, 0
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in stream:
+                    size += len(chunk)
+                    if size > limit:
+                        raise StagingError(
+                            f"the layer folder {layer.folder!r} is larger than "
+                            f"{limit // 1024**2} MiB: install less into it.")
+                    digest.update(chunk)
+                    f.write(chunk)
+        except BaseException:
+            os.unlink(tmp)
+            raise
         if layer.key.endswith("-"):  # the buildpack gave no key: name it by content
             layer = Layer(folder=layer.folder, key=layer.key + digest.hexdigest()[:32])
         os.replace(tmp, self.blob_root / layer.blob_path)
@@ -470,14 +504,19 @@ class Layer:
 class Droplet:
     """The app part (``droplets/<digest>.tar``) plus its layers, described by a manifest.
 
-    The digest names the whole: the app part's bytes and the layers' keys.
+    The digest names the whole: the app part's bytes and the layers' keys. The app part is
+    a file beside the droplets, moved into place by :meth:`store`.
     """
 
-    def __init__(self, root: Path, app_part: bytes, layers: list[Layer]) -> None:
+    def __init__(self, root: Path, app_part: Path, layers: list[Layer]) -> None:
         self.root = root
         self.app_part = app_part
         self.layers = layers
-        self.app_digest = hashlib.sha256(app_part).hexdigest()
+        digest = hashlib.sha256()
+        with app_part.open("rb") as f:
+            while chunk := f.read(1024 * 1024):
+                digest.update(chunk)
+        self.app_digest = digest.hexdigest()
         self.app_path = f"droplets/{self.app_digest}.tar"
 
     def manifest(self) -> dict[str, object]:
@@ -487,19 +526,83 @@ class Droplet:
     def store(self) -> tuple[str, str]:
         manifest = json.dumps(self.manifest(), sort_keys=True).encode()
         digest = hashlib.sha256(manifest).hexdigest()
-        for rel, data in ((self.app_path, self.app_part),
-                          (f"droplets/{digest}.json", manifest)):
-            path = self.root / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if not path.exists():
-                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
+        app = self.root / self.app_path
+        app.parent.mkdir(parents=True, exist_ok=True)
+        if not app.exists():
+            os.replace(self.app_part, app)
+        path = self.root / f"droplets/{digest}.json"
+        if not path.exists():
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            with os.fdopen(fd, "wb") as f:
+                f.write(manifest)
+            os.replace(tmp, path)
         return digest, f"droplets/{digest}.json"
 
     def blob_paths(self) -> list[str]:
         return [self.app_path, *(lay.blob_path for lay in self.layers)]
+
+
+@dataclass(frozen=True)
+class Ran:
+    code: int
+    lines: list[str]  # stdout and stderr, as shown (past the budget: a note and the last ones)
+    output: bytes = b""  # stdout, for ``raw`` runs
+
+
+def run_isolated(python: str, script: Path, args: list[str], env: dict[str, str],
+                 timeout: float, budget: int, raw: bool = False) -> Ran | None:
+    """Run a built-in buildpack's script on this host, where nothing of the upload may run:
+    ``python -I`` (no user site-packages, no PYTHON* variables, no script folder on the
+    path) with HOME an empty folder of its own. Output is read up to ``budget`` bytes
+    (``raw``: stdout as bytes; else lines); None if it ran longer than ``timeout``."""
+    with tempfile.TemporaryDirectory(prefix="paas-home-") as home:
+        full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env, "HOME": home}
+        proc = subprocess.Popen(
+            [python, "-I", str(script), *args], stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL if raw else subprocess.STDOUT, env=full_env)
+        killed = threading.Event()
+
+        def kill() -> None:
+            killed.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        try:
+            output, lines = b"", []
+            if raw:
+                output = proc.stdout.read(budget)
+            else:
+                lines = _bounded_lines(proc.stdout, budget)
+            while proc.stdout.read(64 * 1024):
+                pass  # past the budget: drained, not kept
+            code = proc.wait()
+        finally:
+            timer.cancel()
+            proc.stdout.close()
+    return None if killed.is_set() else Ran(code, lines, output)
+
+
+def _bounded_lines(stream: BinaryIO, budget: int) -> list[str]:
+    """Lines of ``stream`` up to ``budget`` bytes; past it a note and the last few."""
+    shown: list[str] = []
+    last: deque[str] = deque(maxlen=TAIL_LINES)
+    sent = dropped = dropped_bytes = 0
+    while raw := stream.readline(_Tail.MAX_PENDING):
+        text = raw.rstrip(b"\n").decode("utf-8", "replace").rstrip("\r")
+        if sent + len(raw) > budget:
+            dropped += 1
+            dropped_bytes += len(raw)
+            last.append(text)
+            continue
+        sent += len(raw)
+        shown.append(text)
+    if dropped:
+        shown.append(f"-----> [{dropped} lines ({dropped_bytes / 1e6:.1f} MB) of output not "
+                     f"shown: build output is limited to {budget / 1e6:.1f} MB; the last "
+                     "lines follow]")
+        shown.extend(list(last)[-min(dropped, TAIL_LINES):])
+    return shown
 
 
 def _compile_failed(lines: list[str], code: int, which: str) -> CompileFailed:
@@ -537,15 +640,31 @@ def _procfile(app_dir: Path) -> dict[str, str]:
     return procfile.parse(path.read_text(errors="replace")) if path.is_file() else {}
 
 
+class _NoAliases(yaml.SafeLoader):
+    """Safe YAML without aliases: an alias bomb (a billion laughs) fails at its first ``*``."""
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed",
+                                              mark)
+        return super().compose_node(parent, index)
+
+
 def _default_process_types(release: bytes, buildpack: str) -> dict[str, str]:
-    """``default_process_types`` from the YAML a buildpack's ``bin/release`` printed."""
+    """``default_process_types`` from the YAML a buildpack's ``bin/release`` printed
+    (at most MAX_RELEASE_BYTES, without aliases)."""
     if not release.strip():
         return {}
+    if len(release) > MAX_RELEASE_BYTES:
+        raise StagingError(f"the {buildpack} buildpack's bin/release printed more than "
+                           f"{MAX_RELEASE_BYTES // 1024} KiB: it should print only "
+                           "default_process_types and the like.")
     try:
-        data = yaml.safe_load(release)
+        data = yaml.load(release, Loader=_NoAliases)
     except yaml.YAMLError as e:
-        raise StagingError(f"the {buildpack} buildpack's bin/release printed invalid YAML: "
-                           f"{e}") from e
+        raise StagingError(f"the {buildpack} buildpack's bin/release printed YAML that "
+                           f"cannot be used: {e}") from e
     types = (data or {}).get("default_process_types") if isinstance(data, dict) else None
     if not isinstance(types, dict):
         return {}
@@ -566,12 +685,57 @@ def _layer_prefix(settings: Settings, app_guid: str) -> str:
     return f"{stack.run_image(settings.stack_run_image).rpartition(':')[2][:12]}-{app_guid}-"
 
 
-def _read_single_file(container, path: str) -> bytes:  # noqa: ANN001
+class _Chunks(io.RawIOBase):
+    """docker-py's chunk iterator as a file, for tarfile's stream mode."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self.chunks = iter(chunks)
+        self.rest = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:
+        while not self.rest:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                return 0
+            self.rest = memoryview(chunk)
+        n = min(len(buffer), len(self.rest))
+        buffer[:n], self.rest = self.rest[:n], self.rest[n:]
+        return n
+
+
+def _single_member(container: Container,
+                   path: str) -> tuple[tarfile.TarFile, tarfile.TarInfo | None]:
+    """A file of the staging container, as a tar stream read as it arrives."""
     stream, _stat = container.get_archive(path)
-    buf = io.BytesIO(b"".join(stream))
-    with tarfile.open(fileobj=buf) as tar:
-        member = tar.next()
-        return tar.extractfile(member).read() if member and member.isfile() else b""
+    tar = tarfile.open(fileobj=_Chunks(stream), mode="r|")
+    member = tar.next()
+    return tar, member if member is not None and member.isfile() else None
+
+
+def _read_single_file(container: Container, path: str,
+                      limit: int = MAX_SMALL_FILE_BYTES) -> bytes:
+    """The first ``limit`` bytes of a small file of the staging container."""
+    tar, member = _single_member(container, path)
+    with tar:
+        return tar.extractfile(member).read(limit) if member is not None else b""
+
+
+def _copy_single_file(container: Container, path: str, into: Path, limit: int,
+                      what: str) -> None:
+    """Stream a file of the staging container into ``into``, refusing it past ``limit``."""
+    tar, member = _single_member(container, path)
+    with tar, into.open("wb") as f:
+        if member is None:
+            return
+        if member.size > limit:
+            raise StagingError(f"{what} is larger than {limit // 1024**2} MiB: add what need "
+                               "not be deployed to .paasignore.")
+        data = tar.extractfile(member)
+        while chunk := data.read(1024 * 1024):
+            f.write(chunk)
 
 
 class _Tail(threading.Thread):
@@ -641,7 +805,8 @@ def _read_text(path: Path) -> str:
         return ""
 
 
-def _tar_folder(folder: Path, arcname: str, uid: int, exclude: set[str] = frozenset()) -> bytes:
+def _tar_folder(folder: Path, arcname: str, uid: int, out: BinaryIO,
+                exclude: set[str] = frozenset()) -> None:
     def owned(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
         if any(info.name == e or info.name.startswith(e + "/") for e in exclude):
             return None
@@ -649,10 +814,8 @@ def _tar_folder(folder: Path, arcname: str, uid: int, exclude: set[str] = frozen
         info.uname = info.gname = ""
         return info
 
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
+    with tarfile.open(fileobj=out, mode="w") as tar:
         tar.add(folder, arcname=arcname, filter=owned)
-    return buf.getvalue()
 
 
 def _add_tree(tar: tarfile.TarFile, node, arcname: str) -> None:  # noqa: ANN001

@@ -72,6 +72,11 @@ class Settings:
     staging_output_bytes: int = 4 * 1024 * 1024  # build output shown; the rest is counted
     # Built-in buildpacks may skip the staging container when nothing needs installing.
     staging_fast_path: bool = True
+    # Hostile uploads (uploads/, buildpacks/stager.py). The interpreter that runs built-in
+    # buildpacks' fast path on the stager host, isolated (-I, empty HOME); empty: the
+    # stager's own. The largest app part or layer a staging container may hand back.
+    staging_fast_path_python: str = ""
+    staging_max_droplet_bytes: int = 8 * 1024**3
 
     # Agent.
     agent_id: str = "agent-0"

@@ -44,6 +44,14 @@ def match(blobs: Blobstore, team_id: int, items: Any) -> list[dict[str, Any]]:
     return found
 
 
+def cached_size(blobs: Blobstore, team_id: int, sha1: str) -> int:
+    """The size of the team's cached copy of ``sha1`` (0 if it has none)."""
+    try:
+        return blobs.path(_key(team_id, sha1)).stat().st_size
+    except OSError:
+        return 0
+
+
 def parse_matched(raw: str | None) -> list[dict[str, Any]]:
     if not raw:
         return []

@@ -442,14 +442,18 @@ def push(name: str):  # noqa: ANN201
             f"the package is larger than {settings.max_upload_bytes // (1024 * 1024)} MiB: "
             "add what need not be deployed to .paasignore.") from e
     try:
-        packages.check_archive(blobs.path(uploaded))
         matched = resources.parse_matched(request.form.get("resources"))
+        team_id = app.team_id or ident.team_id
+        # One pass judges the upload and the cached files it names, as the stager will
+        # unpack them, before anything is kept; the package assembled from both is not read
+        # again here.
+        packages.check_archive(blobs.path(uploaded), extra=(
+            (item["path"], item["mode"], resources.cached_size(blobs, team_id, item["sha1"]))
+            for item in matched))
         if request.files.get("buildpack") is not None:
             requested["buildpack_blob"], _ = store_buildpack(request.files["buildpack"])
-        team_id = app.team_id or ident.team_id
         package.digest, package.size = resources.assemble(
             blobs, team_id, blobs.path(uploaded), matched, package.blob_path)
-        packages.check_archive(blobs.path(package.blob_path))
         g.db.flush()
         package.app_id = app.id
         build = Build(app=app, package=package, requested=requested)
