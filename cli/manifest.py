@@ -82,6 +82,10 @@ def load(path: Path, name: str | None) -> AppManifest | None:
     except yaml.MarkedYAMLError as e:
         line = e.problem_mark.line + 1 if e.problem_mark else None
         raise ManifestError(path, line, f"not valid YAML: {e.problem}") from e
+    except yaml.YAMLError as e:  # the reader's: a character YAML does not allow
+        raise ManifestError(path, None, f"not valid YAML: {str(e).splitlines()[0]}") from e
+    except RecursionError as e:
+        raise ManifestError(path, None, "not usable YAML: it is nested too deeply") from e
     except (OSError, UnicodeDecodeError) as e:
         raise ManifestError(path, None, f"cannot be read: {e}") from e
     if root is None:
@@ -125,7 +129,19 @@ def _get(node: yaml.MappingNode, key: str) -> yaml.Node | None:
 def _scalar(path: Path, node: yaml.Node, what: str) -> Any:
     if not isinstance(node, yaml.ScalarNode):
         raise ManifestError(path, _line(node), f"{what} must be a single value")
-    return yaml.safe_load(yaml.serialize(node))
+    return _value(path, node, what)
+
+
+def _value(path: Path, node: yaml.Node, what: str) -> Any:
+    """The plain data of ``node`` (safe types only), or a ManifestError at its line."""
+    try:
+        return yaml.safe_load(yaml.serialize(node))
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ManifestError(path, _line(node), f"{what} cannot be read ({problem}): write "
+                            "it as plain YAML text, lists and mappings") from e
+    except RecursionError as e:
+        raise ManifestError(path, _line(node), f"{what} is nested too deeply") from e
 
 
 def _app(path: Path, node: yaml.Node) -> AppManifest:
@@ -133,8 +149,10 @@ def _app(path: Path, node: yaml.Node) -> AppManifest:
         raise ManifestError(path, _line(node), "each app must be a mapping (name: ..., ...)")
     app = AppManifest()
     for key_node, value in node.value:
-        key = key_node.value
         line = _line(key_node)
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise ManifestError(path, line, "field names must be text, such as 'name:'")
+        key = key_node.value
         if key not in FIELDS:
             hint = difflib.get_close_matches(key, FIELDS, n=1)
             raise ManifestError(path, line, f"unknown field {key!r}" + (
@@ -148,7 +166,7 @@ def _set(path: Path, app: AppManifest, key: str, node: yaml.Node, line: int) -> 
         raise ManifestError(path, line, message)
 
     if key in ("processes", "routes", "buildpacks", "env"):
-        data = yaml.safe_load(yaml.serialize(node))
+        data = _value(path, node, key)
     else:
         data = _scalar(path, node, key)
     if key == "name":
