@@ -47,6 +47,12 @@ class Settings:
     api_rate_burst: int = 500
     # Log follows (paas logs) one token may hold open at once; the next gets a 429.
     api_follows_per_token: int = 10
+    # Garbage collection (paas-admin gc): each app's last N releases keep their droplets and
+    # images (the window 'paas rollback' works in); older ones are removed.
+    gc_keep_releases: int = 5
+    # Nothing younger is removed: longer than any build (staging_timeout), whose blobs and
+    # image exist before its droplet's row does.
+    gc_min_age_seconds: float = 1200.0
 
     # Routing.
     domain: str = "localhost"

@@ -101,3 +101,38 @@ def create_token_cmd(name: str, role: str, team: str) -> None:
         session.add_all([t, token])
         session.commit()
     click.echo(secret)
+
+
+@main.command("gc")
+@click.option("--keep", "keep", type=click.IntRange(1), default=None,
+              help="Releases per app whose droplets stay (default: PAAS_GC_KEEP_RELEASES).")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+def gc_cmd(keep: int | None, dry_run: bool) -> None:
+    """Remove droplets, images, layers, packages and buildpack uploads no kept release uses."""
+    import docker
+
+    from controller import gc
+    from controller.blobstore import Blobstore
+
+    settings = settings_mod.load()
+    migrate(settings)
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        client = docker.from_env(timeout=120)
+    except docker.errors.DockerException as e:
+        raise click.ClickException(f"the Docker engine cannot be reached ({e}): run gc where "
+                                   "the stager builds images, with DOCKER_HOST set.") from e
+    try:
+        with make_sessionmaker(engine)() as session:
+            done = gc.collect(settings, session, Blobstore(settings.blobstore_dir), client,
+                              keep_releases=keep, dry_run=dry_run)
+    finally:
+        client.close()
+        engine.dispose()
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {len(done.blobs)} blobs ({done.bytes / 1e6:.1f} MB) and "
+               f"{len(done.images)} images")
+    for name in [*done.blobs, *done.images]:
+        click.echo(f"  {name}")
+    for tag in done.kept_images:
+        click.echo(f"  kept {tag}: the Docker engine refused (a container or image uses it)")

@@ -315,6 +315,10 @@ def rollback(name: str):  # noqa: ANN201
     app = find_app(name, Action.WRITE)
     version = _whole(json_body(), "version", 1, 1 << 30, "the release version")
     earlier = releases.rollback_target(g.db, app, version)
+    if not earlier.droplet.image:  # controller.gc marks the droplets it removed so
+        raise Conflict(f"release {earlier.version}'s droplet was removed by garbage collection "
+                       "(only the last releases keep theirs): roll back to a later one "
+                       f"('paas releases {app.name}'), or push that code again.")
     release = releases.create(
         g.db, app, droplet=earlier.droplet, env=dict(earlier.env),
         commands=dict(earlier.commands), actor=current_identity().name,
