@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 import requests
@@ -29,6 +31,7 @@ class Client:
         self.http = requests.Session()
         if self.token:
             self.http.headers["Authorization"] = f"Bearer {self.token}"
+            warn_plain_http(config, self.base)
 
     def request(self, method: str, path: str, *, stream: bool = False,
                 timeout: float | None = None, **kwargs: Any) -> requests.Response:
@@ -74,6 +77,37 @@ class Client:
                            f"the output ({e}); 'paas app NAME' shows where things stand.") from e
         finally:
             response.close()
+
+
+def sent_in_the_clear(target: str) -> bool:
+    """True if a token sent to ``target`` crosses a network unencrypted: plain http to an
+    address that is not this machine's loopback."""
+    parts = urlsplit(target)
+    if parts.scheme != "http":
+        return False
+    host = (parts.hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # a DNS name: it may lead anywhere
+
+
+def warn_plain_http(config: Config, target: str) -> None:
+    """Warn once per target (remembered in the config file) before the token goes out over
+    plain http to another machine."""
+    if not sent_in_the_clear(target) or target in config.warned_plain_http:
+        return
+    click.echo(f"Warning: paas sends your API token to {target} over plain http: anyone on the "
+               "network between here and there can read it and act as you. Point at an "
+               "https:// address of the controller (behind a TLS proxy) with 'paas target'. "
+               "(Shown once for this target.)", err=True)
+    config.warned_plain_http.append(target)
+    stored = Config.load()  # not ``config``: its token may not be checked yet (paas login)
+    if target not in stored.warned_plain_http:
+        stored.warned_plain_http.append(target)
+        stored.save()
 
 
 def _error_message(response: requests.Response) -> str:

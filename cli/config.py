@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
@@ -16,6 +16,8 @@ def home() -> Path:
 class Config:
     target: str | None = None
     token: str | None = None
+    # Targets the CLI has warned about sending the token to over plain http (once each).
+    warned_plain_http: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls) -> Config:
@@ -26,7 +28,10 @@ class Config:
             data = json.loads(path.read_text())
         except ValueError:
             return cls()
-        return cls(target=data.get("target"), token=data.get("token"))
+        warned = data.get("warned_plain_http")
+        return cls(target=data.get("target"), token=data.get("token"),
+                   warned_plain_http=[w for w in warned if isinstance(w, str)]
+                   if isinstance(warned, list) else [])
 
     def save(self) -> None:
         folder = home()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+if TYPE_CHECKING:
+    from contracts.secretbox import SecretBox
 
 # Files of at least this size are fingerprinted by the CLI and kept in the controller's
 # resource cache, so a re-push uploads only what changed (smaller ones always travel).
@@ -92,6 +95,9 @@ class InstanceSpec:
     probe_timeout: float = 1.0
     generation: int = 0
     disk_mb: int = 1024
+    # The env values travel sealed (see seal); ``env`` is empty in a sealed message.
+    sealed: str = ""
+    SEALED: ClassVar[tuple[str, ...]] = ("env",)
 
 
 @dataclass
@@ -186,3 +192,28 @@ class TaskSpec:
     command: str
     memory_mb: int
     env: dict[str, str] = field(default_factory=dict)
+    # The env values and the command travel sealed (see seal): empty in a sealed message.
+    sealed: str = ""
+    SEALED: ClassVar[tuple[str, ...]] = ("env", "command")
+
+
+Sealable = TypeVar("Sealable", InstanceSpec, TaskSpec)
+
+
+def seal(spec: Sealable, box: SecretBox) -> Sealable:
+    """A copy of ``spec`` to send: its secret fields (``SEALED``) inside ``sealed``, sealed with
+    the platform key, and emptied in the clear, so Redis never holds them readable."""
+    if spec.sealed:
+        return spec
+    secret = {name: getattr(spec, name) for name in spec.SEALED}
+    blank = {name: type(value)() for name, value in secret.items()}
+    return replace(spec, sealed=box.seal_json(secret), **blank)
+
+
+def unseal(spec: Sealable, box: SecretBox) -> Sealable:
+    """``spec`` with its sealed fields opened (as it was before :func:`seal`). A spec sent
+    unsealed (by a controller from before sealing) is returned as it is."""
+    if not spec.sealed:
+        return spec
+    secret = box.open_json(spec.sealed)
+    return replace(spec, sealed="", **{name: secret[name] for name in spec.SEALED})

@@ -50,11 +50,22 @@ class MappedRoute:
 
 @dataclass(frozen=True)
 class Certificate:
-    """A PEM certificate chain and its private key, for a domain and its subdomains."""
+    """A PEM certificate chain for a domain and its subdomains, named by its leaf's sha256
+    ``fingerprint``, with its private key sealed with the platform key (as the database keeps
+    it, :mod:`contracts.secretbox`): Redis never holds a key readable, and only the router
+    opens it, to write the file nginx reads."""
 
     domain: str
     cert_pem: str
-    key_pem: str
+    fingerprint: str
+    key_sealed: str
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Certificate:
+        """One entry of a stored table; an entry from before sealing (``key_pem``) is kept
+        without a key (the router skips it until the table is written again)."""
+        return cls(domain=data["domain"], cert_pem=data["cert_pem"],
+                   fingerprint=data.get("fingerprint", ""), key_sealed=data.get("key_sealed", ""))
 
 
 @dataclass
@@ -72,7 +83,7 @@ class RouteTable:
         return cls(
             revision=int(data["revision"]),
             routes=[MappedRoute(**r) for r in data.get("routes", [])],
-            certificates=[Certificate(**c) for c in data.get("certificates", [])],
+            certificates=[Certificate.from_dict(c) for c in data.get("certificates", [])],
         )
 
 

@@ -144,6 +144,15 @@ class Settings:
     instance_log_files: bool = True
     instance_logs_dir: str = ""
 
+    # Secrets (contracts.secretbox). The platform key seals env values and TLS keys in the
+    # database and in Redis: a file made on first use ("" is <data_dir>/secret.key, 0600), or
+    # the key itself (PAAS_SECRET_KEY, for containers). Every process needs the same one.
+    secret_key_file: str = ""
+    secret_key: str = field(default="", repr=False)
+    # Bearer token a Prometheus scraper sends for the controller's /metrics; an admin token
+    # works too. Empty: admin tokens only.
+    metrics_token: str = field(default="", repr=False)
+
     @property
     def sqlalchemy_url(self) -> str:
         if self.database_url:

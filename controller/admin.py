@@ -12,6 +12,7 @@ from alembic.config import Config
 from sqlalchemy import select
 
 from contracts import settings as settings_mod
+from contracts.secretbox import ensure_key, load_box
 from contracts.settings import Settings
 from controller.db import make_engine, make_sessionmaker
 from controller.models import DEFAULT_TEAM, Domain, Role, Team, Token
@@ -22,14 +23,17 @@ def alembic_config(settings: Settings) -> Config:
     cfg.set_main_option("script_location", str(resources.files("controller") / "migrations"))
     cfg.set_main_option("sqlalchemy.url", settings.sqlalchemy_url.replace("%", "%%"))
     cfg.attributes["default_domain"] = settings.domain  # the first shared domain (0004)
+    cfg.attributes["secret_box"] = load_box(settings)  # seals secrets (0005)
     return cfg
 
 
 def migrate(settings: Settings) -> None:
     """Bring the schema up to date, and make the platform's domain a shared domain (it may
     have changed since the database was made)."""
-    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    secure_data_dir(settings)
+    ensure_key(settings)  # the platform secret key, made on first use (0600)
     command.upgrade(alembic_config(settings), "head")
+    secure_database_file(settings)
     engine = make_engine(settings.sqlalchemy_url)
     try:
         with make_sessionmaker(engine)() as session:
@@ -38,6 +42,24 @@ def migrate(settings: Settings) -> None:
                 session.commit()
     finally:
         engine.dispose()
+
+
+def secure_data_dir(settings: Settings) -> None:
+    """The data dir and the blobstore for the platform's user alone (0700), whatever the
+    umask: they hold the database, the keys and every team's packages and droplets."""
+    for folder in (Path(settings.data_dir), settings.blobstore_dir):
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder.chmod(0o700)
+
+
+def secure_database_file(settings: Settings) -> None:
+    """A SQLite database file (and its WAL files, which SQLite makes with its mode) 0600."""
+    if settings.database_url:
+        return
+    db = Path(settings.sqlalchemy_url.removeprefix("sqlite:///"))
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        if path.exists():
+            path.chmod(0o600)
 
 
 def admin_token_file(settings: Settings) -> Path:

@@ -9,9 +9,11 @@ from flask import Flask, g
 
 from contracts import settings as settings_mod
 from contracts.celery_app import make_celery
+from contracts.secretbox import load_box
 from contracts.settings import Settings
 from controller.blobstore import Blobstore
 from controller.db import make_engine, make_sessionmaker
+from controller.models.sealed import use_secret_box
 
 
 def create_app(settings: Settings | None = None, **test_config: Any) -> Flask:
@@ -28,7 +30,10 @@ def create_app(settings: Settings | None = None, **test_config: Any) -> Flask:
 
     ratelimit.init_app(app)
 
-    engine = make_engine(settings.sqlalchemy_url)
+    # The platform key seals env values and TLS keys in the database and in messages.
+    box = load_box(settings)
+    app.extensions["paas.secretbox"] = box
+    engine = use_secret_box(make_engine(settings.sqlalchemy_url), box)
     # Under gevent a worker's SQLite writers must wait their turn cooperatively.
     from controller.sqlite_writers import serialize_writers
 

@@ -31,7 +31,9 @@ from contracts.messages import (
     InstanceState,
     agent_queue,
     dump,
+    seal,
 )
+from contracts.secretbox import load_box
 from contracts.settings import Settings
 from controller import events, routing, staging
 from controller.actual import read_heartbeats
@@ -65,6 +67,7 @@ from controller.models import (
     ReleaseStatus,
     Route,
 )
+from controller.models.sealed import use_secret_box
 
 log = logging.getLogger("paas.health")
 # A start not seen in any heartbeat after this long is forgotten (and so tried again). Long
@@ -82,6 +85,7 @@ class HealthManager:
         self.sessions = sessions
         self.redis = client
         self.celery = celery
+        self.box = load_box(settings)  # seals the env of start messages
         self.pending: dict[str, tuple[float, InstanceReport]] = {}
         self.stopping: dict[str, float] = {}
         self.requeued: dict[str, float] = {}
@@ -305,7 +309,7 @@ class HealthManager:
                               process_type=spec.process_type, index=spec.index,
                               from_agent=lost_on, to_agent=action.agent_id,
                               reason=f"agent {lost_on} stopped reporting")
-            self.celery.send_task(START_INSTANCE_TASK, args=[dump(spec)],
+            self.celery.send_task(START_INSTANCE_TASK, args=[dump(seal(spec, self.box))],
                                   queue=agent_queue(action.agent_id))
             self.pending[spec.instance_guid] = (time.monotonic(), InstanceReport(
                 instance_guid=spec.instance_guid, app_guid=spec.app_guid,
@@ -435,7 +439,8 @@ class HealthManager:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = settings_mod.load()
-    sessions = make_sessionmaker(make_engine(settings.sqlalchemy_url))
+    engine = use_secret_box(make_engine(settings.sqlalchemy_url), load_box(settings))
+    sessions = make_sessionmaker(engine)
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
     manager = HealthManager(settings, sessions, client, make_celery(settings))
     if settings.metrics_port_health:

@@ -13,6 +13,7 @@ Without that variable (unit tests, ``flask run``) the app's own registry serves 
 
 from __future__ import annotations
 
+import hmac
 import os
 import time
 
@@ -67,8 +68,27 @@ def init_app(app: Flask) -> None:
 
     @app.get("/metrics")
     def metrics():  # noqa: ANN202
+        _authorize_scrape(app.config["PAAS_SETTINGS"].metrics_token)
         return Response(generate_latest(_scrape_registry(registry)),
                         mimetype=CONTENT_TYPE_LATEST)
+
+
+def _authorize_scrape(metrics_token: str) -> None:
+    """``/metrics`` tells app names, request rates and failures: it needs the metrics token
+    (``PAAS_METRICS_TOKEN``, for a Prometheus scraper) or an admin token."""
+    from controller.auth import identify
+    from controller.errors import Forbidden, Unauthorized
+
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    given = given.strip()
+    if scheme.lower() != "bearer" or not given:
+        raise Unauthorized("/metrics needs a token: send 'Authorization: Bearer TOKEN' with "
+                           "the metrics token (PAAS_METRICS_TOKEN) or an admin token.")
+    if metrics_token and given and hmac.compare_digest(given.encode(), metrics_token.encode()):
+        return
+    if not identify(g.db).is_admin:  # Unauthorized (401) without a valid token
+        raise Forbidden("/metrics needs an admin token or the metrics token "
+                        "(PAAS_METRICS_TOKEN): a team's token does not read it.")
 
 
 class HealthMetrics:

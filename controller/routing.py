@@ -36,7 +36,7 @@ import time
 from typing import Any
 
 import redis
-from sqlalchemy import select
+from sqlalchemy import Text, select, type_coerce
 from sqlalchemy.orm import Session
 
 from contracts import routing
@@ -399,8 +399,13 @@ def route_table(session: Session) -> routing.RouteTable:
         app_name=r.app.name, path=r.path, balance=r.balance,
         https_redirect=r.https_redirect)
         for r in session.scalars(select(Route).order_by(Route.id))]
-    certs = [routing.Certificate(domain=c.domain.name, cert_pem=c.cert_pem, key_pem=c.key_pem)
-             for c in session.scalars(select(Certificate).order_by(Certificate.id))]
+    # The key as stored, sealed with the platform key: the table carries it never opened.
+    stored_key = type_coerce(Certificate.key_pem, Text)
+    certs = [routing.Certificate(domain=name, cert_pem=cert_pem, fingerprint=fingerprint,
+                                 key_sealed=key_sealed)
+             for name, cert_pem, fingerprint, key_sealed in session.execute(
+                 select(Domain.name, Certificate.cert_pem, Certificate.fingerprint, stored_key)
+                 .join(Domain, Certificate.domain_id == Domain.id).order_by(Certificate.id))]
     return routing.RouteTable(revision=revision, routes=routes, certificates=certs)
 
 

@@ -27,6 +27,7 @@ from contracts.messages import (
     InstanceSpec,
     InstanceState,
 )
+from contracts.secretbox import SecretBoxError
 from contracts.settings import Settings
 from dea_agent import instances as inst_mod
 from dea_agent.instances import Instance
@@ -112,6 +113,10 @@ class Agent:
             return
         except inst_mod.OutputFilesError as e:
             self._crash(instance, f"{e}.")
+            return
+        except SecretBoxError as e:
+            self._crash(instance, f"agent {self.settings.agent_id} could not open the "
+                        f"instance's sealed env: {e}")
             return
         except Exception as e:  # Docker refused, or did not answer
             self._crash(instance, f"Docker could not create the instance: {_explain(e)}")

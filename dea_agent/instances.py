@@ -25,7 +25,9 @@ from contracts.messages import (
     InstanceReport,
     InstanceSpec,
     InstanceState,
+    unseal,
 )
+from contracts.secretbox import load_box
 from contracts.settings import Settings
 
 CONTAINER_PORT = 8080
@@ -196,8 +198,9 @@ def create_container(client: docker.DockerClient, spec: InstanceSpec, settings: 
     its own (see dea_agent.logs), bind-mounted one by one so that it can write them and
     nothing else there."""
     started_at = time.time()
+    # The env values came sealed; opened only now (SecretBoxError with a sentence if not).
     env = {
-        **spec.env,
+        **(unseal(spec, load_box(settings)) if spec.sealed else spec).env,
         "PORT": str(CONTAINER_PORT),
         "INSTANCE_INDEX": str(spec.index),
         "CF_INSTANCE_INDEX": str(spec.index),

@@ -29,7 +29,9 @@ from contracts.messages import (
     LABEL_PLATFORM,
     LABEL_RELEASE,
     TaskSpec,
+    unseal,
 )
+from contracts.secretbox import SecretBoxError, hide_arguments, load_box
 from contracts.settings import Settings
 from dea_agent.instances import confinement
 
@@ -141,6 +143,12 @@ class TaskRunner:
             log.info("task %s of %s already ran; not running it again", spec.task_guid,
                      spec.app_name)
             return None
+        try:  # env and command came sealed: opened just before the container is made
+            spec = unseal(spec, load_box(self.settings)) if spec.sealed else spec
+        except SecretBoxError as e:
+            self._fail(key, spec, f"agent {self.settings.agent_id} could not open the task's "
+                       f"sealed env and command: {e}")
+            return None
         try:
             container = create_container(self.docker, spec, self.settings)
         except docker.errors.ImageNotFound:
@@ -176,7 +184,7 @@ class TaskRunner:
             self._fail(key, spec, f"Docker could not start the task's container: {_explain(e)}")
             return None
         log.info("task %s of %s release %d started: %s", spec.task_guid, spec.app_name,
-                 spec.release, spec.command)
+                 spec.release, hide_arguments(spec.command))
         writer = StreamWriter(self.redis, key)
         try:
             chunks = container.logs(stream=True, follow=True, stdout=True, stderr=True)

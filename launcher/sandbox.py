@@ -27,10 +27,16 @@ from pathlib import Path
 
 import docker
 import docker.errors
-import redis
 
 from contracts.messages import LABEL_PLATFORM
 from contracts.settings import Settings, as_env, load
+from launcher.redis_server import (
+    PASSWORD_FILE,
+    RedisServer,
+    RedisServerError,
+    ensure_password,
+    redis_url,
+)
 from launcher.up import Platform, agent_overrides
 
 # Agents' host ports: blocks of PORT_BLOCK_SIZE from PORT_BLOCKS_FIRST up, all above Linux's
@@ -148,12 +154,16 @@ class Sandbox:
         self.root = Path(tempfile.mkdtemp(prefix="paas-sandbox-"))
         self.platform_id = f"sandbox-{uuid.uuid4().hex[:8]}"
         self.redis_port = free_port()
-        self.redis: subprocess.Popen | None = None
+        # Its redis-server wants a password, kept as make up keeps it (launcher.redis_server).
+        data = self.root / "data"
+        data.mkdir(mode=0o700)
+        self.redis_password = ensure_password(data / PASSWORD_FILE)
+        self.redis_server = RedisServer(self.redis_port, self.redis_password, self.root)
         own_ports = "agent_port_min" not in overrides and "agent_port_max" not in overrides
         self.port_leases = reserve_port_blocks(agents) if own_ports else []
         defaults: dict[str, object] = dict(
             data_dir=str(self.root / "data"),
-            redis_url=f"redis://127.0.0.1:{self.redis_port}/0",
+            redis_url=redis_url(self.redis_port, self.redis_password),
             platform_id=self.platform_id,
             api_port=free_port(),
             router_port=free_port(),
@@ -194,37 +204,24 @@ class Sandbox:
             {"target": self.settings.api_url, "token": self.token}))
         return self
 
+    @property
+    def redis(self) -> subprocess.Popen | None:
+        """The private redis-server's process (None when stopped)."""
+        return self.redis_server.process
+
     def _start_redis(self) -> None:
-        self.redis = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.redis_port),
-             "--save", "", "--appendonly", "no", "--dir", str(self.root)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.redis_port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError as e:
-                if time.monotonic() > deadline or self.redis.poll() is not None:
-                    raise RuntimeError(
-                        f"redis-server did not start on port {self.redis_port}") from e
-                time.sleep(0.05)
-            finally:
-                client.close()
+        try:
+            self.redis_server.start()
+        except RedisServerError as e:
+            raise RuntimeError(str(e)) from e
 
     def stop_redis(self, sig: int = signal.SIGKILL) -> None:
         """Stop the private redis-server (SIGKILL by default: a crash). Its data is lost."""
-        if self.redis is None:
-            return
-        if self.redis.poll() is None:
-            self.redis.send_signal(sig)
-        self.redis.wait(10)
-        self.redis = None
+        self.redis_server.stop(sig)
 
     def start_redis(self) -> None:
         """Start an empty redis-server on the sandbox's Redis port; wait until it answers."""
-        if self.redis is not None and self.redis.poll() is None:
+        if self.redis_server.running():
             raise RuntimeError(f"redis-server is already running on port {self.redis_port}")
         self._start_redis()
 

@@ -20,15 +20,24 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import click
 import requests
 
 from contracts import settings as settings_mod
 from contracts.settings import Settings, as_env
+from launcher.redis_server import (
+    PASSWORD_FILE,
+    RedisServer,
+    RedisServerError,
+    ensure_password,
+    has_password,
+)
 
 PR_SET_PDEATHSIG = 1
 AGENT = "agent"
@@ -167,9 +176,10 @@ class Platform:
         """Migrate the database and return the admin token (created the first time)."""
         from controller.admin import ensure_admin_token, migrate
 
-        Path(self.settings.data_dir).mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(exist_ok=True)
-        migrate(self.settings)
+        Path(self.settings.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.log_dir.mkdir(exist_ok=True, mode=0o700)
+        self.log_dir.chmod(0o700)
+        migrate(self.settings)  # also makes the secret key and sets the data dir's modes
         return ensure_admin_token(self.settings)
 
     def start(self, names: tuple[str, ...] | None = None) -> None:
@@ -241,11 +251,12 @@ class Platform:
     def _spawn(self, service: Service) -> None:
         settings = service.settings or self.settings_for(service.name)
         env = {**os.environ, **as_env(settings), "PYTHONUNBUFFERED": "1"}
-        log = (self.log_dir / f"{service.name}.log").open("ab")
+        log = os.fdopen(os.open(self.log_dir / f"{service.name}.log",
+                                os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         service.process = subprocess.Popen(
             self._command(service), env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_die_with_parent)
+            preexec_fn=_child_setup)
         service.pump = threading.Thread(target=self._pump, daemon=True,
                                         args=(service.name, service.process.stdout, log))
         service.pump.start()
@@ -375,8 +386,11 @@ def _wait_gone(pids: set[int], timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the launcher dies, however it dies (Linux)."""
+def _child_setup() -> None:
+    """In the child: files it makes are its user's alone (umask 077: the database, blobs,
+    keys; what others must read is given its mode explicitly), and it gets SIGTERM when the
+    launcher dies, however it dies (Linux)."""
+    os.umask(0o077)
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -406,7 +420,35 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def _check_ports(settings: Settings) -> None:
+def own_redis(settings: Settings,
+              env: Mapping[str, str]) -> tuple[Settings, RedisServer | None]:
+    """The platform's own redis-server behind a password (made once into
+    ``<data_dir>/redis.password``, 0600), on the address of ``settings.redis_url``, and the
+    settings whose URL carries the password; unless ``PAAS_REDIS_URL`` names a Redis of the
+    operator's, which is used as it is."""
+    if env.get("PAAS_REDIS_URL"):
+        if not has_password(settings.redis_url):
+            click.echo("paas-up: warning: PAAS_REDIS_URL has no password, so anything that "
+                       "reaches that Redis can read the route table and the queues: set "
+                       "requirepass there and put the password in the URL "
+                       "(redis://:PASSWORD@host:port/0).", err=True)
+        return settings, None
+    parts = urlsplit(settings.redis_url)
+    data = Path(settings.data_dir)
+    password = ensure_password(data / PASSWORD_FILE)
+    (data / "logs").mkdir(parents=True, exist_ok=True, mode=0o700)
+    server = RedisServer(parts.port or 6379, password, data, host=parts.hostname or "127.0.0.1",
+                         log=data / "logs" / "redis.log")
+    return settings.replace(redis_url=server.url), server
+
+
+def _check_ports(settings: Settings, redis_server: RedisServer | None = None) -> None:
+    if redis_server is not None and _port_open(redis_server.host, redis_server.port):
+        raise LaunchError(
+            f"port {redis_server.port} on {redis_server.host}, wanted for the platform's Redis, "
+            "is already in use (by a redis-server without a password that an earlier set-up "
+            f"started? stop it with 'redis-cli -p {redis_server.port} shutdown nosave'): free "
+            "it, or set PAAS_REDIS_URL to a Redis of yours (with a password in the URL).")
     for what, host, port, var in (
             ("the API", settings.api_host, settings.api_port, "PAAS_API_PORT"),
             ("the router", settings.router_host, settings.router_port, "PAAS_ROUTER_PORT"),
@@ -418,6 +460,12 @@ def _check_ports(settings: Settings) -> None:
                               f"{var} to a free port.")
 
 
+def _stop_all(platform: Platform, redis_server: RedisServer | None) -> None:
+    platform.stop()
+    if redis_server is not None:
+        redis_server.stop()
+
+
 @click.command()
 @click.option("--quiet", is_flag=True, help="Only write the services' logs to files.")
 @click.option("--no-login", is_flag=True, help="Do not log the local paas CLI in.")
@@ -426,7 +474,7 @@ def _check_ports(settings: Settings) -> None:
               help="How many agents to run; they share the agent port range equally.")
 def main(quiet: bool, no_login: bool, agents: int) -> None:
     """Run the whole platform in the foreground until Ctrl-C."""
-    settings = settings_mod.load()
+    settings, redis_server = own_redis(settings_mod.load(), os.environ)
     try:
         platform = Platform(settings, echo=not quiet, agents=agents)
     except LaunchError as e:
@@ -440,18 +488,20 @@ def main(quiet: bool, no_login: bool, agents: int) -> None:
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     try:
-        _check_ports(settings)
+        _check_ports(settings, redis_server)
+        if redis_server is not None:
+            redis_server.start()
         token = platform.prepare()
         platform.start()
         platform.wait_ready(stop=stop)
-    except LaunchError as e:
-        platform.stop()
+    except (LaunchError, RedisServerError) as e:
+        _stop_all(platform, redis_server)
         raise click.ClickException(str(e)) from e
     except BaseException:
-        platform.stop()
+        _stop_all(platform, redis_server)
         raise
     if stop.is_set():
-        platform.stop()
+        _stop_all(platform, redis_server)
         return
     if not no_login:
         from cli.config import Config
@@ -476,7 +526,7 @@ def main(quiet: bool, no_login: bool, agents: int) -> None:
     supervisor.start()
     stop.wait()
     click.echo("\npaas-up: stopping the platform's processes (app containers keep running)")
-    platform.stop()
+    _stop_all(platform, redis_server)
     click.echo("paas-up: stopped")
 
 

@@ -35,6 +35,7 @@ from contracts import keys
 from contracts.applog import AppLogWriter
 from contracts.messages import Backend
 from contracts.routing import Certificate, MappedRoute, RouteTable, read_route_table
+from contracts.secretbox import SecretBox, SecretBoxError, load_box
 from contracts.settings import Settings, load
 from router.accesslog import AccessLogListener
 from router.errors import NginxConfigError, RouterError
@@ -98,6 +99,7 @@ class Router:
         self._certificates: list[Certificate] = []
         self._revision: int | None = None
         self._cert_checked: dict[str, bool] = {}  # certificate file stem -> nginx loads it
+        self._box: SecretBox | None = None  # opens certificates' sealed keys
         self._grace = RemovalGrace(settings.heartbeat_ttl)
         self._held = 0  # backends nginx serves that Redis no longer has (during a grace)
         # Read time of the last table nginx was made equal to (what ROUTER_SYNCED promises).
@@ -180,24 +182,38 @@ class Router:
             if (
                 domain is None
                 or not isinstance(cert.cert_pem, str)
-                or not isinstance(cert.key_pem, str)
+                or not isinstance(cert.key_sealed, str)
+                or not cert.key_sealed
             ):
                 self._warn_once(
                     f"skipping the certificate of {cert.domain!r}: the domain is "
-                    "not a DNS name or the PEM texts are not strings"
+                    "not a DNS name, or the PEM text or the sealed key is missing"
                 )
                 continue
             if domain in out:
                 continue
-            stem = hashlib.sha256(f"{cert.cert_pem}\0{cert.key_pem}".encode()).hexdigest()
+            stem = hashlib.sha256(f"{cert.cert_pem}\0{cert.key_sealed}".encode()).hexdigest()
             paths = (str(self.certs_dir / f"{stem}.pem"), str(self.certs_dir / f"{stem}.key"))
+            if not Path(paths[1]).exists():
+                try:  # the key comes sealed with the platform key; opened only to write it
+                    key_pem = self._secret_box().open(cert.key_sealed)
+                except SecretBoxError as e:
+                    self._warn_once(f"skipping the certificate of {domain}: {e}")
+                    continue
+                _write_private(Path(paths[1]), key_pem)
             _write_private(Path(paths[0]), cert.cert_pem)
-            _write_private(Path(paths[1]), cert.key_pem)
             if stem not in self._cert_checked:
                 self._cert_checked[stem] = self._loads(domain, *paths)
             if self._cert_checked[stem]:
                 out[domain] = paths
         return out
+
+    def _secret_box(self) -> SecretBox:
+        """The platform key, loaded when a certificate first needs it (a router without
+        certificates runs without one)."""
+        if self._box is None:
+            self._box = load_box(self.settings)
+        return self._box
 
     def _loads(self, domain: str, cert_path: str, key_path: str) -> bool:
         check = getattr(self.nginx, "check_certificate", None)

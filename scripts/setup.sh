@@ -75,11 +75,18 @@ if ! docker info >/dev/null 2>&1; then
   setsid nohup dockerd >/var/log/paas-dockerd.log 2>&1 < /dev/null &
   wait_for dockerd 60 /var/log/paas-dockerd.log docker info
 fi
-if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
-  say "starting redis-server on 127.0.0.1:6379"
-  redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --save '' --appendonly no \
-    --logfile /var/log/paas-redis.log >/dev/null
-  wait_for redis-server 20 /var/log/paas-redis.log redis-cli -h 127.0.0.1 -p 6379 ping
+# Redis: `make up` runs the platform's own redis-server, with a password (launcher/up.py), and
+# the tests one per sandbox. An open one on 6379 that an earlier set-up started (no password,
+# log /var/log/paas-redis.log) would hold the port: it is stopped. So is the service Debian's
+# package starts, when this set-up installed the package (systemd hosts).
+if [ "$(redis-cli -h 127.0.0.1 -p 6379 config get logfile 2>/dev/null | tail -n 1)" = /var/log/paas-redis.log ]; then
+  say "stopping the redis-server without a password on 127.0.0.1:6379 (make up runs its own)"
+  redis-cli -h 127.0.0.1 -p 6379 shutdown nosave >/dev/null 2>&1 || true
+fi
+if [[ " ${need[*]:-} " == *" redis-server "* ]] && command -v systemctl >/dev/null \
+    && systemctl is-active --quiet redis-server 2>/dev/null; then
+  say "stopping Debian's redis-server service (make up runs its own, with a password)"
+  systemctl disable --now redis-server >/dev/null 2>&1 || true
 fi
 
 # --- the stack images ----------------------------------------------------------------

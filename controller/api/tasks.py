@@ -19,7 +19,8 @@ from sqlalchemy import select
 
 from contracts import keys
 from contracts.logstream import KEEP_SECONDS
-from contracts.messages import RUN_TASK_TASK, Heartbeat, TaskSpec, agent_queue, dump
+from contracts.messages import RUN_TASK_TASK, Heartbeat, TaskSpec, agent_queue, dump, seal
+from contracts.secretbox import hide_arguments
 from controller import events
 from controller.actual import read_heartbeats
 from controller.api import v1
@@ -88,7 +89,8 @@ def run_task(name: str):  # noqa: ANN201
         pipe.expire(stream, KEEP_SECONDS)
         pipe.execute()
         current_app.extensions["paas.celery"].send_task(
-            RUN_TASK_TASK, args=[dump(spec)], queue=agent_queue(agent.agent_id))
+            RUN_TASK_TASK, args=[dump(seal(spec, current_app.extensions["paas.secretbox"]))],
+            queue=agent_queue(agent.agent_id))
     except Exception as e:  # kombu raises many kinds when Redis is down
         try:
             client.delete(stream)
@@ -97,7 +99,8 @@ def run_task(name: str):  # noqa: ANN201
         raise Unavailable("the agents' queue (Redis) is not reachable, so the task did not "
                           "run: check that redis-server runs, then try again.") from e
     events.record(g.db, "app.task_run", current_identity().name, app, task=spec.task_guid,
-                  command=command, release=release.version, agent=agent.agent_id)
+                  command=hide_arguments(command), release=release.version,
+                  agent=agent.agent_id)  # arguments may be secrets: the program only
     g.db.commit()
     return jsonify({"guid": spec.task_guid, "agent": agent.agent_id, "command": command,
                     "app": app.name, "release": release.version}), 201

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from controller.models.app import App
 from controller.models.base import Base, created, guid, intpk
+from controller.models.sealed import SealedJSON
 
 
 class Package(Base):
@@ -37,8 +38,9 @@ class Build(Base):
     state: Mapped[str] = mapped_column(String(16), default=BuildState.STAGING)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     buildpack: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    # What the push asked for, applied to the app when the build succeeds.
-    requested: Mapped[dict] = mapped_column(JSON, default=dict)
+    # What the push asked for, applied to the app when the build succeeds. Sealed: it holds
+    # the env values given with the push.
+    requested: Mapped[dict] = mapped_column(SealedJSON, default=dict)
     created_at: Mapped[created]
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 

@@ -7,6 +7,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from controller.models.base import Base, created, intpk
 from controller.models.build import Droplet
+from controller.models.sealed import SealedJSON
 
 
 class ReleaseStatus:
@@ -23,7 +24,8 @@ class Release(Base):
     app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
     version: Mapped[int] = mapped_column(Integer)
     droplet_id: Mapped[int] = mapped_column(ForeignKey("droplets.id", ondelete="CASCADE"))
-    env: Mapped[dict] = mapped_column(JSON, default=dict)
+    # Sealed with the platform key in the database (controller.models.sealed).
+    env: Mapped[dict] = mapped_column(SealedJSON, default=dict)
     # Start commands given by the user (push -c), by process type; they win over the
     # droplet's process types.
     commands: Mapped[dict] = mapped_column(JSON, default=dict)

@@ -12,6 +12,7 @@ from contracts.routing import BALANCING, ROUND_ROBIN
 from controller.errors import InvalidInput
 from controller.models.app import App
 from controller.models.base import Base, created, guid, intpk
+from controller.models.sealed import SealedText
 from controller.models.team import Team
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
@@ -116,14 +117,15 @@ class Route(Base):
 
 class Certificate(Base):
     """The certificate chain and key the router serves HTTPS with for a domain and the names
-    under it. The key is kept as given: the database is the platform's secret store."""
+    under it. The key is sealed with the platform key in the database (and in the route table
+    the router reads)."""
 
     __tablename__ = "certificates"
     id: Mapped[intpk]
     domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"),
                                            unique=True)
     cert_pem: Mapped[str] = mapped_column(Text)
-    key_pem: Mapped[str] = mapped_column(Text)
+    key_pem: Mapped[str] = mapped_column(SealedText)
     names: Mapped[str] = mapped_column(Text, default="")  # DNS names it covers, comma-separated
     not_after: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     fingerprint: Mapped[str] = mapped_column(String(64))  # sha256 of the leaf, hex

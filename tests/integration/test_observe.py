@@ -119,7 +119,8 @@ def test_the_controller_serves_prometheus_text_summed_over_its_workers(platform)
     api = platform.settings.api_url
     for _ in range(12):  # gunicorn spreads these over its workers
         assert requests.get(f"{api}/v1/info", timeout=5).status_code == 200
-    r = requests.get(f"{api}/metrics", timeout=5)
+    r = requests.get(f"{api}/metrics", timeout=5,
+                     headers={"Authorization": f"Bearer {platform.token}"})
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain")
     counts = {tuple(sorted(s.labels.items())): s.value
               for family in text_string_to_metric_families(r.text)

@@ -34,6 +34,7 @@ from contracts.routing import (
     RouteTable,
     write_route_table,
 )
+from contracts.secretbox import ensure_key, load_box
 from contracts.settings import load
 from launcher.sandbox import free_port
 from router.accesslog import AccessLogListener
@@ -174,6 +175,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     settings = load(env={}, data_dir=str(root), redis_url=f"redis://127.0.0.1:{redis_port}/0",
                     router_port=port, router_https_port=https_port, nginx_binary=NGINX,
                     router_max_body_mb=MAX_BODY_MB, router_sticky_cookies="JSESSIONID,SESSION")
+    ensure_key(settings)
     logs = AppLogWriter.from_settings(redis.Redis(port=redis_port), settings)
     router = Router(settings, redis_client=redis.Redis(port=redis_port, decode_responses=True),
                     access_log=AccessLogListener(logs, settings.router_dir / "access.log"))
@@ -470,7 +472,9 @@ def test_https_with_a_certificate_and_the_redirect(
 ) -> None:
     cert, key = self_signed(tmp_path, "example.test")
     platform.start_instance("tls")
-    platform.add_certificate(Certificate("example.test", cert.read_text(), key.read_text()))
+    # As the controller writes it: the key sealed with the platform key.
+    sealed_key = load_box(platform.router.settings).seal(key.read_text())
+    platform.add_certificate(Certificate("example.test", cert.read_text(), "f" * 64, sealed_key))
     platform.map(route("secure.example.test", "tls", https_redirect=True),
                  route("open.example.test", "tls"))
     platform.wait_answer("open.example.test")

@@ -17,6 +17,7 @@ import redis
 from contracts import keys
 from contracts.messages import Backend
 from contracts.routing import Certificate, MappedRoute, RouteTable
+from contracts.secretbox import SecretBox, ensure_key, load_box
 from contracts.settings import load
 from router.main import Router
 
@@ -314,8 +315,10 @@ def test_certificates_are_written_private_and_removed_when_unused(
     cert, key = self_signed(tmp_path, "example.com")
     route = MappedRoute(guid="r1", host="www.example.com", domain="example.com",
                         app_guid="app-a", app_name="a")
-    server.map(route, certificates=[Certificate("example.com", cert, key),
-                                    Certificate("bad domain;", cert, key)])
+    ensure_key(router.settings)
+    sealed = load_box(router.settings).seal(key)
+    server.map(route, certificates=[Certificate("example.com", cert, "f" * 64, sealed),
+                                    Certificate("bad domain;", cert, "f" * 64, sealed)])
     server.add("agent-a", backend("a.localhost", 61001))
     router.start()
     certs = router.certs_dir
@@ -333,6 +336,25 @@ def test_certificates_are_written_private_and_removed_when_unused(
     assert router.sync() is True
     assert "ssl_certificate " not in nginx.live
     assert list(certs.iterdir()) == []
+
+
+def test_a_certificate_key_sealed_with_another_key_is_skipped_with_a_warning(
+    fakes: tuple, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    router, server, nginx = fakes
+    cert, key = self_signed(tmp_path, "example.com")
+    ensure_key(router.settings)
+    route = MappedRoute(guid="r1", host="www.example.com", domain="example.com",
+                        app_guid="app-a", app_name="a")
+    server.map(route, certificates=[
+        Certificate("example.com", cert, "f" * 64, SecretBox.generate().seal(key))])
+    server.add("agent-a", backend("a.localhost", 61001))
+    with caplog.at_level("WARNING"):
+        router.start()
+    assert "ssl_certificate " not in nginx.live
+    assert not router.certs_dir.exists() or not list(router.certs_dir.glob("*.key"))
+    assert "skipping the certificate of example.com: a sealed value cannot be opened" \
+        in caplog.text
 
 
 def test_a_config_nginx_rejects_is_not_retried(fakes: tuple, monkeypatch) -> None:

@@ -13,6 +13,7 @@ from cryptography.x509.oid import NameOID
 
 from contracts import keys
 from contracts.routing import RouteTable, read_route_table, write_route_table
+from contracts.secretbox import load_box
 from controller import routing
 from controller.health import HealthManager
 from tests.unit.fakes import FakeCelery
@@ -203,8 +204,10 @@ def test_certificates_are_checked_stored_and_reach_the_router_table(env):  # noq
     assert r.status_code == 201, r.json
     assert r.json["names"] == ["*.example.com", "example.com"] and "key" not in r.json
     stored = read_route_table(env.redis)
-    assert [(c.domain, c.cert_pem, c.key_pem) for c in stored.certificates] == [
-        ("example.com", cert, key)]
+    # The table names the certificate and carries its key sealed, never readable.
+    [entry] = stored.certificates
+    assert (entry.domain, entry.cert_pem, len(entry.fingerprint)) == ("example.com", cert, 64)
+    assert key not in stored.to_json() and load_box(env.settings).open(entry.key_sealed) == key
     r = env.client.put("/v1/certificates/example.com",
                        json={"cert": other_cert, "key": other_key})
     assert r.status_code == 200

@@ -23,7 +23,9 @@ from contracts.messages import (
     StageResult,
     TaskSpec,
     dump,
+    unseal,
 )
+from contracts.secretbox import load_box
 from contracts.settings import load
 from controller import staging
 from controller.models import Build, Event, Role, Team, Token
@@ -143,13 +145,16 @@ def test_task_goes_to_the_agent_with_most_free_memory_with_the_release(env):  # 
     assert (name, queue) == (RUN_TASK_TASK, "agent.agent-b")
     assert spec["task_guid"] == body["guid"]
     assert spec["image"] == "paas/droplet:d1" and spec["release"] == 1
-    assert spec["env"] == {"SECRET": "s3cret"} and spec["command"] == body["command"]
+    # Env and command travel sealed with the platform key; the agent opens them.
+    assert spec["env"] == {} and spec["command"] == "" and "s3cret" not in json.dumps(spec)
+    opened = unseal(TaskSpec(**spec), load_box(env.settings))
+    assert opened.env == {"SECRET": "s3cret"} and opened.command == body["command"]
     # The stream names the app, so its log is authorised against the app.
     [opening] = env.redis.entries(keys.task_log(body["guid"]))
     assert json.loads(opening["task"])["agent"] == "agent-b"
     with env.app.extensions["paas.sessionmaker"]() as session:
         event = session.scalar(select(Event).where(Event.type == "app.task_run"))
-    assert event.app_name == "myapp" and event.data["command"] == "python manage.py migrate"
+    assert event.app_name == "myapp" and event.data["command"] == "python (arguments hidden)"
     assert "s3cret" not in json.dumps(event.data)
 
 
