@@ -1,6 +1,6 @@
 # The platform's own image, for docker-compose.yml on a host that can pull base images.
 FROM python:3.11-slim-bookworm
-RUN apt-get update && apt-get install -y --no-install-recommends nginx \
+RUN apt-get update && apt-get install -y --no-install-recommends nginx iptables \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /srv/paas
 COPY pyproject.toml README.md ./
@@ -11,4 +11,6 @@ COPY dea_agent dea_agent
 COPY router router
 COPY cli cli
 COPY launcher launcher
+COPY confinement confinement
+COPY uploads uploads
 RUN pip install --no-cache-dir '.[postgres]'

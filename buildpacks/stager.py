@@ -44,6 +44,7 @@ from buildpacks.errors import (
     StagingError,
     StagingTimeout,
 )
+from confinement.networks import NetworkError, Networks
 from contracts import keys, stack
 from contracts.applog import StagingWriter
 from contracts.logstream import StreamWriter
@@ -75,6 +76,7 @@ class Stager:
         self.redis = redis_client
         self.blob_root = settings.blobstore_dir
         self._stack_pythons: dict[str, str] = {}
+        self.networks = Networks(settings, docker_client)  # staging's own, package ports only
 
     # -- the task ------------------------------------------------------------------------
     def stage(self, request: StageRequest) -> StageResult:
@@ -268,8 +270,14 @@ class Stager:
         cache = self._cache_volume(request.app_guid)
         prefix = _layer_prefix(self.settings, request.app_guid)
         present = [] if request.no_cache else sorted(self._stored_layers(request.app_guid))
+        try:
+            network = self.networks.for_staging()
+        except NetworkError as e:
+            raise StagingError(f"the stager could not isolate the staging container's "
+                               f"network: {e} Tell the platform operators.") from e
         container = self.docker.containers.create(
             stack.build_image(self.settings.stack_build_image),
+            network=network,
             command=["/bin/sh", "-c", DRIVER, "driver", "detect" if detect else "given",
                      *(bp.name for bp in candidates)],
             user=str(RUN_UID),

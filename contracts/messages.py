@@ -95,6 +95,8 @@ class InstanceSpec:
     probe_timeout: float = 1.0
     generation: int = 0
     disk_mb: int = 1024
+    team: str = ""  # the team's guid: its instances share a network (confinement.networks)
+    runtime: str = ""  # the OCI runtime ("" is the agent's default, runc)
     # The env values travel sealed (see seal); ``env`` is empty in a sealed message.
     sealed: str = ""
     SEALED: ClassVar[tuple[str, ...]] = ("env",)
@@ -192,6 +194,9 @@ class TaskSpec:
     command: str
     memory_mb: int
     env: dict[str, str] = field(default_factory=dict)
+    team: str = ""  # as InstanceSpec's: the task runs on its team's network
+    runtime: str = ""
+    timeout: float = 0.0  # seconds before the agent stops it (0: the agent's task_timeout)
     # The env values and the command travel sealed (see seal): empty in a sealed message.
     sealed: str = ""
     SEALED: ClassVar[tuple[str, ...]] = ("env", "command")

@@ -96,6 +96,29 @@ class Settings:
     heartbeat_ttl: float = 6.0
     stop_grace_seconds: float = 10.0
 
+    # Container networks and limits (confinement/). Each team's instances and tasks run on
+    # a Docker network of their own, staging on another, inter-container traffic off; the
+    # firewall keeps them off the host's own ports and the denied networks (private ranges and
+    # the metadata address), except DNS and what an operator allows ("10.1.2.3:5432,
+    # 10.9.0.0/16"). Staging reaches only the TCP ports in staging_ports (package indexes).
+    # Turning isolation off (hosts without iptables) leaves containers on Docker's bridge.
+    network_isolation: bool = True
+    network_pool: str = "10.213.0.0/16"
+    network_deny: str = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,169.254.0.0/16,100.64.0.0/10"
+    network_allow: str = ""
+    staging_allow: str = ""
+    staging_ports: str = "80,443"
+    # CPU weight of an app container per MB of its memory limit (a 1 GB instance weighs as
+    # much as a process outside Docker), and the longest a one-off task may run.
+    cpu_shares_per_gb: int = 1024
+    task_timeout: float = 3600.0
+    # The OCI runtime of app containers: "runc", or "runsc" (gVisor, for untrusted code;
+    # scripts/setup.sh registers it with dockerd). Per team and per app: "team=runsc,...",
+    # "app=runsc,..." (a team's runtime wins over its apps').
+    container_runtime: str = "runc"
+    container_runtime_teams: str = ""
+    container_runtime_apps: str = ""
+
     # Instances.
     default_memory_mb: int = 256
     default_disk_mb: int = 1024
@@ -174,6 +197,16 @@ class Settings:
     @property
     def api_url(self) -> str:
         return f"http://{self.api_host}:{self.api_port}"
+
+    def runtime_for(self, team: str, app: str) -> str:
+        """The OCI runtime of ``app``'s containers (``""`` for Docker's default, runc)."""
+        for pairs, key in ((self.container_runtime_teams, team),
+                           (self.container_runtime_apps, app)):
+            for pair in pairs.split(","):
+                name, _, runtime = pair.strip().partition("=")
+                if name == key and runtime.strip():
+                    return "" if runtime.strip() == "runc" else runtime.strip()
+        return "" if self.container_runtime == "runc" else self.container_runtime
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

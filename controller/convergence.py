@@ -89,6 +89,8 @@ class DesiredApp:
     generation: int = 0
     max_in_flight: int = 1
     crash_policy: CrashPolicy = field(default_factory=CrashPolicy)
+    team: str = ""  # the owning team's guid: its instances share that team's network
+    runtime: str = ""  # the OCI runtime of its instances ("" is runc)
 
 
 @dataclass(frozen=True)
@@ -334,7 +336,7 @@ class _AppPlan:
             health_check=check.type, health_check_endpoint=check.endpoint,
             start_timeout=check.start_timeout, check_interval=check.interval,
             probe_timeout=check.probe_timeout, generation=app.generation,
-            disk_mb=process.disk_mb)
+            disk_mb=process.disk_mb, team=app.team, runtime=app.runtime)
 
 
 class _Placer:

@@ -19,7 +19,7 @@ from dataclasses import asdict
 import redis
 from celery import Celery
 from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm import Session, joinedload, selectinload, sessionmaker
 
 from contracts import applog, keys
 from contracts import settings as settings_mod
@@ -113,7 +113,7 @@ class HealthManager:
         apps = []
         s = self.settings
         for app in session.scalars(select(App).options(
-                selectinload(App.routes).joinedload(Route.domain))):
+                selectinload(App.routes).joinedload(Route.domain), joinedload(App.team))):
             release = session.get(Release, app.release_id) if app.release_id else None
             desired_release, processes = None, []
             if release is not None:
@@ -137,7 +137,8 @@ class HealthManager:
                 guid=app.guid, name=app.name, started=app.state == AppState.STARTED,
                 routes=tuple(r.url for r in app.routes), release=desired_release,
                 processes=tuple(processes), generation=app.generation,
-                max_in_flight=app.max_in_flight, crash_policy=self.crash_policy(app)))
+                max_in_flight=app.max_in_flight, crash_policy=self.crash_policy(app),
+                team=app.team.guid, runtime=s.runtime_for(app.team.name, app.name)))
         return apps
 
     # -- one tick ------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import docker
 import docker.errors
 import redis
 
+from confinement.networks import NetworkError, Networks
 from contracts import keys
 from contracts.messages import (
     LABEL_AGENT,
@@ -34,6 +35,7 @@ from dea_agent.instances import Instance
 from dea_agent.logs import LogShipper
 from dea_agent.probe import http_ok, port_open
 from dea_agent.stats import StatsSampler, annotate
+from dea_agent.tasks import TaskRunner
 
 log = logging.getLogger("paas.agent")
 FAST_TICK = 0.1  # while an instance is starting
@@ -65,6 +67,8 @@ class Agent:
         self.logs = LogShipper(settings, docker_client, redis_client)  # output -> app log
         self.stats = StatsSampler(docker_client, settings.stats_interval,
                                   settings.stats_disk_interval)
+        self.networks = Networks(settings, docker_client)  # one per team, made on first use
+        self.tasks = TaskRunner(settings, docker_client, redis_client, self.networks)
 
     # -- adoption ----------------------------------------------------------------------
     def _own_filter(self) -> dict[str, list[str]]:
@@ -106,7 +110,13 @@ class Agent:
             instance = Instance.from_spec(spec, port)
             self.instances[spec.instance_guid] = instance
         try:
-            container = inst_mod.create_container(self.docker, spec, self.settings, port)
+            network = self.networks.for_team(spec.team)
+            container = inst_mod.create_container(self.docker, spec, self.settings, port,
+                                                  network)
+        except NetworkError as e:
+            self._crash(instance, f"agent {self.settings.agent_id} could not isolate the "
+                        f"instance's network: {e}")
+            return
         except docker.errors.ImageNotFound:
             self._crash(instance, f"the image {spec.image} is missing on agent "
                         f"{self.settings.agent_id}: push the app again.")
@@ -264,6 +274,8 @@ class Agent:
                     reason = f"the app exited with code {code}"
                 self._crash_with_output(instance, container, reason, code)
                 continue
+            if self._over_disk(instance, container):
+                continue
             if instance.state == InstanceState.STARTING or \
                     now - instance.checked_at >= instance.check_interval:
                 due.append((instance, container))
@@ -271,6 +283,25 @@ class Agent:
             results = list(self.checker.map(lambda pair: self._check(pair[0]), due))
             for (instance, container), (ok, detail) in zip(due, results, strict=True):
                 self._checked(instance, container, ok, detail, now)
+
+    def _over_disk(self, instance: Instance, container) -> bool:  # noqa: ANN001
+        """Stop an instance whose writable layer outgrew its disk quota (the engine cannot
+        enforce one on this storage driver): crashed, with the numbers, and restarted
+        afresh by the health manager."""
+        usage = self.stats.get(instance.guid)
+        if usage is None or not usage.disk_bytes or not instance.disk_mb \
+                or usage.disk_bytes <= instance.disk_mb << 20:
+            return False
+        try:
+            container.kill()
+        except docker.errors.APIError as e:
+            log.warning("could not stop %s over its disk quota: %s", container.id[:12], e)
+        self._crash_with_output(
+            instance, container,
+            f"the app used {usage.disk_bytes / 2**20:.0f} MB of disk, over its quota of "
+            f"{instance.disk_mb} MB, and was stopped ('paas scale APP -k 2G' gives it more, or "
+            "write less to the container's files)")
+        return True
 
     def _get_container(self, container_id: str):  # noqa: ANN202
         try:
@@ -366,11 +397,13 @@ class Agent:
                        for i in self.instances.values()]
             held = [i for i in self.instances.values() if i.state != InstanceState.CRASHED]
         s = self.settings
+        task_memory, task_slots = self.tasks.held()  # one-off tasks hold room too
         return Heartbeat(agent_id=s.agent_id, address=s.agent_address, sent_at=time.time(),
                          memory_mb=s.agent_memory_mb,
-                         memory_used_mb=sum(i.memory_mb for i in held), instances=reports,
+                         memory_used_mb=sum(i.memory_mb for i in held) + task_memory,
+                         instances=reports,
                          disk_mb=s.agent_disk_mb, disk_used_mb=sum(i.disk_mb for i in held),
-                         slots=s.agent_slots, slots_used=len(held))
+                         slots=s.agent_slots, slots_used=len(held) + task_slots)
 
     def routes(self) -> dict[str, str]:
         """Backend entries of the ready web instances, by instance guid. Which hosts and paths

@@ -144,10 +144,13 @@ def vcap_application(spec: InstanceSpec, settings: Settings) -> str:
     })
 
 
-def confinement(memory_mb: int) -> dict[str, object]:
+def confinement(memory_mb: int, settings: Settings, network: str | None = None,
+                runtime: str = "") -> dict[str, object]:
     """How every app container runs (instances and one-off tasks alike): the droplet's
-    launcher as user 2000, memory and pids capped, no capabilities, logs rotated."""
-    return {
+    launcher as user 2000, memory and pids capped, CPU weighed by memory, no capabilities,
+    on its team's network (see confinement.networks), under the team's or app's OCI runtime,
+    logs rotated."""
+    how: dict[str, object] = {
         "command": ["/bin/sh", "-c", LAUNCH],
         "user": RUN_USER,
         "working_dir": "/app",
@@ -157,8 +160,20 @@ def confinement(memory_mb: int) -> dict[str, object]:
         "pids_limit": 1024,
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
+        "cpu_shares": cpu_shares(memory_mb, settings),
         "log_config": {"type": "json-file", "config": {"max-size": "10m", "max-file": "2"}},
     }
+    if network:
+        how["network"] = network
+    if runtime and runtime != "runc":
+        how["runtime"] = runtime
+    return how
+
+
+def cpu_shares(memory_mb: int, settings: Settings) -> int:
+    """CPU weight proportional to the memory limit, as Cloud Foundry gives it (Docker's
+    least is 2)."""
+    return max(2, memory_mb * settings.cpu_shares_per_gb // 1024)
 
 
 class OutputFilesError(Exception):
@@ -191,7 +206,7 @@ def remove_output_files(folder: str) -> None:
 
 
 def create_container(client: docker.DockerClient, spec: InstanceSpec, settings: Settings,
-                     host_port: int):  # noqa: ANN201
+                     host_port: int, network: str | None = None):  # noqa: ANN201
     """Create (not start) the instance's container; ImageNotFound if the image is missing.
 
     With ``settings.instance_log_files``, its stdout and stderr go to files in a folder of
@@ -231,7 +246,7 @@ def create_container(client: docker.DockerClient, spec: InstanceSpec, settings: 
             "type": spec.health_check, "endpoint": spec.health_check_endpoint,
             "interval": spec.check_interval, "probe_timeout": spec.probe_timeout}),
     }
-    how = confinement(spec.memory_mb)
+    how = confinement(spec.memory_mb, settings, network, spec.runtime)
     folder = ""
     try:
         if settings.instance_log_files:

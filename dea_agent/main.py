@@ -21,7 +21,6 @@ from contracts.messages import (
 )
 from contracts.settings import Settings
 from dea_agent.agent import Agent
-from dea_agent.tasks import TaskRunner
 
 log = logging.getLogger("paas.agent")
 
@@ -39,7 +38,7 @@ def create_worker_app(settings: Settings, agent: Agent) -> Celery:
 
     @app.task(name=RUN_TASK_TASK)  # not acks_late: a one-off command runs at most once
     def run_task(spec: dict) -> None:
-        TaskRunner(settings, agent.docker, agent.redis).start(TaskSpec(**spec))
+        agent.tasks.start(TaskSpec(**spec))
 
     return app
 

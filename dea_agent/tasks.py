@@ -19,6 +19,7 @@ import docker
 import docker.errors
 import redis
 
+from confinement.networks import NetworkError, Networks
 from contracts import keys
 from contracts.logstream import MAXLEN, StreamWriter
 from contracts.messages import (
@@ -67,7 +68,8 @@ def task_env(spec: TaskSpec, settings: Settings) -> dict[str, str]:
     }
 
 
-def create_container(client: docker.DockerClient, spec: TaskSpec, settings: Settings):  # noqa: ANN201
+def create_container(client: docker.DockerClient, spec: TaskSpec, settings: Settings,
+                     network: str | None = None):  # noqa: ANN201
     """Create (not start) the task's container; ImageNotFound if the image is missing."""
     return client.containers.create(
         spec.image,
@@ -82,7 +84,7 @@ def create_container(client: docker.DockerClient, spec: TaskSpec, settings: Sett
             LABEL_RELEASE: str(spec.release),
             LABEL_TASK: spec.task_guid,
         },
-        **confinement(spec.memory_mb),
+        **confinement(spec.memory_mb, settings, network, spec.runtime),
     )
 
 
@@ -111,10 +113,18 @@ class TaskRunner:
     worker (which starts and stops instances)."""
 
     def __init__(self, settings: Settings, docker_client: docker.DockerClient,
-                 redis_client: redis.Redis) -> None:
+                 redis_client: redis.Redis, networks: Networks | None = None) -> None:
         self.settings = settings
         self.docker = docker_client
         self.redis = redis_client
+        self.networks = networks
+        self._lock = threading.Lock()
+        self._running: dict[str, TaskSpec] = {}  # counted in the agent's capacity
+
+    def held(self) -> tuple[int, int]:
+        """Memory (MB) and slots the running tasks hold."""
+        with self._lock:
+            return sum(t.memory_mb for t in self._running.values()), len(self._running)
 
     def _final(self, key: str, fields: dict[str, str]) -> None:
         self.redis.xadd(key, fields, maxlen=MAXLEN, approximate=True)
@@ -131,10 +141,15 @@ class TaskRunner:
         return thread
 
     def _run_logged(self, spec: TaskSpec) -> None:
+        with self._lock:
+            self._running[spec.task_guid] = spec
         try:
             self.run(spec)
         except Exception:
             log.exception("task %s of %s failed", spec.task_guid, spec.app_name)
+        finally:
+            with self._lock:
+                self._running.pop(spec.task_guid, None)
 
     def run(self, spec: TaskSpec) -> int | None:
         """Run the task to its end; returns its exit code (None if it could not run)."""
@@ -150,7 +165,12 @@ class TaskRunner:
                        f"sealed env and command: {e}")
             return None
         try:
-            container = create_container(self.docker, spec, self.settings)
+            network = self.networks.for_team(spec.team) if self.networks else None
+            container = create_container(self.docker, spec, self.settings, network)
+        except NetworkError as e:
+            self._fail(key, spec, f"agent {self.settings.agent_id} could not isolate the "
+                       f"task's network: {e}")
+            return None
         except docker.errors.ImageNotFound:
             self._fail(key, spec, f"the image {spec.image} of release {spec.release} is "
                        f"missing on agent {self.settings.agent_id}: push the app again.")
@@ -173,6 +193,14 @@ class TaskRunner:
             except docker.errors.APIError as e:
                 log.warning("could not remove task container %s: %s", container.id[:12], e)
 
+    def _expire(self, container, expired: threading.Event) -> None:  # noqa: ANN001
+        expired.set()
+        try:
+            container.stop(timeout=int(self.settings.stop_grace_seconds))
+        except docker.errors.APIError as e:
+            log.warning("could not stop task container %s at its timeout: %s",
+                        container.id[:12], e)
+
     def _fail(self, key: str, spec: TaskSpec, reason: str) -> None:
         log.warning("task %s of %s: %s", spec.task_guid, spec.app_name, reason)
         self._final(key, {"error": reason})
@@ -186,6 +214,11 @@ class TaskRunner:
         log.info("task %s of %s release %d started: %s", spec.task_guid, spec.app_name,
                  spec.release, hide_arguments(spec.command))
         writer = StreamWriter(self.redis, key)
+        timeout = spec.timeout or self.settings.task_timeout
+        expired = threading.Event()
+        timer = threading.Timer(timeout, self._expire, args=(container, expired))
+        timer.daemon = True
+        timer.start()
         try:
             chunks = container.logs(stream=True, follow=True, stdout=True, stderr=True)
             for line in split_lines(chunks):
@@ -193,7 +226,10 @@ class TaskRunner:
             status = container.wait()
             code = int(status.get("StatusCode", -1))
             container.reload()
-            if container.attrs.get("State", {}).get("OOMKilled"):
+            if expired.is_set():
+                writer.line(f"[paas] the task ran longer than its timeout ({timeout:g} s) and "
+                            "was stopped.")
+            elif container.attrs.get("State", {}).get("OOMKilled"):
                 writer.line(f"[paas] the task ran out of memory ({spec.memory_mb} MB) "
                             "and was killed.")
         except Exception as e:
@@ -203,6 +239,8 @@ class TaskRunner:
                 pass
             self._fail(key, spec, f"following the task's output failed: {_explain(e)}")
             return None
+        finally:
+            timer.cancel()
         log.info("task %s of %s exited with %d", spec.task_guid, spec.app_name, code)
         self._final(key, {"exit_code": str(code)})
         return code

@@ -28,6 +28,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from confinement.networks import remove_networks
 from contracts.messages import LABEL_PLATFORM
 from contracts.settings import Settings, as_env, load
 from launcher.redis_server import (
@@ -152,6 +153,7 @@ class Sandbox:
 
     def __init__(self, agents: int = 1, **overrides: object) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="paas-sandbox-"))
+        self.root.chmod(0o711)  # nginx's workers pass through to their temp folders
         self.platform_id = f"sandbox-{uuid.uuid4().hex[:8]}"
         self.redis_port = free_port()
         # Its redis-server wants a password, kept as make up keeps it (launcher.redis_server).
@@ -294,7 +296,7 @@ class Sandbox:
 
 
 def remove_labelled(platform_id: str) -> None:
-    """Remove every container, image and volume labelled with ``platform_id``."""
+    """Remove every container, image, volume and network labelled with ``platform_id``."""
     client = docker.from_env(timeout=120)
     label = {"label": f"{LABEL_PLATFORM}={platform_id}"}
     try:
@@ -318,5 +320,6 @@ def remove_labelled(platform_id: str) -> None:
                 volume.remove(force=True)
             except docker.errors.APIError:
                 pass
+        remove_networks(client, platform_id)  # and their firewall chains
     finally:
         client.close()

@@ -17,6 +17,10 @@ command -v redis-server >/dev/null || need+=(redis-server)
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || need+=(nginx)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v ss >/dev/null || [ -x /usr/sbin/ss ] || [ -x /usr/bin/ss ] || need+=(iproute2)
+# Network isolation of app containers (confinement/) writes iptables rules; gVisor's runsc is
+# the stronger OCI runtime a team or app may be given (PAAS_CONTAINER_RUNTIME_*).
+command -v iptables-restore >/dev/null || need+=(iptables)
+command -v runsc >/dev/null || need+=(runsc)
 # Debian's docker.io (20.10) needs apparmor_parser where the kernel enforces AppArmor.
 if [ "$(cat /sys/module/apparmor/parameters/enabled 2>/dev/null)" = Y ]; then
   command -v apparmor_parser >/dev/null || need+=(apparmor)
@@ -64,6 +68,29 @@ wait_for() {  # $1 what, $2 seconds, $3 log, rest: command that succeeds once it
   tail -n 15 "$log" >&2 2>/dev/null || true
   die "$what did not answer within ${secs}s (its log: $log)."
 }
+# --- dockerd knows runsc ---------------------------------------------------------------
+# gVisor with ptrace (no KVM needed) and its host network mode inside the container's own
+# network namespace: a container so started answered its first request 0.7 s after `docker run`.
+if [ "$(id -u)" = 0 ] && command -v runsc >/dev/null; then
+  if ! grep -q '"runsc"' /etc/docker/daemon.json 2>/dev/null; then
+    say "registering runsc (gVisor) with dockerd in /etc/docker/daemon.json"
+    mkdir -p /etc/docker
+    python3 - "$(command -v runsc)" <<'PY'
+import json, sys
+from pathlib import Path
+path = Path("/etc/docker/daemon.json")
+config = json.loads(path.read_text() or "{}") if path.exists() else {}
+config.setdefault("runtimes", {})["runsc"] = {
+    "path": sys.argv[1], "runtimeArgs": ["--platform=ptrace", "--network=host"]}
+path.write_text(json.dumps(config, indent=2) + "\n")
+PY
+    # A running dockerd reads its runtimes again on SIGHUP; a new one reads the file at start.
+    if pgrep -x dockerd >/dev/null; then
+      kill -HUP "$(pgrep -x dockerd | head -n1)"
+      for _ in $(seq 50); do docker info 2>/dev/null | grep -q 'Runtimes:.*runsc' && break; sleep 0.1; done
+    fi
+  fi
+fi
 if ! docker info >/dev/null 2>&1; then
   [ "$(id -u)" = 0 ] || die "the Docker engine is not running and only root can start it here: start dockerd (or add yourself to the docker group) and run this again."
   if ! pgrep -x dockerd >/dev/null; then

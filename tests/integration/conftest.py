@@ -24,7 +24,10 @@ def platform():  # noqa: ANN201
         docker.from_env().ping()
     except Exception as e:  # noqa: BLE001
         pytest.fail(f"the Docker engine is not reachable ({e}): run 'make test'.")
-    sandbox = Sandbox(start_timeout=12.0)
+    # Disk is sampled every 5 s (30 s by default) so the disk-quota test is short; the app
+    # iso-gvisor runs under gVisor (test_isolation).
+    sandbox = Sandbox(start_timeout=12.0, stats_disk_interval=5.0,
+                      container_runtime_apps="iso-gvisor=runsc")
     try:
         sandbox.start()
     except BaseException:

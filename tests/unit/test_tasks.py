@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import threading
+import time
 from typing import Any
 
 import docker.errors
@@ -440,3 +442,58 @@ def test_cli_with_only_a_double_dash_needs_a_command(runner):  # noqa: ANN001
     result = runner.invoke(cli_main, ["run", "myapp", "--"])
     assert result.exit_code == 2
     assert "give the command to run" in result.output
+
+
+class HangingContainer(FakeContainer):
+    """A task that runs until it is stopped."""
+
+    def __init__(self) -> None:
+        super().__init__([b"working\n"], code=143)
+        self.stopped = threading.Event()
+
+    def logs(self, **kwargs: Any) -> Any:
+        yield from self.chunks
+        self.stopped.wait(10)
+
+    def stop(self, timeout: int = 10) -> None:
+        self.stopped.set()
+
+
+def test_runner_stops_a_task_at_its_timeout_and_says_so(tmp_path):  # noqa: ANN001
+    redis = StreamRedis()
+    container = HangingContainer()
+    runner = TaskRunner(_settings(tmp_path), FakeDocker(container), redis)
+    assert runner.run(_spec(timeout=0.2)) == 143
+    entries = redis.entries(keys.task_log("t" * 36))
+    assert entries[0] == {"line": "working"}
+    assert entries[1]["line"] == "[paas] the task ran longer than its timeout (0.2 s) and " \
+                                 "was stopped."
+    assert entries[-2:] == [{"exit_code": "143"}, {"end": "1"}]
+    assert container.stopped.is_set() and container.removed
+
+
+def test_running_tasks_hold_memory_and_a_slot_until_they_end(tmp_path):  # noqa: ANN001
+    container = HangingContainer()
+    runner = TaskRunner(_settings(tmp_path), FakeDocker(container), StreamRedis())
+    assert runner.held() == (0, 0)
+    thread = runner.start(_spec(memory_mb=512, timeout=5))
+    deadline = time.monotonic() + 5
+    while runner.held() == (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert runner.held() == (512, 1)
+    container.stop()
+    thread.join(5)
+    assert runner.held() == (0, 0)
+
+
+def test_tasks_run_on_their_teams_network_under_their_runtime(tmp_path):  # noqa: ANN001
+    class Networks:
+        def for_team(self, team: str) -> str:
+            return f"net-of-{team}"
+
+    fake = FakeDocker(FakeContainer([]))
+    TaskRunner(_settings(tmp_path), fake, StreamRedis(), Networks()).run(
+        _spec(team="team-guid", runtime="runsc"))
+    [(_, kwargs)] = fake.created
+    assert kwargs["network"] == "net-of-team-guid" and kwargs["runtime"] == "runsc"
+    assert kwargs["cpu_shares"] == 256  # 256 MB of 1024 per GB
