@@ -89,6 +89,10 @@ def many_tiny_files(count: int) -> bytes:
 CASES: dict[str, tuple[Callable[[Path], bytes], list[str]]] = {
     "symlink-chain": (lambda w: cve_2025_4517(watched_escape(w)),
                       ["entry 'ddd", "longer than 1024 bytes"]),
+    # A file large enough for the resource cache comes first: the cache gets nothing either.
+    "cacheable-then-dotdot": (lambda w: archive(file("big.bin", os.urandom(64 * 1024)),
+                                                file("../big.bin")),
+                              ["entry '../big.bin' points outside the app folder"]),
     "dotdot": (lambda w: archive(file("../../escape.txt")),
                ["entry '../../escape.txt' points outside the app folder"]),
     "absolute": (lambda w: archive(file(str(w / "abs.txt"))),
