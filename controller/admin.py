@@ -45,11 +45,14 @@ def migrate(settings: Settings) -> None:
 
 
 def secure_data_dir(settings: Settings) -> None:
-    """The data dir and the blobstore for the platform's user alone (0700), whatever the
-    umask: they hold the database, the keys and every team's packages and droplets."""
-    for folder in (Path(settings.data_dir), settings.blobstore_dir):
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        folder.chmod(0o700)
+    """The data dir and the blobstore for the platform's user alone, whatever the umask: the
+    blobstore 0700 (every team's packages and droplets); the data dir 0711, which others may
+    pass through but not list (nginx's workers, user nobody, reach their temp folders under
+    the router's folder), and whose files (database, keys, tokens) are 0600."""
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    Path(settings.data_dir).chmod(0o711)
+    settings.blobstore_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings.blobstore_dir.chmod(0o700)
 
 
 def secure_database_file(settings: Settings) -> None:

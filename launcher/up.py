@@ -20,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -37,6 +36,7 @@ from launcher.redis_server import (
     RedisServerError,
     ensure_password,
     has_password,
+    redis_url,
 )
 
 PR_SET_PDEATHSIG = 1
@@ -420,18 +420,12 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def own_redis(settings: Settings,
-              env: Mapping[str, str]) -> tuple[Settings, RedisServer | None]:
+def own_redis(settings: Settings) -> tuple[Settings, RedisServer | None]:
     """The platform's own redis-server behind a password (made once into
-    ``<data_dir>/redis.password``, 0600), on the address of ``settings.redis_url``, and the
-    settings whose URL carries the password; unless ``PAAS_REDIS_URL`` names a Redis of the
-    operator's, which is used as it is."""
-    if env.get("PAAS_REDIS_URL"):
-        if not has_password(settings.redis_url):
-            click.echo("paas-up: warning: PAAS_REDIS_URL has no password, so anything that "
-                       "reaches that Redis can read the route table and the queues: set "
-                       "requirepass there and put the password in the URL "
-                       "(redis://:PASSWORD@host:port/0).", err=True)
+    ``<data_dir>/redis.password``, 0600) on the address of ``settings.redis_url``, and the
+    settings whose URL carries the password; a URL with a password already names a Redis of
+    the operator's, used as it is."""
+    if has_password(settings.redis_url):
         return settings, None
     parts = urlsplit(settings.redis_url)
     data = Path(settings.data_dir)
@@ -439,7 +433,8 @@ def own_redis(settings: Settings,
     (data / "logs").mkdir(parents=True, exist_ok=True, mode=0o700)
     server = RedisServer(parts.port or 6379, password, data, host=parts.hostname or "127.0.0.1",
                          log=data / "logs" / "redis.log")
-    return settings.replace(redis_url=server.url), server
+    return settings.replace(redis_url=redis_url(server.port, password, server.host,
+                                                int(parts.path.strip("/") or 0))), server
 
 
 def _check_ports(settings: Settings, redis_server: RedisServer | None = None) -> None:
@@ -448,7 +443,8 @@ def _check_ports(settings: Settings, redis_server: RedisServer | None = None) ->
             f"port {redis_server.port} on {redis_server.host}, wanted for the platform's Redis, "
             "is already in use (by a redis-server without a password that an earlier set-up "
             f"started? stop it with 'redis-cli -p {redis_server.port} shutdown nosave'): free "
-            "it, or set PAAS_REDIS_URL to a Redis of yours (with a password in the URL).")
+            "it, or set PAAS_REDIS_URL to another address (make up runs its Redis there) or "
+            "to a Redis of yours with its password in the URL.")
     for what, host, port, var in (
             ("the API", settings.api_host, settings.api_port, "PAAS_API_PORT"),
             ("the router", settings.router_host, settings.router_port, "PAAS_ROUTER_PORT"),
@@ -474,7 +470,7 @@ def _stop_all(platform: Platform, redis_server: RedisServer | None) -> None:
               help="How many agents to run; they share the agent port range equally.")
 def main(quiet: bool, no_login: bool, agents: int) -> None:
     """Run the whole platform in the foreground until Ctrl-C."""
-    settings, redis_server = own_redis(settings_mod.load(), os.environ)
+    settings, redis_server = own_redis(settings_mod.load())
     try:
         platform = Platform(settings, echo=not quiet, agents=agents)
     except LaunchError as e:

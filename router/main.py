@@ -269,6 +269,7 @@ class Router:
         except redis.RedisError as e:
             self._redis_lost(e)
             table = {}
+        _passable(Path(self.nginx.runtime_dir), Path(self.settings.data_dir))
         certs = self._certificate_files()
         text = self.render(self._routes, table.values(), certs)
         self.nginx.start(text, listen=self.listen)
@@ -446,6 +447,18 @@ class Router:
                 self._warned.clear()
             self._warned.add(message)
             log.warning("%s", message)
+
+
+def _passable(folder: Path, data_dir: Path) -> None:
+    """Let nginx's workers (user nobody) pass through ``folder`` and, if it is under it, the
+    data dir, to the temp folders they write request bodies to: execute for all (0711), not
+    read, so nothing there can be listed; the files stay 0600 and the other folders 0700."""
+    folder.mkdir(parents=True, exist_ok=True)
+    inside = folder.resolve().is_relative_to(data_dir.resolve())
+    for path in (folder, *([data_dir] if inside else [])):
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o011 != 0o011:
+            path.chmod(mode | 0o011)
 
 
 def _write_private(path: Path, text: str) -> None:

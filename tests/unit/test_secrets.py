@@ -140,7 +140,8 @@ def test_env_values_push_options_and_tls_keys_are_sealed_in_the_database(env):  
     with env.app.extensions["paas.sessionmaker"]() as session:
         assert session.scalar(select(Certificate)).key_pem == key
     # The admin-only file modes.
-    assert oct(os.stat(env.settings.data_dir).st_mode & 0o777) == "0o700"
+    assert oct(os.stat(env.settings.data_dir).st_mode & 0o777) == "0o711"  # passed, not listed
+    assert oct(os.stat(env.settings.blobstore_dir).st_mode & 0o777) == "0o700"
     assert oct(os.stat(Path(env.settings.data_dir) / "paas.db").st_mode & 0o777) == "0o600"
 
 
@@ -278,16 +279,19 @@ def test_make_up_runs_its_own_redis_with_a_password_from_a_private_file(tmp_path
     from launcher.up import own_redis
 
     settings = load(env={}, data_dir=str(tmp_path / "data"))
-    given, server = own_redis(settings, {})
+    given, server = own_redis(settings)
     assert server is not None and (server.host, server.port) == ("127.0.0.1", 6379)
     password_file = tmp_path / "data" / "redis.password"
     password = password_file.read_text().strip()
     assert len(password) == 64 and oct(password_file.stat().st_mode & 0o777) == "0o600"
     assert given.redis_url == f"redis://:{password}@127.0.0.1:6379/0"
     assert f'requirepass "{password}"' in config_text("127.0.0.1", 6379, password, tmp_path)
-    again, _ = own_redis(settings, {})
+    again, _ = own_redis(settings)
     assert again.redis_url == given.redis_url  # the same password next time
-    theirs = load(env={"PAAS_REDIS_URL": "redis://:pw@10.0.0.9:6380/1"})
-    kept, none = own_redis(theirs, {"PAAS_REDIS_URL": theirs.redis_url})
+    elsewhere, server = own_redis(settings.replace(redis_url="redis://127.0.0.1:6390/2"))
+    assert server is not None and server.port == 6390
+    assert elsewhere.redis_url == f"redis://:{password}@127.0.0.1:6390/2"
+    theirs = settings.replace(redis_url="redis://:pw@10.0.0.9:6380/1")
+    kept, none = own_redis(theirs)
     assert none is None and kept.redis_url == "redis://:pw@10.0.0.9:6380/1"
     assert has_password(kept.redis_url) and not has_password("redis://127.0.0.1:6379/0")
