@@ -7,6 +7,7 @@ import logging
 from flask import Blueprint, Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from contracts.secretbox import SecretBoxError
 from controller.auth import identify
 from controller.errors import ControllerError, InvalidInput
 
@@ -56,6 +57,15 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http(e: HTTPException):  # noqa: ANN202
         return jsonify(error_body(f"{e.name}: {e.description}")), e.code
+
+    @app.errorhandler(SecretBoxError)
+    def _secrets(e: SecretBoxError):  # noqa: ANN202
+        # The platform's fault, not the caller's: the operator has the sentence in the log.
+        log.error("%s %s: %s", request.method, request.path, e)
+        return jsonify(error_body(
+            "the controller cannot open the secrets it keeps (its secret key is missing or not "
+            "the one they were sealed with): tell the platform's operators; the controller's "
+            "log says what to do.")), 503
 
     @app.errorhandler(Exception)
     def _unknown(e: Exception):  # noqa: ANN202

@@ -184,6 +184,11 @@ def test_a_database_read_with_another_key_fails_with_a_sentence(env, tmp_path): 
     with app.extensions["paas.sessionmaker"]() as session, \
             pytest.raises(SealedValueError, match="sealed with another key"):
         session.scalar(select(Release)).env  # noqa: B018
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {env.token}"
+    r = client.get("/v1/apps/myapp/env")
+    assert r.status_code == 503 and "cannot open the secrets it keeps" in r.json["error"]
+    assert SECRET not in r.get_data(as_text=True)
     app.extensions["paas.engine"].dispose()
 
 
