@@ -53,6 +53,9 @@ class Settings:
     # Nothing younger is removed: longer than any build (staging_timeout), whose blobs and
     # image exist before its droplet's row does.
     gc_min_age_seconds: float = 1200.0
+    # The active health manager collects every this many seconds (the first time one interval
+    # after it starts); 0: only when an operator runs paas-admin gc.
+    gc_interval_seconds: float = 3600.0
 
     # Routing.
     domain: str = "localhost"

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from contracts.messages import LABEL_APP_GUID, LABEL_PLATFORM
 from contracts.settings import Settings
@@ -280,3 +281,24 @@ def collect(settings: Settings, session: Session, store: Blobstore,
     log.info("gc: removed %d blobs (%d bytes) and %d images", len(done.blobs), done.bytes,
              len(done.images))
     return done
+
+
+def run_every(settings: Settings, sessions: sessionmaker, stop: threading.Event,
+              active: Callable[[], bool]) -> None:
+    """Collect every ``gc_interval_seconds`` while ``active()`` (the health manager holding
+    its lock), until ``stop``; in a thread of its own, so a slow engine delays no tick."""
+    import docker
+
+    store = Blobstore(settings.blobstore_dir)
+    while not stop.wait(settings.gc_interval_seconds):
+        try:
+            if not active():
+                continue
+            client = docker.from_env(timeout=120)
+            try:
+                with sessions() as session:
+                    collect(settings, session, store, client)
+            finally:
+                client.close()
+        except Exception:  # noqa: BLE001  (the next round may do better)
+            log.exception("gc failed; trying again in %g s", settings.gc_interval_seconds)

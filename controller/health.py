@@ -35,7 +35,7 @@ from contracts.messages import (
 )
 from contracts.secretbox import load_box
 from contracts.settings import Settings
-from controller import events, routing, staging
+from controller import events, gc, routing, staging
 from controller.actual import read_heartbeats
 from controller.convergence import (
     Action,
@@ -452,6 +452,10 @@ def main() -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if settings.gc_interval_seconds > 0:  # garbage collection, by the active manager only
+        threading.Thread(target=gc.run_every, daemon=True, args=(
+            settings, sessions, stop,
+            lambda: client.get(keys.HEALTH_LOCK) == manager.identity.encode())).start()
     manager.run(stop)
 
 

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import sessionmaker
+
+from contracts.settings import load
 from controller.gc import AppUse, DropletUse, Image, Plan, plan
 
 OLD, GRACE = 10_000.0, 960.0
@@ -120,3 +127,29 @@ def test_nothing_outside_the_collected_folders_and_nothing_young_goes() -> None:
                     images=[Image(i.tag, i.id, i.app_guid, 5.0) for i in images])
     assert not chosen
     assert all(not b.startswith("resources/") for b in decide([app(2)], droplets).blobs)
+
+
+def test_the_health_manager_collects_every_interval_only_while_active(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import docker
+
+    from controller import gc
+
+    class Engine:
+        def close(self) -> None:
+            pass
+
+    rounds: list[bool] = []
+    stop = threading.Event()
+    active = iter([False, True, True])
+
+    def collect(*_: object) -> None:
+        rounds.append(True)
+        if len(rounds) == 2:
+            stop.set()
+
+    monkeypatch.setattr(gc, "collect", collect)
+    monkeypatch.setattr(docker, "from_env", lambda **_: Engine())
+    settings = load(env={}, data_dir=str(tmp_path), gc_interval_seconds=0.01)
+    gc.run_every(settings, sessionmaker(), stop, lambda: next(active))
+    assert rounds == [True, True]  # the first round was skipped: another manager's turn
