@@ -138,10 +138,13 @@ def gc_cmd(keep: int | None, dry_run: bool) -> None:
 
     from controller import gc
     from controller.blobstore import Blobstore
+    from controller.models.sealed import use_secret_box
 
     settings = settings_mod.load()
     migrate(settings)
-    engine = make_engine(settings.sqlalchemy_url)
+    # Opened with the platform key: the builds' push options (their buildpack uploads) are
+    # sealed.
+    engine = use_secret_box(make_engine(settings.sqlalchemy_url), load_box(settings))
     try:
         client = docker.from_env(timeout=120)
     except docker.errors.DockerException as e:

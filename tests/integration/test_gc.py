@@ -107,6 +107,7 @@ def test_gc_removes_what_no_kept_release_uses_and_the_app_serves_and_rolls_back(
         env={**platform.cli_env(), **as_env(platform.settings), "PAAS_GC_MIN_AGE_SECONDS": "0"})
     assert collected.returncode == 0, collected.stdout + collected.stderr
     assert collected.stdout.startswith("removed "), collected.stdout
+    assert "cannot be read" not in collected.stderr  # sealed push options opened
 
     assert not (blobs / first_blob).exists(), collected.stdout
     assert not image_exists(first_image), collected.stdout
