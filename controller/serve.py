@@ -45,6 +45,26 @@ def prepare_metrics_dir(settings: Settings) -> Path:
     return path
 
 
+def raise_open_files(settings: Settings) -> int:
+    """Let each worker hold its connections: a socket each, and a Redis connection more for a
+    log follow. Raises the soft limit of open files towards the hard one (1,024 by default
+    on Linux, too few for one worker's ``api_worker_connections``); returns the limit."""
+    import resource
+
+    want = settings.api_worker_connections * 2 + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return soft
+    new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    if new < want:
+        logging.getLogger("paas.controller").warning(
+            "open files are limited to %d (hard limit): a worker may refuse connections "
+            "before api_worker_connections (%d); raise the limit (ulimit -Hn)", new,
+            settings.api_worker_connections)
+    return new
+
+
 def worker_exited(pid: int) -> None:
     """gunicorn ``child_exit`` hook: drop a dead worker's live gauges (counters stay)."""
     from prometheus_client import multiprocess
@@ -120,6 +140,7 @@ def main() -> None:
     settings = settings_mod.load()
     migrate(settings)
     prepare_metrics_dir(settings)
+    raise_open_files(settings)
     _application(gunicorn_options(settings)).run()
 
 

@@ -175,3 +175,20 @@ def test_the_cli_shows_a_429s_sentence_and_when_to_try_again() -> None:
     assert said == "too many: try again in 3 s."
     bare = _error_message(_response(429, b"slow down", **{"Retry-After": "7"}))
     assert "try again in 7 s" in bare and bare.startswith("429")
+
+
+def test_the_controller_raises_its_open_files_limit_for_its_connections(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import resource
+
+    from controller.serve import raise_open_files
+
+    limits = {"now": (1024, 4096)}
+    monkeypatch.setattr(resource, "getrlimit", lambda _which: limits["now"])
+    monkeypatch.setattr(resource, "setrlimit", lambda _which, pair: limits.update(now=pair))
+    settings = load(env={}, api_worker_connections=1000)
+    assert raise_open_files(settings) == 2256 and limits["now"] == (2256, 4096)
+    limits["now"] = (1024, 2000)  # the hard limit is the most it may get
+    assert raise_open_files(settings) == 2000
+    limits["now"] = (65536, 65536)  # enough already: left alone
+    assert raise_open_files(settings) == 65536
