@@ -286,6 +286,11 @@ class Stager:
                          "PYTHONUNBUFFERED": "1", "LANG": "C.UTF-8"},
             volumes={cache: {"bind": "/cache", "mode": "rw"}},
             mem_limit=f"{self.settings.staging_memory_mb}m",
+            # As the app's instances: its team's or its own runtime (gVisor for untrusted
+            # code: a buildpack or setup.py is the app's code too), CPU weighed by memory.
+            **({"runtime": request.runtime} if request.runtime else {}),
+            cpu_shares=max(2, self.settings.staging_memory_mb
+                           * self.settings.cpu_shares_per_gb // 1024),
             pids_limit=2048,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
@@ -538,16 +543,29 @@ class Droplet:
         app.parent.mkdir(parents=True, exist_ok=True)
         if not app.exists():
             os.replace(self.app_part, app)
+        else:  # reused: young again, so garbage collection (by age) leaves it to this build
+            _touch(app)
         path = self.root / f"droplets/{digest}.json"
         if not path.exists():
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
             with os.fdopen(fd, "wb") as f:
                 f.write(manifest)
             os.replace(tmp, path)
+        else:
+            _touch(path)
+        for layer in self.layers:
+            _touch(self.root / layer.blob_path)
         return digest, f"droplets/{digest}.json"
 
     def blob_paths(self) -> list[str]:
         return [self.app_path, *(lay.blob_path for lay in self.layers)]
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except FileNotFoundError:  # collected meanwhile: the image build says so
+        pass
 
 
 @dataclass(frozen=True)

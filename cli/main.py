@@ -493,7 +493,8 @@ def apps() -> None:
         release = app.get("release") or {}
         table.add_row(app["name"], app["state"],
                       f"{app.get('instances_running', 0)}/{app['instances_desired']}",
-                      str(release.get("version", "-")), app["urls"][0])
+                      str(release.get("version", "-")),
+                      app["urls"][0] if app["urls"] else "(no route)")
     console.print(table)
 
 

@@ -4,8 +4,9 @@ Each platform network's bridge gets two chains of its own:
 
 - ``PAAS-I-<id>`` (jumped to from ``INPUT`` for traffic that enters the host from the bridge):
   only replies to connections the host opened (the router and the agent's health checks reach
-  instances through published ports) get through; a container's own connection to any of the
-  host's addresses, whatever port (Redis, the database, the API, the router), is refused.
+  instances through published ports) and what an operator allowed get through; a container's
+  own connection to any of the host's addresses, whatever port (Redis, the database, the API,
+  the router), is refused.
 - ``PAAS-F-<id>`` (jumped to from Docker's ``DOCKER-USER`` for forwarded traffic): DNS to the
   host's resolvers and the ranges an operator allowed pass; the denied ranges (private networks
   and the link-local metadata address 169.254.169.254 by default) are refused; with ``ports``,
@@ -23,6 +24,7 @@ import ipaddress
 import os
 import re
 import subprocess
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,19 +101,14 @@ def render(bridge: str, policy: Policy) -> str:
     reject = "-j REJECT --reject-with icmp-port-unreachable"
     lines = ["*filter", f":{chain_in} - [0:0]", f":{chain_fwd} - [0:0]",
              f"-A {chain_in} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+             *_allowing(chain_in, policy.allow),
              f"-A {chain_in} -p tcp -j REJECT --reject-with tcp-reset",
              f"-A {chain_in} {reject}",
              f"-A {chain_fwd} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"]
     for resolver in policy.resolvers:
         for proto in ("udp", "tcp"):
             lines.append(f"-A {chain_fwd} -d {resolver} -p {proto} --dport 53 -j RETURN")
-    for allowed in policy.allow:
-        if allowed.port is None:
-            lines.append(f"-A {chain_fwd} -d {allowed.network} -j RETURN")
-            continue
-        for proto in ("tcp", "udp"):
-            lines.append(f"-A {chain_fwd} -d {allowed.network} -p {proto} "
-                         f"--dport {allowed.port} -j RETURN")
+    lines.extend(_allowing(chain_fwd, policy.allow))
     for network in policy.deny:
         lines.append(f"-A {chain_fwd} -d {network} -p tcp -j REJECT --reject-with tcp-reset")
         lines.append(f"-A {chain_fwd} -d {network} {reject}")
@@ -122,6 +119,21 @@ def render(bridge: str, policy: Policy) -> str:
         lines.append(f"-A {chain_fwd} {reject}")
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
+
+
+def _allowing(chain: str, allow: Iterable[Allowed]) -> list[str]:
+    """Rules letting through what an operator allowed: on the forward chain, a company
+    service; on the input chain, one of the host's own (the router's address, so apps of one
+    host call each other by their routes)."""
+    lines = []
+    for allowed in allow:
+        if allowed.port is None:
+            lines.append(f"-A {chain} -d {allowed.network} -j RETURN")
+            continue
+        for proto in ("tcp", "udp"):
+            lines.append(f"-A {chain} -d {allowed.network} -p {proto} --dport {allowed.port} "
+                         "-j RETURN")
+    return lines
 
 
 def jumps(bridge: str) -> list[tuple[str, list[str]]]:
@@ -162,18 +174,23 @@ class Firewall:
 
     run: Runner = subprocess.run
     lock_file: str = LOCK_FILE
-    _applied: dict[str, str] = field(default_factory=dict)
+    # Rules written less than this long ago are taken as still there; older ones are written
+    # again, so rules someone flushed (a firewall reload) come back within this time.
+    recheck_seconds: float = 30.0
+    clock: Callable[[], float] = time.monotonic
+    _applied: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     def apply(self, bridge: str, policy: Policy) -> None:
         text = render(bridge, policy)
-        if self._applied.get(bridge) == text:
+        done = self._applied.get(bridge)
+        if done is not None and done[0] == text and self.clock() - done[1] < self.recheck_seconds:
             return
         with self._lock():
             self._call(["iptables-restore", "--noflush", "--wait"], stdin=text)
             for builtin, rule in jumps(bridge):
                 if self._call(["iptables", "-w", "-C", builtin, *rule], check=False) != 0:
                     self._call(["iptables", "-w", "-I", builtin, "1", *rule])
-        self._applied[bridge] = text
+        self._applied[bridge] = (text, self.clock())
 
     def remove(self, bridge: str) -> None:
         """Take the bridge's jumps and chains away (its network is gone)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+import time
 
 import docker
 import docker.errors
@@ -64,7 +65,7 @@ class Networks:
         self.settings = settings
         self.docker = client
         self.firewall = firewall or Firewall()
-        self._ready: set[str] = set()
+        self._ready: dict[str, float] = {}  # name -> when its network and rules were checked
         self._mutex = threading.Lock()
 
     @property
@@ -87,10 +88,10 @@ class Networks:
 
     def _ensure(self, team: str) -> str:
         name = network_name(self.settings.platform_id, team)
-        if name in self._ready:
+        if self._fresh(name):
             return name
         with self._mutex:
-            if name not in self._ready:
+            if not self._fresh(name):
                 try:
                     with FileLock(LOCK_FILE):
                         network = self._find(name) or self._create(name, team)
@@ -100,8 +101,14 @@ class Networks:
                 except docker.errors.APIError as e:
                     raise NetworkError(f"Docker could not make the network {name} "
                                        f"({e.explanation or e}).") from e
-                self._ready.add(name)
+                self._ready[name] = time.monotonic()
         return name
+
+    def _fresh(self, name: str) -> bool:
+        """Checked recently: its network and rules are taken as there (see Firewall)."""
+        checked = self._ready.get(name)
+        return checked is not None and \
+            time.monotonic() - checked < self.firewall.recheck_seconds
 
     def _find(self, name: str) -> Network | None:
         found = [n for n in self.docker.networks.list(names=[name]) if n.name == name]

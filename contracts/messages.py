@@ -58,6 +58,8 @@ class StageRequest:
     buildpack_blob: str | None = None
     # Buildpacks an admin registered, in detection order: [{"name", "blob"}].
     custom_buildpacks: list[dict[str, str]] = field(default_factory=list)
+    # The OCI runtime of the staging container: the app's instances' (Settings.runtime_for).
+    runtime: str = ""
 
 
 @dataclass

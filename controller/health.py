@@ -276,7 +276,7 @@ class HealthManager:
         log.warning("build %s of %s was not picked up by any stager; sending it again",
                     build.guid, build.app.name)
         self.requeued[build.guid] = time.monotonic()
-        staging.enqueue(self.celery, session, build.app, build, build.package)
+        staging.enqueue(self.celery, session, build.app, build, build.package, self.settings)
 
     def _actual(self, beats) -> list[InstanceReport]:  # noqa: ANN001
         now = time.monotonic()

@@ -34,7 +34,7 @@ log = logging.getLogger("paas.controller")
 
 
 def enqueue(celery: Celery, session: Session, app: App, build: Build,
-            package: Package) -> None:
+            package: Package, settings: Settings) -> None:
     if "command" in build.requested:  # given with this push (None: back to the Procfile)
         command = build.requested["command"]
     else:  # as the app was last pushed
@@ -51,6 +51,7 @@ def enqueue(celery: Celery, session: Session, app: App, build: Build,
         buildpack_blob=build.requested.get("buildpack_blob"),
         custom_buildpacks=[{"name": b.name, "blob": b.blob_path} for b in session.scalars(
             select(RegisteredBuildpack).order_by(RegisteredBuildpack.position))],
+        runtime=settings.runtime_for(app.team.name, app.name),  # untrusted code builds too
     )
     try:
         celery.send_task(STAGE_TASK, args=[dump(request)], queue=STAGING_QUEUE)

@@ -385,7 +385,8 @@ def restage(name: str):  # noqa: ANN201
                   no_cache=requested["no_cache"])
     g.db.commit()
     try:
-        staging.enqueue(current_app.extensions["paas.celery"], g.db, app, build, package)
+        staging.enqueue(current_app.extensions["paas.celery"], g.db, app, build, package,
+                        current_app.config["PAAS_SETTINGS"])
     except Exception:
         staging.settle_failed_enqueue(g.db, current_app.extensions["paas.blobstore"], build)
         raise
@@ -475,7 +476,8 @@ def push(name: str):  # noqa: ANN201
     if routes_changed:
         routing.publish(_redis(), g.db)
     try:
-        staging.enqueue(current_app.extensions["paas.celery"], g.db, app, build, package)
+        staging.enqueue(current_app.extensions["paas.celery"], g.db, app, build, package,
+                        current_app.config["PAAS_SETTINGS"])
     except Exception:
         staging.settle_failed_enqueue(g.db, blobs, build)
         raise

@@ -27,7 +27,7 @@ def platform():  # noqa: ANN201
     # Disk is sampled every 5 s (30 s by default) so the disk-quota test is short; the app
     # iso-gvisor runs under gVisor (test_isolation).
     sandbox = Sandbox(start_timeout=12.0, stats_disk_interval=5.0,
-                      container_runtime_apps="iso-gvisor=runsc")
+                      container_runtime_apps="iso-gvisor=runsc,iso-gvisor-build=runsc")
     try:
         sandbox.start()
     except BaseException:

@@ -30,7 +30,18 @@ from contracts import stack
 from launcher.sandbox import paas_command
 from tests.integration.runtime_helpers import FIXTURES, wait_for
 
-pytestmark = pytest.mark.usefixtures("dump_logs_on_failure")
+pytestmark = pytest.mark.usefixtures("dump_logs_on_failure", "delete_pushed")
+PUSHED: list[tuple[str, Path | None]] = []  # this test's apps, deleted after it
+
+
+@pytest.fixture
+def delete_pushed(platform) -> Iterator[None]:  # noqa: ANN001
+    """Every app a test pushes is deleted after it (later tests count the platform's
+    containers)."""
+    yield
+    while PUSHED:
+        name, home = PUSHED.pop()
+        _paas(platform, home, "delete", name, "-f")
 
 
 def _push(platform, name: str, tmp_path: Path, *args: str,  # noqa: ANN001
@@ -39,6 +50,7 @@ def _push(platform, name: str, tmp_path: Path, *args: str,  # noqa: ANN001
     shutil.copytree(FIXTURES / "confined-app", folder)
     if manifest:
         (folder / "manifest.yml").write_text(manifest)
+    PUSHED.append((name, home))
     pushed = _paas(platform, home, "push", name, "-p", str(folder), *args)
     assert pushed.returncode == 0, pushed.stdout + pushed.stderr
 
@@ -84,9 +96,9 @@ def _can_connect(host: str, port: int) -> bool:
 
 
 @contextlib.contextmanager
-def _listener(host: str) -> Iterator[int]:
+def _listener(host: str, port: int = 0) -> Iterator[int]:
     """A TCP server on one of the host's own addresses (a stand-in for any platform port)."""
-    server = socket.create_server((host, 0))
+    server = socket.create_server((host, port))
     stop = threading.Event()
 
     def accept() -> None:
@@ -182,8 +194,14 @@ def test_app_containers_are_confined_to_their_teams_network(platform, tmp_path: 
     assert me["NoNewPrivs"] == "1"
 
     s = platform.settings
-    with _listener(gateway_a) as port, _metadata_host() as metadata:
-        assert _can_connect(gateway_a, port)
+    # The platform's services listen on 127.0.0.1, which a container never reaches; as if an
+    # operator had them listen on every address, listeners on the bridge's gateway take their
+    # port numbers (and any other port): the firewall must refuse all of them.
+    with _listener(gateway_a) as port, _listener(gateway_a, platform.redis_port), \
+            _listener(gateway_a, s.api_port), _listener(gateway_a, s.router_port), \
+            _metadata_host() as metadata:
+        for control in (port, platform.redis_port, s.api_port, s.router_port):
+            assert _can_connect(gateway_a, control)
         reach = _probe(platform, "iso-a", "connect",
                        f"other-team={address_b}:8080", f"own-team={address_a2}:8080",
                        f"host-port=gateway:{port}", f"redis=gateway:{platform.redis_port}",
@@ -204,6 +222,9 @@ def test_app_containers_are_confined_to_their_teams_network(platform, tmp_path: 
 
 def test_a_fork_bomb_stops_at_the_pids_limit(platform, tmp_path: Path):  # noqa: ANN001
     _push(platform, "iso-fork", tmp_path, "--no-route")
+    listed = platform.paas("apps")  # an app without a route is listed as such
+    assert listed.returncode == 0, listed.stderr
+    assert any("iso-fork" in line and "(no route)" in line for line in listed.stdout.splitlines())
     forked = _probe(platform, "iso-fork", "fork")
     assert "refused" in forked, forked
     assert int(forked["refused"].split()[1]) < 1024
@@ -273,12 +294,17 @@ def test_staging_containers_reach_neither_the_platform_nor_private_networks(  # 
     app = tmp_path / "probed"
     shutil.copytree(FIXTURES / "confined-app", app)
     s = platform.settings
-    with _listener(gateway) as port, _metadata_host() as metadata:
-        assert _can_connect(gateway, port) and _can_connect(address, 8080)
+    with _listener(gateway) as port, _listener(gateway, platform.redis_port), \
+            _listener(gateway, s.api_port), _listener(gateway, s.router_port), \
+            _metadata_host() as metadata:
+        for control in (port, platform.redis_port, s.api_port, s.router_port):
+            assert _can_connect(gateway, control)
+        assert _can_connect(address, 8080)
         (app / "targets").write_text(
             f"instance={address}:8080 host-port=gateway:{port} redis=gateway:"
             f"{platform.redis_port} controller=gateway:{s.api_port} "
             f"router=gateway:{s.router_port} metadata={metadata}:80\n")
+        PUSHED.append(("iso-probed", None))
         pushed = platform.paas("push", "iso-probed", "-p", str(app), "-b", str(buildpack))
     assert pushed.returncode != 0
     answers = dict(line.split()[:2] for line in pushed.stdout.splitlines()
@@ -287,3 +313,21 @@ def test_staging_containers_reach_neither_the_platform_nor_private_networks(  # 
     assert set(answers) == {"instance", "host-port", "redis", "controller", "router",
                             "metadata"}, pushed.stdout
     assert "open" not in answers.values(), answers
+
+
+def test_an_app_given_gvisor_is_staged_under_runsc_too(platform, tmp_path: Path):  # noqa: ANN001
+    buildpack = tmp_path / "kernel-buildpack"
+    (buildpack / "bin").mkdir(parents=True)
+    for step, body in (("detect", "exit 0"), ("release", "echo '--- {}'"),
+                       ("compile", 'echo "staging kernel $(uname -r)"; exit 1')):
+        script = buildpack / "bin" / step
+        script.write_text(f"#!/bin/sh\n{body}\n")
+        script.chmod(0o755)
+    app = tmp_path / "app"
+    shutil.copytree(FIXTURES / "confined-app", app)
+    PUSHED.append(("iso-gvisor-build", None))
+    pushed = platform.paas("push", "iso-gvisor-build", "-p", str(app), "-b", str(buildpack))
+    assert pushed.returncode != 0
+    [kernel] = [line.split()[-1] for line in pushed.stdout.splitlines()
+                if "staging kernel" in line]
+    assert kernel != os.uname().release, pushed.stdout

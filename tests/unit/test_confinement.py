@@ -30,6 +30,14 @@ def test_a_bridge_lets_in_only_replies_to_the_host():
         "-j REJECT --reject-with icmp-port-unreachable"]
 
 
+def test_what_an_operator_allows_reaches_the_host_too():
+    text = render("br-0123456789ab", Policy.from_settings(DENY, "192.0.2.10:8080", []))
+    assert _rules(text, "PAAS-I-0123456789ab")[1:4] == [
+        "-d 192.0.2.10/32 -p tcp --dport 8080 -j RETURN",
+        "-d 192.0.2.10/32 -p udp --dport 8080 -j RETURN",
+        "-p tcp -j REJECT --reject-with tcp-reset"]
+
+
 def test_forwarded_traffic_allows_dns_and_allowed_networks_before_refusing_denied_ones():
     policy = Policy.from_settings(DENY, "10.1.2.3:5432, 10.9.0.0/16", ["10.255.255.53"])
     rules = _rules(render("br-0123456789ab", policy), "PAAS-F-0123456789ab")
@@ -102,6 +110,19 @@ def test_applying_writes_the_chains_in_one_restore_then_adds_missing_jumps(tmp_p
             "PAAS-F-0123456789ab"] in commands
     firewall.apply("br-0123456789ab", policy)  # the same rules: nothing to do
     assert len(run.calls) == len(commands)
+
+
+def test_rules_are_written_again_once_they_may_have_been_flushed(tmp_path):
+    now = [100.0]
+    run = Recorder(present=True)
+    firewall = Firewall(run=run, lock_file=str(tmp_path / "lock"), clock=lambda: now[0])
+    policy = Policy.from_settings(DENY, "", [])
+    firewall.apply("br-0123456789ab", policy)
+    firewall.apply("br-0123456789ab", policy)
+    assert [argv[0] for argv, _ in run.calls].count("iptables-restore") == 1
+    now[0] += firewall.recheck_seconds
+    firewall.apply("br-0123456789ab", policy)
+    assert [argv[0] for argv, _ in run.calls].count("iptables-restore") == 2
 
 
 def test_applying_again_after_a_restart_keeps_existing_jumps(tmp_path):
