@@ -16,6 +16,9 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
+            # What is deleted or overwritten is zeroed in the file, not left in free pages
+            # (the file holds sealed secrets, and held them in clear before migration 0005).
+            cur.execute("PRAGMA secure_delete=ON")
             cur.close()
 
         return engine

@@ -21,7 +21,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import redis
@@ -46,6 +46,9 @@ class TooManyRequests(ControllerError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = max(1, retry_after)
+
+
+ADDRESS_SHARE = 10  # an address may send as much as this many tokens
 
 
 def caller_key() -> str:
@@ -103,8 +106,9 @@ class RateLimiter:
         """Raise :class:`TooManyRequests` if ``key`` is over its rate."""
         wait = self.take(key)
         if wait > 0:
+            who = "from this address" if key.startswith("addr:") else "with this token"
             raise TooManyRequests(
-                f"too many requests with this token (more than {self.rate:g} a second, in "
+                f"too many requests {who} (more than {self.rate:g} a second, in "
                 f"bursts of {self.burst}): slow down and try again in {math.ceil(wait)} s.",
                 math.ceil(wait))
 
@@ -192,15 +196,34 @@ def follow_slot() -> FollowLease:
                           settings.api_follows_per_token)
 
 
+def leased_stream(lease: FollowLease, chunks: Iterator[str]) -> Response:
+    """A streamed response that holds one of its caller's follow slots while it streams
+    (renewed as chunks go out) and gives it back however the stream ends."""
+    def renewing() -> Iterator[str]:
+        for chunk in chunks:
+            lease.renew_if_due()
+            yield chunk
+
+    response = Response(renewing(), mimetype="application/x-ndjson")
+    response.call_on_close(lease.release)
+    return response
+
+
 def init_app(app: Flask) -> None:
     """Check every request against its caller's rate; answer a limit with 429 and
     ``Retry-After``. Registered before the API's own hooks, so a flood costs no query."""
     settings: Settings = app.config["PAAS_SETTINGS"]
     limiter = RateLimiter(settings.api_rate_per_second, settings.api_rate_burst)
+    # Tokens are counted before they are checked, so one address sending made-up tokens
+    # would get a fresh bucket each time: every address also has a bucket of its own, ten
+    # tokens' worth (the users behind one proxy share it).
+    per_address = RateLimiter(settings.api_rate_per_second * ADDRESS_SHARE,
+                              settings.api_rate_burst * ADDRESS_SHARE)
     app.extensions["paas.ratelimit"] = limiter
 
     @app.before_request
     def _rate() -> None:
+        per_address.check(f"addr:{request.remote_addr or '?'}")
         limiter.check(caller_key())
 
     @app.errorhandler(TooManyRequests)

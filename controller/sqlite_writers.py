@@ -21,11 +21,17 @@ from sqlalchemy import Engine, event
 from controller.errors import Unavailable
 
 HELD = "paas.sqlite_writer"
-WRITES = ("INSERT", "UPDATE", "DELETE", "REPLAC", "CREATE", "DROP", "ALTER")
+WRITES = {"INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER", "UPSERT"}
 
 
 def is_write(statement: str) -> bool:
-    return statement.lstrip()[:6].upper() in WRITES
+    """A statement that writes: by its first word, and a ``WITH ...`` that ends in a write."""
+    words = statement.split(None, 1)
+    first = words[0].upper() if words else ""
+    if first == "WITH":
+        body = statement.upper()
+        return any(f" {word} " in f" {body} " for word in ("INSERT", "UPDATE", "DELETE"))
+    return first in WRITES
 
 
 def serialize_writers(engine: Engine, wait: float = 30.0) -> Engine:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import tarfile
+import time
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -42,6 +43,9 @@ class _Header(tarfile.TarInfo):
         return super()._proc_member(tar)
 
 
+YIELD_SHIFT = 22  # 4 MiB
+
+
 class _Counted:
     """The decompressed tar stream, counted as :mod:`tarfile` reads it."""
 
@@ -53,9 +57,14 @@ class _Counted:
 
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)
+        before = self.read_bytes
         self.read_bytes += len(data)
         if self.read_bytes > self.checker.limits.max_bytes:
             raise self.checker.too_big(self.current)
+        if before >> YIELD_SHIFT != self.read_bytes >> YIELD_SHIFT:
+            # Decompressing is CPU work that never waits: in the controller's gevent
+            # workers, let the worker's other requests run every few MB (elsewhere a no-op).
+            time.sleep(0)
         return data
 
 

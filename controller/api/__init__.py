@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import sqlalchemy.exc
 from flask import Blueprint, Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -22,6 +23,9 @@ def _authenticate() -> None:
     if request.endpoint in PUBLIC_ENDPOINTS:
         return
     g.identity = identify(g.db)
+    # Give the connection back to the pool now: a request that then reads a slow client's
+    # upload (a gevent worker waits up to api_io_timeout per read) must not hold one.
+    g.db.rollback()
 
 
 def json_body() -> dict[str, object]:
@@ -53,6 +57,14 @@ def register_error_handlers(app: Flask) -> None:
             f"the upload is larger than the controller accepts ({limit // (1024 * 1024)} MiB): "
             "add what need not be deployed to .paasignore."
         )), 413
+
+    @app.errorhandler(sqlalchemy.exc.TimeoutError)
+    def _pool_busy(e: sqlalchemy.exc.TimeoutError):  # noqa: ANN202
+        log.warning("no database connection free: %s", e)
+        response = jsonify(error_body("the controller is too busy to reach its database "
+                                      "right now: try again in a few seconds."))
+        response.headers["Retry-After"] = "5"
+        return response, 503
 
     @app.errorhandler(HTTPException)
     def _http(e: HTTPException):  # noqa: ANN202

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 
 import redis
-from flask import Response, current_app, g, jsonify
+from flask import current_app, g, jsonify
 from sqlalchemy import select
 
 from contracts import keys
@@ -17,6 +17,7 @@ from controller.api.apps import present_build
 from controller.auth import Action, authorize, current_identity
 from controller.errors import NotFound
 from controller.models import Build, BuildState
+from controller.ratelimit import follow_slot, leased_stream
 
 PING_EVERY = 10.0
 
@@ -43,7 +44,8 @@ def build_log(guid: str):  # noqa: ANN201
     """Staging output as it happens, one JSON object per line, ending with the result."""
     find_build(guid)  # 404 / 403 before the stream starts
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    return Response(_follow(app, guid), mimetype="application/x-ndjson")
+    # One of the caller's follow slots, as `paas logs -f` takes (a 429 past the cap).
+    return leased_stream(follow_slot(), _follow(app, guid))
 
 
 def _line(obj: dict[str, object]) -> str:

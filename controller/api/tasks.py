@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterator
 
 import redis
-from flask import Response, current_app, g, jsonify, request
+from flask import current_app, g, jsonify, request
 from sqlalchemy import select
 
 from contracts import keys
@@ -28,6 +28,7 @@ from controller.api.apps import find_app
 from controller.auth import Action, authorize, current_identity
 from controller.errors import InvalidInput, NotFound, Unavailable
 from controller.models import App, Release
+from controller.ratelimit import follow_slot, leased_stream
 
 PING_EVERY = 10.0
 MAX_COMMAND = 8192
@@ -128,8 +129,8 @@ def task_log(guid: str):  # noqa: ANN201
     """The task's output as it happens, one JSON object per line: ``{"line": ...}``, then
     ``{"exit_code": N}`` or ``{"error": ...}``; ``{"ping": true}`` keeps a quiet one open."""
     task = find_task(guid)  # 404 / 403 before the stream starts
-    return Response(_follow(_redis(), guid, task["agent"], task["start"]),
-                    mimetype="application/x-ndjson")
+    # One of the caller's follow slots, as `paas logs -f` takes (a 429 past the cap).
+    return leased_stream(follow_slot(), _follow(_redis(), guid, task["agent"], task["start"]))
 
 
 def _line(obj: dict[str, object]) -> str:

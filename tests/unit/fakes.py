@@ -96,12 +96,24 @@ class FakeRedis:
         return list(reversed(self.xrevrange(key, max=max, min=min)))[:count or None]
 
     # Platform status: reachability, lock TTLs, queue (list) lengths, Celery's unacked hash.
-    def eval(self, script: str, numkeys: int, *args: Any) -> int:
-        """Only the route table's write-if-newer script (contracts.routing)."""
+    def eval(self, script: str, numkeys: int, *args: Any) -> Any:
+        """The route table's write-if-newer script (contracts.routing) and the log follows'
+        leases (controller.ratelimit: a set per token, without expiry)."""
         import json
 
         from contracts import routing
+        from controller import ratelimit
 
+        if script == ratelimit._ACQUIRE:
+            key, cap, _lease, ident = args
+            held = self.__dict__.setdefault("follows", {}).setdefault(key, set())
+            if len(held) >= int(cap):
+                return [0, len(held)]
+            held.add(ident)
+            return [1, len(held)]
+        if script == ratelimit._RENEW:
+            key, _lease, ident = args
+            return int(ident in self.__dict__.get("follows", {}).get(key, set()))
         assert script == routing._WRITE_IF_NEWER and numkeys == 2, "unknown script"
         key, channel, revision, doc = args
         stored = self.data.get(key)
@@ -110,6 +122,12 @@ class FakeRedis:
         self.data[key] = self._b(doc)
         self.publish(channel, "route-table")
         return 1
+
+    def zrem(self, key: str, *members: str) -> int:
+        held = self.__dict__.get("follows", {}).get(key, set())
+        gone = [m for m in members if m in held]
+        held.difference_update(gone)
+        return len(gone)
 
     def ping(self) -> bool:
         if self.__dict__.get("down"):

@@ -102,6 +102,17 @@ def test_a_token_over_its_rate_gets_429_with_retry_after_and_others_go_on(
     assert client.get("/v1/apps").status_code == 401
 
 
+def test_made_up_tokens_from_one_address_share_its_bucket(
+        limited: tuple[FlaskClient, str]) -> None:
+    client, _ = limited  # 1 request/s, bursts of 2: an address gets ten times that
+    answers = [client.get("/v1/apps", headers={"Authorization": f"Bearer made-up-{n}"})
+               for n in range(25)]
+    assert [a.status_code for a in answers[:20]] == [401] * 20
+    assert {a.status_code for a in answers[20:]} == {429}
+    assert answers[-1].headers["Retry-After"]
+    assert "too many requests from this address" in answers[-1].json["error"]
+
+
 @pytest.fixture(scope="module")
 def real_redis() -> Iterator[redis.Redis]:
     if shutil.which("redis-server") is None:

@@ -27,6 +27,10 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 def test_writes_are_told_from_reads() -> None:
     assert is_write("  insert into t values (1)") and is_write("UPDATE t SET n = 2")
     assert is_write("DELETE FROM t") and not is_write("SELECT * FROM t")
+    assert is_write("DROP TABLE t") and is_write("alter table t add c")
+    assert is_write("REPLACE INTO t")
+    assert is_write("WITH a AS (SELECT 1) INSERT INTO t SELECT * FROM a")
+    assert not is_write("WITH a AS (SELECT 1) SELECT * FROM a")
 
 
 def test_a_second_writer_waits_on_the_lock_and_is_told_the_database_is_busy(

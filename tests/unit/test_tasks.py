@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -218,6 +219,28 @@ def test_task_log_streams_lines_then_the_exit_code(env):  # noqa: ANN001
     env.redis.xadd(stream, {"exit_code": "3"})
     env.redis.xadd(stream, {"end": "1"})
     assert _log(env, guid) == [{"line": "hi there"}, {"line": "bye"}, {"exit_code": 3}]
+
+
+def test_a_task_log_follow_takes_a_follow_slot_and_gives_it_back(env):  # noqa: ANN001
+    from controller.ratelimit import follows_key
+
+    _push(env, "myapp")
+    _agent(env, "agent-a", 4096, 0)
+    guid = _run(env, "myapp").json["guid"]
+    for entry in ({"line": "hi"}, {"exit_code": "0"}, {"end": "1"}):
+        env.redis.xadd(keys.task_log(guid), entry)
+    followed = env.client.get(f"/v1/tasks/{guid}/log")
+    assert [json.loads(line) for line in followed.get_data(as_text=True).splitlines()] == [
+        {"line": "hi"}, {"exit_code": 0}]
+    [held] = env.redis.follows.values()
+    assert len(held) == 1  # held while the response is open
+    followed.close()
+    assert held == set()  # and given back when it closes
+    digest = hashlib.sha256(b"paas-limits:" + env.token.encode()).hexdigest()
+    env.redis.follows[follows_key(f"token:{digest[:32]}")] = {f"f{n}" for n in range(10)}
+    refused = env.client.get(f"/v1/tasks/{guid}/log")
+    assert refused.status_code == 429 and refused.headers["Retry-After"]
+    assert "already follows 10 log streams" in refused.json["error"]
 
 
 def test_task_log_ends_with_the_agents_error(env):  # noqa: ANN001

@@ -36,6 +36,8 @@ def _box() -> SecretBox:
 
 def _rewrite(change: Any) -> None:
     conn = op.get_bind()
+    if conn.dialect.name == "sqlite":  # overwritten values are zeroed, not left in free space
+        conn.exec_driver_sql("PRAGMA secure_delete = ON")
     for table_name, column, is_json in COLUMNS:
         table = sa.table(table_name, sa.column("id", sa.Integer()),
                          sa.column(column, sa.JSON() if is_json else sa.Text()))
