@@ -62,6 +62,7 @@ log = logging.getLogger("paas.stager")
 RUN_UID = 2000
 ERROR_PREFIX = "!     "
 FAST_PATH_DECLINED = 100  # bin/fast-compile's "run the real compile in a container"
+CONTEXT_IN_MEMORY = 64 * 1024 * 1024  # an image's build context, past which it is a file
 TAIL_LINES = 20
 TAIL_DRAIN_SECONDS = 60  # how long a finished build may take to hand over its remaining output
 MAX_RELEASE_BYTES = 64 * 1024  # a buildpack's bin/release answer (YAML)
@@ -447,16 +448,19 @@ class Stager:
     def _docker_build(self, tag: str, base: str, layer: Path, add: str, extra: list[str],
                       labels: dict[str, str]) -> None:
         dockerfile = "\n".join([f"FROM {base}", add, *extra, ""]).encode()
-        context = io.BytesIO()
-        with tarfile.open(fileobj=context, mode="w") as tar:
-            _add_bytes(tar, "Dockerfile", dockerfile)
-            tar.add(layer, arcname="layer.tar")
-        context.seek(0)
-        try:
-            self.docker.images.build(fileobj=context, custom_context=True, tag=tag, rm=True,
-                                     forcerm=True, labels=labels or None)
-        except docker.errors.BuildError as e:
-            raise StagingError(f"building the image {tag} failed: {e.msg}") from e
+        # In memory while small (a warm re-push's app part), on disk past that: a droplet
+        # may be gigabytes (staging_max_droplet_bytes), which must not be the stager's memory.
+        small = layer.stat().st_size < CONTEXT_IN_MEMORY
+        with (io.BytesIO() if small else tempfile.TemporaryFile()) as context:
+            with tarfile.open(fileobj=context, mode="w") as tar:
+                _add_bytes(tar, "Dockerfile", dockerfile)
+                tar.add(layer, arcname="layer.tar")
+            context.seek(0)
+            try:
+                self.docker.images.build(fileobj=context, custom_context=True, tag=tag,
+                                         rm=True, forcerm=True, labels=labels or None)
+            except docker.errors.BuildError as e:
+                raise StagingError(f"building the image {tag} failed: {e.msg}") from e
 
 
 # Runs in the staging container: the buildpack's compile step, then the app part of /app as

@@ -199,6 +199,7 @@ class TaskSpec:
     team: str = ""  # as InstanceSpec's: the task runs on its team's network
     runtime: str = ""
     timeout: float = 0.0  # seconds before the agent stops it (0: the agent's task_timeout)
+    disk_mb: int = 0  # its disk quota, as its app's web instances' (0: default_disk_mb)
     # The env values and the command travel sealed (see seal): empty in a sealed message.
     sealed: str = ""
     SEALED: ClassVar[tuple[str, ...]] = ("env", "command")

@@ -193,6 +193,23 @@ class TaskRunner:
             except docker.errors.APIError as e:
                 log.warning("could not remove task container %s: %s", container.id[:12], e)
 
+    def _watch_disk(self, container, disk_mb: int, over: threading.Event,  # noqa: ANN001
+                    ended: threading.Event) -> None:
+        """Stop the task once its writable layer passes ``disk_mb``, as the agent does an
+        instance (the engine enforces no disk limit here); looked at every
+        stats_disk_interval, since Docker walks the layer to size it."""
+        while not ended.wait(self.settings.stats_disk_interval):
+            try:
+                found = self.docker.api.containers(all=True, size=True,
+                                                   filters={"id": container.id})
+            except Exception as e:  # Docker busy: look again next time
+                log.debug("sizing task container %s failed: %s", container.id[:12], e)
+                continue
+            if found and int(found[0].get("SizeRw") or 0) > disk_mb << 20:
+                over.set()
+                self._expire(container, threading.Event())
+                return
+
     def _expire(self, container, expired: threading.Event) -> None:  # noqa: ANN001
         expired.set()
         try:
@@ -219,6 +236,10 @@ class TaskRunner:
         timer = threading.Timer(timeout, self._expire, args=(container, expired))
         timer.daemon = True
         timer.start()
+        disk_mb = spec.disk_mb or self.settings.default_disk_mb
+        over_disk, ended = threading.Event(), threading.Event()
+        threading.Thread(target=self._watch_disk, args=(container, disk_mb, over_disk, ended),
+                         name=f"task-disk-{spec.task_guid[:8]}", daemon=True).start()
         try:
             chunks = container.logs(stream=True, follow=True, stdout=True, stderr=True)
             for line in split_lines(chunks):
@@ -229,6 +250,9 @@ class TaskRunner:
             if expired.is_set():
                 writer.line(f"[paas] the task ran longer than its timeout ({timeout:g} s) and "
                             "was stopped.")
+            elif over_disk.is_set():
+                writer.line(f"[paas] the task wrote more than its disk quota ({disk_mb} MB) "
+                            "and was stopped.")
             elif container.attrs.get("State", {}).get("OOMKilled"):
                 writer.line(f"[paas] the task ran out of memory ({spec.memory_mb} MB) "
                             "and was killed.")
@@ -241,6 +265,7 @@ class TaskRunner:
             return None
         finally:
             timer.cancel()
+            ended.set()
         log.info("task %s of %s exited with %d", spec.task_guid, spec.app_name, code)
         self._final(key, {"exit_code": str(code)})
         return code

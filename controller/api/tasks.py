@@ -82,6 +82,7 @@ def run_task(name: str):  # noqa: ANN201
     spec = TaskSpec(task_guid=str(uuid.uuid4()), app_guid=app.guid, app_name=app.name,
                     release=release.version, image=release.droplet.image, command=command,
                     memory_mb=memory_mb, env=dict(release.env), team=app.team.guid,
+                    disk_mb=web.disk_mb if web else 0,
                     runtime=current_app.config["PAAS_SETTINGS"].runtime_for(app.team.name,
                                                                             app.name))
     stream = keys.task_log(spec.task_guid)

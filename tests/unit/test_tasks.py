@@ -520,3 +520,20 @@ def test_tasks_run_on_their_teams_network_under_their_runtime(tmp_path):  # noqa
     [(_, kwargs)] = fake.created
     assert kwargs["network"] == "net-of-team-guid" and kwargs["runtime"] == "runsc"
     assert kwargs["cpu_shares"] == 256  # 256 MB of 1024 per GB
+
+
+def test_runner_stops_a_task_past_its_disk_quota_and_says_so(tmp_path):  # noqa: ANN001
+    class Api:
+        def containers(self, **kwargs: Any) -> list[dict]:
+            assert kwargs["size"] and kwargs["filters"] == {"id": "c" * 64}
+            return [{"SizeRw": 300 << 20}]  # 300 MB written
+
+    fake = FakeDocker(HangingContainer())
+    fake.api = Api()
+    settings = _settings(tmp_path).replace(stats_disk_interval=0.05)
+    redis = StreamRedis()
+    assert TaskRunner(settings, fake, redis).run(_spec(disk_mb=256)) == 143
+    entries = redis.entries(keys.task_log("t" * 36))
+    assert entries[1] == {"line": "[paas] the task wrote more than its disk quota (256 MB) "
+                                  "and was stopped."}
+    assert entries[-2:] == [{"exit_code": "143"}, {"end": "1"}]
