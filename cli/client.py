@@ -32,6 +32,8 @@ class Client:
         if self.token:
             self.http.headers["Authorization"] = f"Bearer {self.token}"
             warn_plain_http(config, self.base)
+        if config.team:
+            self.http.headers["X-Paas-Team"] = config.team
 
     def request(self, method: str, path: str, *, stream: bool = False,
                 timeout: float | None = None, **kwargs: Any) -> requests.Response:

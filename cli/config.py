@@ -1,4 +1,5 @@
-"""``~/.paas/config``: the target API and the token (``PAAS_HOME`` moves the folder)."""
+"""``~/.paas/config``: the target API, the token and the team new apps go to (``PAAS_HOME``
+moves the folder)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ def home() -> Path:
 class Config:
     target: str | None = None
     token: str | None = None
+    # The team new apps go to ('paas target --team T'), sent as X-Paas-Team; None: the API
+    # picks (the caller's only team).
+    team: str | None = None
     # Targets the CLI has warned about sending the token to over plain http (once each).
     warned_plain_http: list[str] = field(default_factory=list)
 
@@ -29,7 +33,9 @@ class Config:
         except ValueError:
             return cls()
         warned = data.get("warned_plain_http")
+        team = data.get("team")
         return cls(target=data.get("target"), token=data.get("token"),
+                   team=team if isinstance(team, str) and team else None,
                    warned_plain_http=[w for w in warned if isinstance(w, str)]
                    if isinstance(warned, list) else [])
 

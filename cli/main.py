@@ -7,9 +7,10 @@ import os
 import re
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import click
 import requests
@@ -38,32 +39,45 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("url")
-def target(url: str) -> None:
-    """Point the CLI at the controller API at URL."""
-    if not urlsplit(url).scheme:
-        url = f"http://{url}"
-    config = Config.load()
-    probe = Client(Config(target=url))
-    info = probe.get("/info")
-    if info.get("name") != "paas":
-        raise ApiError(f"{url} answers, but it is not a paas controller.")
-    if config.target != url:
-        config.token = None
-    config.target = url
-    config.save()
-    click.echo(f"Target: {url} (apps at *.{info.get('domain')})")
+@click.argument("url", required=False)
+@click.option("--team", help="The team new apps go to (sent with every request).")
+def target(url: str | None, team: str | None) -> None:
+    """Point the CLI at the controller API at URL, and/or pick the team new apps go to.
 
-
-@main.command()
-@click.option("--token", prompt=True, hide_input=True, help="An API token (make up prints one).")
-def login(token: str) -> None:
-    """Log in with an API token."""
+    With neither, show the current target and team.
+    """
     config = Config.load()
-    config.token = token.strip()
-    who = Client(config).get("/whoami")
+    if url is None and team is None:
+        if not config.target:
+            raise click.ClickException("no API target set: run 'paas target URL' "
+                                       "(make up prints the URL).")
+        click.echo(f"Target: {config.target}; "
+                   f"team: {config.team or 'none chosen (the API picks your only team)'}")
+        return
+    if url is not None:
+        if not urlsplit(url).scheme:
+            url = f"http://{url}"
+        if team is not None and url != config.target:
+            raise click.UsageError("a new target has no login yet: run 'paas target URL', then "
+                                   "'paas login --team T'.")
+        info = Client(Config(target=url)).get("/info")
+        if info.get("name") != "paas":
+            raise ApiError(f"{url} answers, but it is not a paas controller.")
+        if config.target != url:  # the token and the team belong to the old platform
+            config.token = config.team = None
+        config.target = url
+    if team is not None:
+        if config.target and not config.token:
+            raise click.ClickException("not logged in: choose the team as you log in, with "
+                                       "'paas login --team T'.")
+        # The old team is not sent: it may be the one that no longer exists.
+        Client(replace(config, team=None)).get(f"/teams/{quote(team, safe='')}")
+        config.team = team
     config.save()
-    click.echo(f"Logged in as {who['name']} ({who['role']}) at {config.target}")
+    if url is not None:
+        click.echo(f"Target: {url} (apps at *.{info.get('domain')})")
+    if team is not None:
+        click.echo(f"New apps go to team {team}.")
 
 
 def _default_name(path: Path) -> str:
@@ -574,8 +588,9 @@ def delete_buildpack(name: str, force: bool) -> None:
 from cli.run import run  # noqa: E402  (paas run: its own module)
 
 main.add_command(run)
-# paas logs; events, status; scale, restart, env, releases, ...: their modules register them.
-from cli import logs, observe, routes, runtime  # noqa: E402,F401
+# paas logs; events, status; scale, restart, env, releases; login, teams, tokens, ...: their
+# modules register them.
+from cli import accounts, logs, observe, routes, runtime  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()

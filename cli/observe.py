@@ -27,21 +27,29 @@ def _local_time(stamp: str | None) -> str:
 @click.argument("name", required=False)
 @click.option("--all", "everything", is_flag=True,
               help="Every app's events and the platform's (admins only).")
+@click.option("--team", help="With --all: only this team's events.")
 @click.option("-n", "--limit", type=click.IntRange(1, 1000), default=50, show_default=True,
               help="How many of the latest events to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print the events as JSON.")
-def events(name: str | None, everything: bool, limit: int, as_json: bool) -> None:
+def events(name: str | None, everything: bool, team: str | None, limit: int,
+           as_json: bool) -> None:
     """What happened to an app: pushes, staging, releases, scaling, crashes, and who did it."""
     if bool(name) == everything:
         raise click.UsageError("give an app's NAME, or --all for the whole platform.")
+    if team is not None and not everything:
+        raise click.UsageError("--team goes with --all: 'paas events --all --team T'.")
     path = "/events" if everything else f"/apps/{name}/events"
-    found = client().get(path, params={"limit": limit, "order": "desc"})["events"]
+    params: dict[str, str | int] = {"limit": limit, "order": "desc"}
+    if team is not None:
+        params["team"] = team
+    found = client().get(path, params=params)["events"]
     found.reverse()  # oldest first, like a log: the last line is the latest
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return
     if not found:
-        click.echo(f"No events for {name} yet." if name else "No events yet.")
+        click.echo(f"No events for {name} yet." if name else
+                   f"No events for team {team} yet." if team else "No events yet.")
         return
     table = Table(box=None, pad_edge=False)
     columns = ["time", *(["app"] if everything else []), "actor", "type", "description"]
