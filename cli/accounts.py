@@ -128,11 +128,15 @@ def _password_login(config: Config, username: str, password: str) -> str:
         answer = anonymous.post("/login", json={"username": username, "password": password})
     except ApiError as e:
         if e.status == 401:
-            sentence = e.message.removeprefix("not logged in: ")
-            raise ApiError(f"login failed: {sentence} Check them and try again, or ask a "
-                           "platform admin to set a new password.", 401) from None
+            raise ApiError(f"login failed: {_server_sentence(e)} Check them and try again, or "
+                           "ask a platform admin to set a new password.", 401) from None
         raise
     return answer["token"]
+
+
+def _server_sentence(error: ApiError) -> str:
+    """The API's sentence of a 401, without the 'not logged in' the client puts before it."""
+    return error.message.removeprefix("not logged in: ")
 
 
 def _revoke_quietly(session: Client) -> None:
@@ -201,8 +205,13 @@ def passwd(password_stdin: bool) -> None:
     else:
         current = click.prompt("Current password", hide_input=True)
         new = click.prompt("New password", hide_input=True, confirmation_prompt=True)
-    account_client().put("/user/password", json={"current_password": current,
-                                                 "new_password": new})
+    try:
+        account_client().put("/user/password", json={"current_password": current,
+                                                     "new_password": new})
+    except ApiError as e:
+        if e.status == 401:  # the current password is wrong (or the token died)
+            raise ApiError(f"the password was not changed: {_server_sentence(e)}", 401) from None
+        raise
     click.echo("Password changed; your other login sessions are logged out.")
 
 
@@ -441,8 +450,14 @@ def set_quota(team: str, **limits: str | None) -> None:
         raise click.UsageError("nothing to change: give at least one of "
                                + ", ".join(f"--{q}" for q in QUOTAS) + ".")
     answer = account_client().put(f"/teams/{_part(team)}/quota", json=body)
-    quota = (answer.get("team") or {}).get("quota") or body
-    shown = ", ".join(f"{what} {text}" for what, text, _ in quota_lines(quota))
+    changed = answer.get("team") if isinstance(answer.get("team"), dict) else answer
+    quota = changed.get("quota")
+    if isinstance(quota, dict):
+        rows = quota_lines(quota)
+    else:  # an answer without the quota: say what was sent
+        sent = {"memory" if key == "memory_mb" else key for key in body}
+        rows = [row for row in quota_lines(body) if row[0] in sent]
+    shown = ", ".join(f"{what} {text}" for what, text, _ in rows)
     click.echo(f"Quota of team {team}: {shown}.")
 
 

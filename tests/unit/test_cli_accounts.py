@@ -437,3 +437,32 @@ def test_whoami_shows_user_teams_team_and_token(api: FakeApi, home: Path):
     assert "new apps go to: a" in result.output
     assert "token: ci (scope deploy, expires never)" in result.output
     assert api.only("GET", "/whoami").headers["X-Paas-Team"] == "a"
+
+
+def test_set_quota_answer_without_the_quota_shows_only_what_was_sent(api: FakeApi, home: Path):
+    _write_config(home, target=api.url, token="paas_t")
+    api.answer("PUT", "/teams/a/quota", {"name": "a"})
+    result = paas("set-quota", "a", "--routes", "unlimited")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "Quota of team a: routes unlimited."
+
+
+def test_passwd_reads_current_and_new_from_stdin(api: FakeApi, home: Path):
+    _write_config(home, target=api.url, token="paas_t", team="a")
+    api.answer("PUT", "/user/password", {"changed": True})
+    result = paas("passwd", "--password-stdin", stdin="old-password\nnew-password\n")
+    assert result.exit_code == 0 and "Password changed" in result.output
+    sent = api.only("PUT", "/user/password")
+    assert sent.body == {"current_password": "old-password", "new_password": "new-password"}
+
+
+def test_passwd_prompts_twice_for_the_new_one_and_says_when_the_current_is_wrong(
+        api: FakeApi, home: Path):
+    _write_config(home, target=api.url, token="paas_t")
+    api.answer("PUT", "/user/password", {"error": "the current password is wrong."}, 401)
+    result = paas("passwd", stdin="old-password\nnew-password\nnew-password\n")
+    assert result.exit_code == 1
+    assert "Repeat for confirmation" in result.output
+    assert "Error: the password was not changed: the current password is wrong." \
+        in result.output
+    assert _config(home)["token"] == "paas_t"
