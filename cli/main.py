@@ -51,8 +51,8 @@ def target(url: str | None, team: str | None) -> None:
         if not config.target:
             raise click.ClickException("no API target set: run 'paas target URL' "
                                        "(make up prints the URL).")
-        click.echo(f"Target: {config.target}; "
-                   f"team: {config.team or 'none chosen (the API picks your only team)'}")
+        team = config.team or "none chosen (your only team; 'paas target --team T' picks one)"
+        click.echo(f"Target: {config.target}; team: {team}")
         return
     if url is not None:
         if not urlsplit(url).scheme:
