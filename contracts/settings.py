@@ -47,6 +47,13 @@ class Settings:
     api_rate_burst: int = 500
     # Log follows (paas logs) one token may hold open at once; the next gets a 429.
     api_follows_per_token: int = 10
+    # Users (controller.accounts): a token from 'paas login' lives this many seconds (30
+    # days); failed logins are limited per user name and per client address, each to this
+    # many in login_window_seconds (across workers, in Redis); the next gets a 429.
+    login_token_ttl: float = 30 * 86400.0
+    login_failures_per_user: int = 5
+    login_failures_per_address: int = 20
+    login_window_seconds: int = 60
     # Garbage collection (paas-admin gc): each app's last N releases keep their droplets and
     # images (the window 'paas rollback' works in); older ones are removed.
     gc_keep_releases: int = 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from importlib import resources
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from contracts import settings as settings_mod
 from contracts.secretbox import ensure_key, load_box
 from contracts.settings import Settings
 from controller.db import make_engine, make_sessionmaker
-from controller.models import DEFAULT_TEAM, Domain, Role, Team, Token
+from controller.errors import ControllerError
+from controller.models import DEFAULT_TEAM, Domain, Role, Scope, Team, Token, TokenKind, User
+from controller.models.user import validate_password
 
 
 def alembic_config(settings: Settings) -> Config:
@@ -69,27 +72,56 @@ def admin_token_file(settings: Settings) -> Path:
     return Path(settings.data_dir) / "admin-token"
 
 
-def ensure_admin_token(settings: Settings) -> str:
-    """The admin token: created once with the default team, kept in the data dir (0600)."""
+ADMIN_USER = "admin"
+ADMIN_TOKEN_NAME = "admin (make up)"
+
+
+def ensure_admin(settings: Settings, *, rotate: bool = False) -> tuple[str, str | None]:
+    """The platform admin ``admin`` and its token, made the first time with the default team.
+
+    Returns the token (kept in the data dir, 0600, for ``make up`` to log the CLI in) and the
+    admin's password when it was just made (shown once, stored only as a hash), else None.
+    ``rotate`` revokes the kept token and issues a new one.
+    """
+    from controller import accounts
+
     path = admin_token_file(settings)
+    password = None
     sessions = make_sessionmaker(make_engine(settings.sqlalchemy_url))
     with sessions() as session:
-        team = session.scalar(select(Team).where(Team.name == DEFAULT_TEAM))
-        if team is None:
-            team = Team(name=DEFAULT_TEAM)
-            session.add(team)
-        if path.exists():
-            secret = path.read_text().strip()
-            if session.scalar(select(Token).where(Token.token_hash == Token.hash(secret))):
-                session.commit()
-                return secret
-        token, secret = Token.issue("admin", Role.ADMIN, team)
-        session.add(token)
+        if session.scalar(select(Team).where(Team.name == DEFAULT_TEAM)) is None:
+            session.add(Team(name=DEFAULT_TEAM))
+        user = session.scalar(select(User).where(User.username == ADMIN_USER))
+        if user is None:
+            password = secrets.token_urlsafe(15)
+            user = accounts.create_user(session, ADMIN_USER, password, admin=True)
+        elif not user.is_admin:
+            raise click.ClickException(f"the user {ADMIN_USER!r} exists and is not a platform "
+                                       "admin: make it one, or remove it, then run this again.")
+        if not user.password_hash and password is None:  # an admin of before users existed
+            password = secrets.token_urlsafe(15)
+            user.password_hash = accounts.hash_password(password)
+        kept = session.scalar(select(Token).where(Token.user_id == user.id,
+                                                  Token.name == ADMIN_TOKEN_NAME))
+        if kept is not None and not rotate and path.exists() and \
+                kept.token_hash == Token.hash(path.read_text().strip()):
+            session.commit()
+            return path.read_text().strip(), password
+        if kept is not None:
+            session.delete(kept)
+            session.flush()
+        session.flush()
+        _, secret = accounts.issue_token(session, user, ADMIN_TOKEN_NAME, Scope.ADMIN)
         session.commit()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
-    return secret
+    return secret, password
+
+
+def ensure_admin_token(settings: Settings) -> str:
+    """The admin's token (see :func:`ensure_admin`)."""
+    return ensure_admin(settings)[0]
 
 
 @click.group()
@@ -104,28 +136,61 @@ def migrate_cmd() -> None:
 
 
 @main.command("admin-token")
-def admin_token_cmd() -> None:
-    """Print the admin token, creating it the first time."""
+@click.option("--rotate", is_flag=True, help="Revoke the admin's kept token and issue a new one.")
+def admin_token_cmd(rotate: bool) -> None:
+    """Print the admin's token (kept in the data dir), creating it the first time."""
     settings = settings_mod.load()
     migrate(settings)
-    click.echo(ensure_admin_token(settings))
+    token, password = ensure_admin(settings, rotate=rotate)
+    if password:
+        click.echo(f"the platform admin is user {ADMIN_USER!r} with password {password} "
+                   "(shown once: change it with 'paas passwd')", err=True)
+    click.echo(token)
+
+
+@main.command("set-password")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
+def set_password_cmd(username: str, password_stdin: bool) -> None:
+    """Set USERNAME's password (a forgotten admin password, say); its login tokens end."""
+    from controller import accounts
+
+    settings = settings_mod.load()
+    migrate(settings)
+    password = (click.get_text_stream("stdin").readline().rstrip("\n") if password_stdin
+                else click.prompt("New password", hide_input=True, confirmation_prompt=True))
+    sessions = make_sessionmaker(make_engine(settings.sqlalchemy_url))
+    with sessions() as session:
+        try:
+            user = accounts.find_user(session, username)
+            user.password_hash = accounts.hash_password(validate_password(password))
+        except ControllerError as e:
+            raise click.ClickException(e.message) from e
+        for token in list(user.tokens):
+            if token.kind == TokenKind.LOGIN:
+                session.delete(token)
+        session.commit()
+    click.echo(f"the password of {username!r} is set.")
 
 
 @main.command("create-token")
-@click.argument("name")
-@click.option("--role", type=click.Choice([Role.ADMIN, Role.DEVELOPER]), default=Role.DEVELOPER)
+@click.argument("username")
+@click.option("--role", type=click.Choice([Role.ADMIN, *Role.ORDER]), default=Role.DEVELOPER,
+              help="The user's role in the team (admin: a platform admin).")
 @click.option("--team", default=DEFAULT_TEAM, show_default=True)
-def create_token_cmd(name: str, role: str, team: str) -> None:
-    """Issue a token for NAME in a team (created if missing) and print it once."""
+def create_token_cmd(username: str, role: str, team: str) -> None:
+    """Issue a token for USERNAME (made if missing, without a password) with ROLE in TEAM
+    (made if missing) and print it once."""
+    from controller import accounts
+
     settings = settings_mod.load()
     migrate(settings)
     sessions = make_sessionmaker(make_engine(settings.sqlalchemy_url))
     with sessions() as session:
-        t = session.scalar(select(Team).where(Team.name == team)) or Team(name=team)
-        token, secret = Token.issue(name, role, t)
-        session.add_all([t, token])
-        session.commit()
-    click.echo(secret)
+        try:
+            click.echo(accounts.member_token(session, username, team, role))
+        except ControllerError as e:
+            raise click.ClickException(e.message) from e
 
 
 @main.command("gc")

@@ -62,7 +62,10 @@ def create_app(settings: Settings | None = None, **test_config: Any) -> Flask:
     app.register_blueprint(v1)
     register_error_handlers(app)
 
+    from controller.auth import Permission, requires
+
     @app.get("/")
+    @requires(Permission.PUBLIC)
     def index():  # noqa: ANN202
         return {"name": "paas", "api": "/v1"}
 

@@ -14,20 +14,30 @@ from controller.models import App, Event
 
 
 def record(
-    session: Session, type_: str, actor: str, app: App | None = None, **data: Any
+    session: Session, type_: str, actor: str, app: App | None = None, *,
+    team_id: int | None = None, **data: Any
 ) -> Event:
     event = Event(
         type=type_,
         actor=actor,
+        token=_token_name(),
         app_guid=app.guid if app else None,
         app_name=app.name if app else None,
-        team_id=app.team_id if app else None,
+        team_id=app.team_id if app else team_id,
         data=data,
     )
     session.add(event)
     if app is not None:
         _to_app_log(app, type_, actor, data)
     return event
+
+
+def _token_name() -> str | None:
+    """The name of the token the request acts with (None outside an API request)."""
+    from flask import g, has_request_context
+
+    identity = g.get("identity") if has_request_context() else None
+    return identity.token_name if identity is not None else None
 
 
 def log_line(type_: str, actor: str, data: dict[str, Any]) -> str | None:

@@ -28,6 +28,7 @@ from prometheus_client import (
 )
 
 from contracts.messages import Heartbeat, InstanceState
+from controller.auth import Permission, requires
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -67,6 +68,7 @@ def init_app(app: Flask) -> None:
         return response
 
     @app.get("/metrics")
+    @requires(Permission.PLATFORM_ADMIN)  # or the metrics token: see _authorize_scrape
     def metrics():  # noqa: ANN202
         _authorize_scrape(app.config["PAAS_SETTINGS"].metrics_token)
         return Response(generate_latest(_scrape_registry(registry)),
@@ -76,7 +78,7 @@ def init_app(app: Flask) -> None:
 def _authorize_scrape(metrics_token: str) -> None:
     """``/metrics`` tells app names, request rates and failures: it needs the metrics token
     (``PAAS_METRICS_TOKEN``, for a Prometheus scraper) or an admin token."""
-    from controller.auth import identify
+    from controller.auth import enforce, identify
     from controller.errors import Forbidden, Unauthorized
 
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
@@ -86,9 +88,11 @@ def _authorize_scrape(metrics_token: str) -> None:
                            "the metrics token (PAAS_METRICS_TOKEN) or an admin token.")
     if metrics_token and given and hmac.compare_digest(given.encode(), metrics_token.encode()):
         return
-    if not identify(g.db).is_admin:  # Unauthorized (401) without a valid token
+    identity = identify(g.db)  # Unauthorized (401) without a valid token
+    if not identity.is_admin:
         raise Forbidden("/metrics needs an admin token or the metrics token "
                         "(PAAS_METRICS_TOKEN): a team's token does not read it.")
+    enforce(identity, Permission.PLATFORM_ADMIN)  # and the token's scope
 
 
 class HealthMetrics:

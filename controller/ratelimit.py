@@ -231,3 +231,44 @@ def init_app(app: Flask) -> None:
         response = jsonify({"error": e.message})
         response.headers["Retry-After"] = str(e.retry_after)
         return response, 429
+
+
+# -- login attempts ----------------------------------------------------------------------
+# Failed logins per user name and per client address, in Redis (a guesser must not get a
+# fresh allowance from each worker): a counter each, living login_window_seconds from the
+# first failure. Past either cap a login is refused before its password is checked (which
+# costs an argon2 hash: the cap is also what keeps logins from spending the API's CPU).
+
+def _login_keys(username: str, address: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    def key(kind: str, value: str) -> str:
+        digest = hashlib.sha256(f"paas-login:{kind}:{value}".encode()).hexdigest()[:32]
+        return f"paas:login-failures:{kind}:{digest}"
+
+    return ((key("user", username), f"for {username!r}"),
+            (key("addr", address), "from your address"))
+
+
+def check_login(client: redis.Redis, settings: Settings, username: str, address: str) -> None:
+    """A 429 if this user name, or this address, failed to log in too often lately."""
+    caps = (settings.login_failures_per_user, settings.login_failures_per_address)
+    try:
+        for (key, whose), cap in zip(_login_keys(username, address), caps, strict=True):
+            failures = int(client.get(key) or 0)
+            if cap and failures >= cap:
+                wait = client.ttl(key)
+                wait = wait if isinstance(wait, int) and wait > 0 else \
+                    settings.login_window_seconds
+                raise TooManyRequests(f"too many failed logins {whose}: wait {wait} s and try "
+                                      "again (an admin can reset a forgotten password).", wait)
+    except redis.RedisError as e:  # the login still costs a slow hash: not unbounded
+        log.warning("login limits not checked (Redis: %s)", e)
+
+
+def count_login_failure(client: redis.Redis, settings: Settings, username: str,
+                        address: str) -> None:
+    try:
+        for key, _ in _login_keys(username, address):
+            client.incr(key)
+            client.expire(key, settings.login_window_seconds, nx=True)
+    except redis.RedisError as e:
+        log.warning("a failed login was not counted (Redis: %s)", e)

@@ -40,6 +40,7 @@ from sqlalchemy import Text, select, type_coerce
 from sqlalchemy.orm import Session
 
 from contracts import routing
+from controller import quotas
 from controller.auth import Identity
 from controller.errors import Conflict, Forbidden, InvalidInput, NotFound
 from controller.models import App, Certificate, Domain, Route
@@ -56,15 +57,15 @@ log = logging.getLogger("paas.controller")
 
 # -- domains -----------------------------------------------------------------------------
 
-def _domain_missing(name: str) -> str:
+def domain_missing(name: str) -> str:
     return (f"there is no domain {name!r}: 'paas domains' lists them, and 'paas create-domain' "
             "adds one.")
 
 
 def may_see_domain(ident: Identity | None, domain: Domain) -> bool:
-    """Shared domains are everyone's; a private one exists only for its team (and admins)."""
-    return (ident is None or ident.is_admin or domain.shared
-            or domain.team_id == ident.team_id)
+    """Shared domains are everyone's; a private one exists only for its team's members (and
+    admins)."""
+    return ident is None or domain.shared or ident.member_of(domain.team_id)
 
 
 def find_domain(session: Session, name: str, ident: Identity | None = None) -> Domain:
@@ -72,7 +73,7 @@ def find_domain(session: Session, name: str, ident: Identity | None = None) -> D
     words of one that does not exist."""
     domain = session.scalar(select(Domain).where(Domain.name == validate_domain(name)))
     if domain is None or not may_see_domain(ident, domain):
-        raise NotFound(_domain_missing(name))
+        raise NotFound(domain_missing(name))
     return domain
 
 
@@ -158,7 +159,7 @@ def check_domain_owner(ident: Identity, domain: Domain) -> None:
     if domain.shared:
         raise Forbidden(f"{domain.name} is a shared domain: only platform admins change it.")
     if domain.team_id != ident.team_id:
-        raise NotFound(_domain_missing(domain.name))
+        raise NotFound(domain_missing(domain.name))
 
 
 # -- routes ------------------------------------------------------------------------------
@@ -172,7 +173,7 @@ def _check_may_route(ident: Identity, domain: Domain, hostname: str) -> None:
             raise Forbidden(f"only platform admins may map a wildcard route under the "
                             f"shared domain {domain.name}: add a private domain instead.")
     elif domain.team_id != ident.team_id and not ident.is_admin:
-        raise NotFound(_domain_missing(domain.name))
+        raise NotFound(domain_missing(domain.name))
 
 
 def _check_host_free(session: Session, team_id: int, domain: Domain, hostname: str) -> None:
@@ -232,6 +233,7 @@ def map_route(
     for other in session.scalars(select(Route).where(Route.path == path)):
         if other.host == full and other.app_id != app.id:
             raise Conflict(f"the route {other.url} is mapped to app {other.app.name!r}.")
+    quotas.check(session, app.team, routes=1)
     route = Route(domain=domain, hostname=hostname, path=path, app=app, team_id=app.team_id,
                   balance=validate_balance(balance),
                   https_redirect=bool(https_redirect))
@@ -274,15 +276,29 @@ def split_url(session: Session, url: str, ident: Identity) -> tuple[str, str, st
 
 
 def default_route(session: Session, ident: Identity, app: App, platform_domain: str) -> Route:
-    """``<name>.<platform domain>``, mapped to a new app; a clear conflict if taken."""
+    """``<name>.<platform domain>``, mapped to a new app. App names are a team's, host names
+    the platform's: when another team has that host, ``<name>-<team>.<platform domain>``; a
+    clear conflict if both are taken."""
     domain = find_domain(session, platform_domain)
-    route = find_route(session, domain, app.name, "")
-    if route is not None:
-        owner = (f"mapped to app {route.app.name!r}" if ident.is_admin
-                 or route.team_id == app.team_id else "taken by another team")
-        raise Conflict(f"the route {route.url} is {owner}: push with another name, or with "
-                       "--no-route and map one with 'paas map-route'.")
-    return map_route(session, ident, app, domain.name, app.name)[0]
+    first = None
+    for hostname in (app.name, f"{app.name}-{app.team.name}"):
+        if len(hostname) > 63:
+            break
+        route = find_route(session, domain, hostname, "")
+        if route is None:
+            try:
+                return map_route(session, ident, app, domain.name, hostname)[0]
+            except Conflict as e:  # a host under another team's private domain
+                first = first or e
+                continue
+        mine = route.team_id == app.team_id
+        owner = (f"mapped to app {route.app.name!r}" if mine or ident.is_admin
+                 else "taken by another team")
+        first = first or Conflict(f"the route {route.url} is {owner}: push with another "
+                                  "name, or with --no-route and map one with 'paas map-route'.")
+        if mine:
+            break  # the team's own route: its name is the one to change, not the team's
+    raise first
 
 
 def present_route(route: Route) -> dict[str, Any]:

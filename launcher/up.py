@@ -147,6 +147,7 @@ class Platform:
         for name, changes in self.overrides.items():
             merged[name] = {**merged.get(name, {}), **changes}
         self.overrides = merged
+        self.admin_password: str | None = None  # set by prepare() when the admin is new
 
     @property
     def service_names(self) -> tuple[str, ...]:
@@ -173,14 +174,16 @@ class Platform:
         return Path(self.settings.data_dir) / "logs"
 
     def prepare(self) -> str:
-        """Migrate the database and return the admin token (created the first time)."""
-        from controller.admin import ensure_admin_token, migrate
+        """Migrate the database and return the admin's token (created the first time, with
+        the admin's password, kept in ``admin_password`` to be shown once)."""
+        from controller.admin import ensure_admin, migrate
 
         Path(self.settings.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
         self.log_dir.mkdir(exist_ok=True, mode=0o700)
         self.log_dir.chmod(0o700)
         migrate(self.settings)  # also makes the secret key and sets the data dir's modes
-        return ensure_admin_token(self.settings)
+        token, self.admin_password = ensure_admin(self.settings)
+        return token
 
     def start(self, names: tuple[str, ...] | None = None) -> None:
         """Spawn ``names`` (default: every service of this platform)."""
@@ -502,12 +505,19 @@ def main(quiet: bool, no_login: bool, agents: int) -> None:
     if not no_login:
         from cli.config import Config
 
-        Config(target=settings.api_url, token=token).save()
+        config = Config.load()
+        config.target, config.token, config.team = settings.api_url, token, None
+        config.save()
     port = "" if settings.router_port == 80 else f":{settings.router_port}"
+    password = (f"{platform.admin_password}   (shown this once: change it with 'paas passwd')"
+                if platform.admin_password else "(set before; 'paas-admin set-password admin' "
+                "sets a new one)")
     click.echo(f"""
   The platform is up.
     API:          {settings.api_url}
-    admin token:  {token}
+    admin user:   admin
+    password:     {password}
+    admin token:  {token}   (the CLI here is logged in with it)
     apps at:      http://<app>.{settings.domain}{port}
     logs:         {platform.log_dir}/
 

@@ -5,24 +5,29 @@ from __future__ import annotations
 import logging
 
 import sqlalchemy.exc
-from flask import Blueprint, Flask, g, jsonify, request
+from flask import Blueprint, Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from contracts.secretbox import SecretBoxError
-from controller.auth import identify
+from controller.auth import Permission, enforce, identify
 from controller.errors import ControllerError, InvalidInput
 
 log = logging.getLogger("paas.controller")
 
 v1 = Blueprint("v1", __name__, url_prefix="/v1")
-PUBLIC_ENDPOINTS = {"v1.info"}
 
 
 @v1.before_request
 def _authenticate() -> None:
-    if request.endpoint in PUBLIC_ENDPOINTS:
+    """The one check every endpoint passes first: its declared permission (see
+    :mod:`controller.auth`); the lookup of the object it acts on finishes it."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    g.permission = getattr(view, "permission", None)
+    enforce(None, g.permission)  # an endpoint without a declaration is nobody's
+    if g.permission == Permission.PUBLIC:
         return
     g.identity = identify(g.db)
+    enforce(g.identity, g.permission)
     # Give the connection back to the pool now: a request that then reads a slow client's
     # upload (a gevent worker waits up to api_io_timeout per read) must not hold one.
     g.db.rollback()
@@ -87,12 +92,14 @@ def register_error_handlers(app: Flask) -> None:
 
 
 from controller.api import (  # noqa: E402,F401  (routes register)
+    accounts,
     apps,
     buildpacks,
     builds,
     info,
     logs,
     observe,
+    openapi,
     routes,
     runtime,
     tasks,

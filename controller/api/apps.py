@@ -14,15 +14,24 @@ from sqlalchemy.orm import object_session, selectinload
 
 from contracts import keys
 from contracts.messages import InstanceReport
-from controller import events, packages, resources, routing, staging
+from controller import events, packages, quotas, resources, routing, staging
 from controller.actual import instances_by_app, nudge, read_heartbeats
 from controller.api import v1
 from controller.api.buildpacks import store_buildpack
-from controller.auth import Action, app_missing, authorize, current_identity, may_see
+from controller.auth import (
+    Permission,
+    app_missing,
+    authorize,
+    authorize_app,
+    current_identity,
+    may_see,
+    requires,
+)
 from controller.convergence import is_ready
-from controller.errors import Conflict, InvalidInput, NotFound, TooLarge
+from controller.errors import InvalidInput, NotFound, TooLarge
 from controller.models import (
     App,
+    AppState,
     Build,
     BuildState,
     Domain,
@@ -64,14 +73,32 @@ def urls(app: App) -> list[str]:
     return out
 
 
-def find_app(name: str, action: str) -> App:
-    """The app ``name`` if the caller may do ``action`` on it; another team's app is a 404
-    with the words of one that does not exist (see :func:`controller.auth.authorize`)."""
-    app = g.db.scalar(select(App).where(App.name == name))
+def find_app(name: str, permission: str | None = None) -> App:
+    """The app ``name`` (see :func:`lookup_app`) if the caller may do the view's permission (or
+    ``permission``) on it; another team's app is a 404 with the words of one that does not
+    exist (see :func:`controller.auth.authorize`)."""
+    app = lookup_app(name)
     if app is None:
         raise NotFound(app_missing(name))
-    authorize(current_identity(), action, app)
+    authorize_app(current_identity(), app, permission)
     return app
+
+
+def lookup_app(name: str) -> App | None:
+    """The app called ``name`` the request means: the named team's (X-Paas-Team), else the one
+    of that name in the caller's teams (a 400 if there are several)."""
+    ident = current_identity()
+    if ident.team_named:
+        return g.db.scalar(select(App).where(App.name == name, App.team_id == ident.team_id))
+    found = [a for a in g.db.scalars(select(App).where(App.name == name)) if may_see(ident, a)]
+    if len(found) > 1:
+        own = [a for a in found if a.team_id == ident.team_id]
+        if len(own) == 1:
+            return own[0]
+        teams = ", ".join(sorted(a.team.name for a in found))
+        raise InvalidInput(f"there are apps named {name!r} in teams {teams}: pick the team "
+                           "with 'paas target --team TEAM'.")
+    return found[0] if found else None
 
 
 def present_instance(inst: InstanceReport, router_synced: float = 0.0) -> dict[str, object]:
@@ -218,6 +245,7 @@ def present_app(app: App, instances: list[InstanceReport] | None = None,
 
 
 @v1.get("/apps")
+@requires(Permission.SELF)
 def list_apps():  # noqa: ANN201
     ident = current_identity()
     # What present_app reads of each app, in a few queries for all of them (not several
@@ -225,8 +253,10 @@ def list_apps():  # noqa: ANN201
     query = select(App).order_by(App.name).options(
         selectinload(App.team), selectinload(App.processes),
         selectinload(App.routes).selectinload(Route.domain).selectinload(Domain.certificate))
-    if not ident.is_admin:
+    if ident.team_named:
         query = query.where(App.team_id == ident.team_id)
+    elif not ident.is_admin:
+        query = query.where(App.team_id.in_(list(ident.roles)))
     apps = list(g.db.scalars(query))
     listed = [a.id for a in apps]
     newest = (select(Release.app_id, func.max(Release.version).label("version"))
@@ -244,8 +274,9 @@ def list_apps():  # noqa: ANN201
 
 
 @v1.get("/apps/<name>")
+@requires(Permission.APP_READ)
 def show_app(name: str):  # noqa: ANN201
-    app = find_app(name, Action.READ)
+    app = find_app(name)
     grouped = instances_by_app(read_heartbeats(_redis()))
     return jsonify(present_app(app, grouped.get(app.guid, [])))
 
@@ -366,9 +397,10 @@ def _push_options_from(options: dict[str, object]) -> dict[str, object]:
 
 
 @v1.post("/apps/<name>/restage")
+@requires(Permission.APP_WRITE)
 def restage(name: str):  # noqa: ANN201
     """Stage the app's last package again (optionally without its build cache)."""
-    app = find_app(name, Action.WRITE)
+    app = find_app(name)
     body = request.get_json(silent=True) or {}
     package = g.db.scalar(select(Package).where(Package.app_id == app.id)
                           .order_by(Package.id.desc()))
@@ -394,23 +426,23 @@ def restage(name: str):  # noqa: ANN201
 
 
 @v1.post("/apps/<name>/resource_match")
+@requires(Permission.APP_WRITE)
 def resource_match(name: str):  # noqa: ANN201
     """Which of these files (by sha1 and size) the app's team has cached already."""
     validate_name(name)
     ident = current_identity()
-    app = g.db.scalar(select(App).where(App.name == name))
-    if app is not None and not may_see(ident, app):
-        app = None  # another team's: answered as for a new name, from the caller's cache
+    app = lookup_app(name)
     if app is not None:
-        authorize(ident, Action.WRITE, app)
+        authorize_app(ident, app)
     body = request.get_json(silent=True) or {}
-    team_id = app.team_id if app is not None else ident.team_id
+    team_id = app.team_id if app is not None else ident.request_team()
     found = resources.match(current_app.extensions["paas.blobstore"], team_id,
                             body.get("resources"))
     return jsonify({"resources": found})
 
 
 @v1.post("/apps/<name>/push")
+@requires(Permission.APP_WRITE)
 def push(name: str):  # noqa: ANN201
     """Upload a package and stage it; the response names the build to follow."""
     validate_name(name)
@@ -420,18 +452,18 @@ def push(name: str):  # noqa: ANN201
         raise InvalidInput("the push carries no package: push with the paas CLI.")
     requested = _push_options()
 
-    app = g.db.scalar(select(App).where(App.name == name))
+    app = lookup_app(name)
     created = app is None
     settings = _settings()
     if app is None:
-        authorize(ident, Action.WRITE)
-        app = App(name=name, team=g.db.get(Team, ident.team_id))
+        team = g.db.get(Team, ident.request_team())
+        authorize(ident, Permission.APP_WRITE, team, missing=app_missing(name))
+        quotas.check(g.db, team, apps=1)
+        app = App(name=name, team=team, state=AppState.STARTED)
         g.db.add(app)
-    elif not may_see(ident, app):  # names are the platform's: a push cannot hide one
-        raise Conflict(f"the app name {name!r} is taken by another team: push with another "
-                       "name.")
     else:
-        authorize(ident, Action.WRITE, app)
+        authorize_app(ident, app)
+    quotas.check(g.db, app.team, **quotas.push_demand(app, requested, settings.default_memory_mb))
     blobs = current_app.extensions["paas.blobstore"]
     package = Package(guid=str(uuid.uuid4()))
     package.blob_path = f"packages/{package.guid}.tar.gz"
@@ -444,7 +476,7 @@ def push(name: str):  # noqa: ANN201
             "add what need not be deployed to .paasignore.") from e
     try:
         matched = resources.parse_matched(request.form.get("resources"))
-        team_id = app.team_id or ident.team_id
+        team_id = app.team.id
         # One pass judges the upload and the cached files it names, as the stager will
         # unpack them, before anything is kept; the package assembled from both is not read
         # again here.
@@ -488,7 +520,7 @@ def _push_routes(app: App, created: bool, requested: dict[str, object], settings
     """Routes a push asks for, checked (and conflicts refused) before anything is stored:
     the manifest's ``routes`` are mapped (added, as in Cloud Foundry); ``no_route`` unmaps
     every route; a new app without either gets ``<name>.<platform domain>``."""
-    ident = current_identity()
+    ident = current_identity().acting_for(app.team.id)
     if requested.get("no_route"):
         if requested.get("routes"):
             raise InvalidInput("a push takes routes or no-route, not both.")
@@ -532,8 +564,9 @@ def present_build(build: Build) -> dict[str, object]:
 
 
 @v1.delete("/apps/<name>")
+@requires(Permission.APP_WRITE)
 def delete_app(name: str):  # noqa: ANN201
-    app = find_app(name, Action.WRITE)
+    app = find_app(name)
     events.record(g.db, "app.deleted", current_identity().name, app)
     had_routes = bool(app.routes)
     staging.remove_app(g.db, current_app.extensions["paas.blobstore"], app)
@@ -549,8 +582,9 @@ def delete_app(name: str):  # noqa: ANN201
 
 
 @v1.get("/apps/<name>/releases/<int:version>")
+@requires(Permission.APP_READ)
 def show_release(name: str, version: int):  # noqa: ANN201
-    app = find_app(name, Action.READ)
+    app = find_app(name)
     release = g.db.scalar(select(Release).where(Release.app_id == app.id,
                                                 Release.version == version))
     if release is None:

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from controller import events, packages
 from controller.api import v1
-from controller.auth import Action, authorize, current_identity
+from controller.auth import Permission, current_identity, requires
 from controller.errors import Conflict, InvalidInput, NotFound, TooLarge
 from controller.models import RegisteredBuildpack
 
@@ -40,6 +40,7 @@ def store_buildpack(upload) -> tuple[str, str]:  # noqa: ANN001
 
 
 @v1.get("/buildpacks")
+@requires(Permission.SELF)
 def list_buildpacks():  # noqa: ANN201
     registered = g.db.scalars(select(RegisteredBuildpack).order_by(
         RegisteredBuildpack.position, RegisteredBuildpack.name))
@@ -51,9 +52,9 @@ def list_buildpacks():  # noqa: ANN201
 
 
 @v1.post("/buildpacks")
+@requires(Permission.PLATFORM_ADMIN)
 def create_buildpack():  # noqa: ANN201
     ident = current_identity()
-    authorize(ident, Action.ADMIN)
     name = request.form.get("name", "")
     if not NAME.match(name):
         raise InvalidInput(f"{name!r} is not a buildpack name: use lower-case letters, digits, "
@@ -77,9 +78,9 @@ def create_buildpack():  # noqa: ANN201
 
 
 @v1.delete("/buildpacks/<name>")
+@requires(Permission.PLATFORM_ADMIN)
 def delete_buildpack(name: str):  # noqa: ANN201
     ident = current_identity()
-    authorize(ident, Action.ADMIN)
     bp = g.db.scalar(select(RegisteredBuildpack).where(RegisteredBuildpack.name == name))
     if bp is None:
         raise NotFound(f"there is no registered buildpack named {name!r}: "

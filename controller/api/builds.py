@@ -14,7 +14,13 @@ from contracts import keys
 from controller import staging
 from controller.api import v1
 from controller.api.apps import present_build
-from controller.auth import Action, authorize, current_identity
+from controller.auth import (
+    Permission,
+    authorize,
+    current_identity,
+    current_permission,
+    requires,
+)
 from controller.errors import NotFound
 from controller.models import Build, BuildState
 from controller.ratelimit import follow_slot, leased_stream
@@ -27,11 +33,12 @@ def find_build(guid: str) -> Build:
     missing = f"there is no build {guid}."
     if build is None:
         raise NotFound(missing)
-    authorize(current_identity(), Action.READ, build.app, missing=missing)
+    authorize(current_identity(), current_permission(), build.app.team, missing=missing)
     return build
 
 
 @v1.get("/builds/<guid>")
+@requires(Permission.APP_READ)
 def show_build(guid: str):  # noqa: ANN201
     build = find_build(guid)
     staging.settle(g.db, current_app.extensions["paas.redis"],
@@ -40,6 +47,7 @@ def show_build(guid: str):  # noqa: ANN201
 
 
 @v1.get("/builds/<guid>/log")
+@requires(Permission.APP_LOGS)
 def build_log(guid: str):  # noqa: ANN201
     """Staging output as it happens, one JSON object per line, ending with the result."""
     find_build(guid)  # 404 / 403 before the stream starts

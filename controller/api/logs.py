@@ -25,7 +25,7 @@ from contracts import keys
 from contracts.applog import API, SOURCES, LogLine, entry_json, raw_reply
 from controller.api import v1
 from controller.api.apps import find_app
-from controller.auth import Action
+from controller.auth import Permission, requires
 from controller.errors import InvalidInput
 from controller.ratelimit import FollowLease, follow_slot
 
@@ -89,8 +89,9 @@ def _is_stream_id(text: str) -> bool:
 
 
 @v1.get("/apps/<name>/logs")
+@requires(Permission.APP_LOGS)
 def app_logs(name: str):  # noqa: ANN201
-    app = find_app(name, Action.READ)  # 404 / 403 before the stream starts
+    app = find_app(name)  # 404 / 403 before the stream starts
     keep, lines, recent, follow, after = _params()
     client: redis.Redis = current_app.extensions["paas.redis"]
     stream = keys.app_log(app.guid)

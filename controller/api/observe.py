@@ -13,10 +13,11 @@ from sqlalchemy import select, text
 
 from contracts import keys
 from contracts.messages import STAGING_QUEUE, Heartbeat, agent_queue
+from controller.accounts import find_team
 from controller.actual import read_heartbeats
 from controller.api import v1
 from controller.api.apps import find_app
-from controller.auth import Action, authorize, current_identity
+from controller.auth import Permission, requires
 from controller.errors import InvalidInput
 from controller.models import Event, iso
 
@@ -132,6 +133,8 @@ def present_event(event: Event) -> dict[str, object]:
         "time": iso(event.created_at),
         "app": event.app_name,
         "actor": event.actor,
+        "token": event.token,
+        "team": event.team.name if event.team is not None else None,
         "type": event.type,
         "description": describe(event.type, event.data),
         "data": event.data,
@@ -163,17 +166,21 @@ def _page(query: Any) -> Any:
 
 
 @v1.get("/apps/<name>/events")
+@requires(Permission.APP_READ)
 def app_events(name: str):  # noqa: ANN201
-    app = find_app(name, Action.READ)
+    app = find_app(name)
     found = g.db.scalars(_page(select(Event).where(Event.app_guid == app.guid)))
     return jsonify({"events": [present_event(e) for e in found]})
 
 
 @v1.get("/events")
+@requires(Permission.PLATFORM_ADMIN)
 def all_events():  # noqa: ANN201
-    """Every event of the platform (admins): apps of every team, buildpacks."""
-    authorize(current_identity(), Action.ADMIN)
+    """Every event of the platform (admins): apps of every team, buildpacks; ``team`` keeps
+    one team's."""
     query = select(Event)
+    if request.args.get("team"):
+        query = query.where(Event.team_id == find_team(g.db, request.args["team"]).id)
     if request.args.get("type"):
         query = query.where(Event.type == request.args["type"])
     found = g.db.scalars(_page(query))
@@ -263,10 +270,10 @@ def _health_manager(client: Any) -> dict[str, object]:
 
 
 @v1.get("/status")
+@requires(Permission.PLATFORM_ADMIN)
 def status():  # noqa: ANN201
     """The platform at a glance, for operators: agents, queues, Redis, database, router,
     health manager."""
-    authorize(current_identity(), Action.ADMIN)
     settings = current_app.config["PAAS_SETTINGS"]
     client = _redis()
     now = time.time()

@@ -8,11 +8,11 @@ from flask import current_app, g, jsonify
 from sqlalchemy import select
 
 from contracts.messages import Heartbeat
-from controller import events, releases
+from controller import events, quotas, releases
 from controller.actual import nudge, read_heartbeats
 from controller.api import json_body, v1
 from controller.api.apps import find_app, present_app
-from controller.auth import Action, current_identity
+from controller.auth import Permission, current_identity, requires
 from controller.errors import Conflict, InvalidInput, NotFound
 from controller.models import App, AppState, HealthCheck, Process, Release, iso
 
@@ -41,10 +41,11 @@ def _changed(app: App, actor: str, type_: str, **data: object) -> None:
 
 # -- scale -------------------------------------------------------------------------------
 @v1.post("/apps/<name>/processes/<process_type>/scale")
+@requires(Permission.APP_WRITE)
 def scale(name: str, process_type: str):  # noqa: ANN201
     """Instances, memory and disk of one process type; a change of memory or disk rolls the
     instances over (one at a time, like a deploy)."""
-    app = find_app(name, Action.WRITE)
+    app = find_app(name)
     body = json_body()
     instances = _whole(body, "instances", 0, MAX_INSTANCES, "instances")
     memory = _whole(body, "memory_mb", 16, 65536, "memory (MB)")
@@ -54,6 +55,7 @@ def scale(name: str, process_type: str):  # noqa: ANN201
     process = _process(app, process_type)
     new = (instances if instances is not None else process.instances,
            memory or process.memory_mb, disk or process.disk_mb)
+    quotas.check(g.db, app.team, **quotas.scale_demand(app, process, new[0], new[1]))
     _check_capacity(app, process, *new)
     resized = (memory or process.memory_mb, disk or process.disk_mb) != \
         (process.memory_mb, process.disk_mb)
@@ -123,10 +125,12 @@ def _capacity(beats: list[Heartbeat]) -> list[dict[str, object]]:
 
 # -- lifecycle ---------------------------------------------------------------------------
 @v1.post("/apps/<name>/restart")
+@requires(Permission.APP_WRITE)
 def restart(name: str):  # noqa: ANN201
     """Replace every instance with a fresh one, one at a time (started if it was stopped)."""
-    app = find_app(name, Action.WRITE)
+    app = find_app(name)
     releases.require_current(g.db, app)
+    quotas.check(g.db, app.team, **quotas.start_demand(app))
     app.generation += 1
     app.state = AppState.STARTED
     _changed(app, current_identity().name, "app.restarted", generation=app.generation)
@@ -134,11 +138,12 @@ def restart(name: str):  # noqa: ANN201
 
 
 @v1.post("/apps/<name>/rebalance")
+@requires(Permission.APP_WRITE)
 def rebalance(name: str):  # noqa: ANN201
     """Even the app's spread over the agents: when one agent holds more than one instance
     above another's share, replace the instances one at a time (new ones are placed on the
     agents with the fewest of the app's instances)."""
-    app = find_app(name, Action.WRITE)
+    app = find_app(name)
     releases.require_current(g.db, app)
     beats = read_heartbeats(_redis())
     per_agent = {b.agent_id: 0 for b in beats}
@@ -157,17 +162,20 @@ def rebalance(name: str):  # noqa: ANN201
 
 
 @v1.post("/apps/<name>/stop")
+@requires(Permission.APP_WRITE)
 def stop(name: str):  # noqa: ANN201
-    app = find_app(name, Action.WRITE)
+    app = find_app(name)
     app.state = AppState.STOPPED
     _changed(app, current_identity().name, "app.stopped")
     return jsonify(present_app(app))
 
 
 @v1.post("/apps/<name>/start")
+@requires(Permission.APP_WRITE)
 def start(name: str):  # noqa: ANN201
-    app = find_app(name, Action.WRITE)
+    app = find_app(name)
     releases.require_current(g.db, app)
+    quotas.check(g.db, app.team, **quotas.start_demand(app))
     app.state = AppState.STARTED
     _changed(app, current_identity().name, "app.started")
     return jsonify(present_app(app))
@@ -179,9 +187,10 @@ CRASH_KEYS = {"immediate_restarts": (0, 100), "backoff_base": (0, 86400),
 
 
 @v1.patch("/apps/<name>")
+@requires(Permission.APP_WRITE)
 def update_app(name: str):  # noqa: ANN201
     """Rollout width, crash policy and the health check of a process type."""
-    app = find_app(name, Action.WRITE)
+    app = find_app(name)
     body = json_body()
     changes: dict[str, object] = {}
     width = _whole(body, "max_in_flight", 1, MAX_INSTANCES, "max_in_flight")
@@ -247,16 +256,18 @@ def _seconds(body: dict[str, object], key: str, low: float, high: float,
 
 # -- env ---------------------------------------------------------------------------------
 @v1.get("/apps/<name>/env")
+@requires(Permission.APP_ENV)
 def show_env(name: str):  # noqa: ANN201
-    app = find_app(name, Action.WRITE)  # values may be secrets: only who may change them
+    app = find_app(name)
     release = releases.current(g.db, app)
     return jsonify({"env": dict(sorted((release.env if release else {}).items()))})
 
 
 @v1.patch("/apps/<name>/env")
+@requires(Permission.APP_WRITE)
 def change_env(name: str):  # noqa: ANN201
     """Set and unset variables: a new release, rolled out like a deploy."""
-    app = find_app(name, Action.WRITE)
+    app = find_app(name)
     body = json_body()
     to_set, to_unset = body.get("set") or {}, body.get("unset") or []
     if not isinstance(to_set, dict) or not isinstance(to_unset, list):
@@ -302,17 +313,19 @@ def present_release(app: App, release: Release) -> dict[str, object]:
 
 
 @v1.get("/apps/<name>/releases")
+@requires(Permission.APP_READ)
 def list_releases(name: str):  # noqa: ANN201
-    app = find_app(name, Action.READ)
+    app = find_app(name)
     found = g.db.scalars(select(Release).where(Release.app_id == app.id)
                          .order_by(Release.version.desc()))
     return jsonify({"releases": [present_release(app, r) for r in found]})
 
 
 @v1.post("/apps/<name>/rollback")
+@requires(Permission.APP_WRITE)
 def rollback(name: str):  # noqa: ANN201
     """A new release with the droplet, env and commands of an earlier one."""
-    app = find_app(name, Action.WRITE)
+    app = find_app(name)
     version = _whole(json_body(), "version", 1, 1 << 30, "the release version")
     earlier = releases.rollback_target(g.db, app, version)
     if not earlier.droplet.image:  # controller.gc marks the droplets it removed so

@@ -21,11 +21,17 @@ from contracts import keys
 from contracts.logstream import KEEP_SECONDS
 from contracts.messages import RUN_TASK_TASK, Heartbeat, TaskSpec, agent_queue, dump, seal
 from contracts.secretbox import hide_arguments
-from controller import events
+from controller import events, quotas
 from controller.actual import read_heartbeats
 from controller.api import v1
 from controller.api.apps import find_app
-from controller.auth import Action, authorize, current_identity
+from controller.auth import (
+    Permission,
+    authorize,
+    current_identity,
+    current_permission,
+    requires,
+)
 from controller.errors import InvalidInput, NotFound, Unavailable
 from controller.models import App, Release
 from controller.ratelimit import follow_slot, leased_stream
@@ -64,16 +70,18 @@ def _command() -> str:
 
 
 @v1.post("/apps/<name>/tasks")
+@requires(Permission.APP_WRITE)
 def run_task(name: str):  # noqa: ANN201
     """Start a one-off task; the response names it, and its log follows it."""
-    app = find_app(name, Action.WRITE)
+    app = find_app(name)
     command = _command()
     release = g.db.get(Release, app.release_id) if app.release_id else None
     if release is None:
         raise NotFound(f"app {name!r} has no release yet to run a task in: push it first.")
+    client = _redis()
+    quotas.check(g.db, app.team, client, tasks=1)
     web = next((p for p in app.processes if p.type == "web"), None)
     memory_mb = web.memory_mb if web else current_app.config["PAAS_SETTINGS"].default_memory_mb
-    client = _redis()
     try:
         agent = pick_agent(read_heartbeats(client), memory_mb)
     except redis.RedisError as e:
@@ -92,6 +100,10 @@ def run_task(name: str):  # noqa: ANN201
                                                "agent": agent.agent_id})})
         pipe.expire(stream, KEEP_SECONDS)
         pipe.execute()
+        if app.team.quota_tasks is not None:
+            settings = current_app.config["PAAS_SETTINGS"]
+            quotas.task_started(client, app.team, spec.task_guid,
+                                settings.task_timeout or KEEP_SECONDS)
         current_app.extensions["paas.celery"].send_task(
             RUN_TASK_TASK, args=[dump(seal(spec, current_app.extensions["paas.secretbox"]))],
             queue=agent_queue(agent.agent_id))
@@ -121,11 +133,12 @@ def find_task(guid: str) -> dict[str, str]:
     app = g.db.scalar(select(App).where(App.guid == info["app_guid"]))
     if app is None:
         raise NotFound(f"the app of task {guid} has been deleted.")
-    authorize(current_identity(), Action.READ, app, missing=missing)
+    authorize(current_identity(), current_permission(), app.team, missing=missing)
     return {"agent": info.get("agent", ""), "start": first[0][0]}
 
 
 @v1.get("/tasks/<guid>/log")
+@requires(Permission.APP_LOGS)
 def task_log(guid: str):  # noqa: ANN201
     """The task's output as it happens, one JSON object per line: ``{"line": ...}``, then
     ``{"exit_code": N}`` or ``{"error": ...}``; ``{"ping": true}`` keeps a quiet one open."""

@@ -7,11 +7,13 @@ from controller.models.buildpack import RegisteredBuildpack
 from controller.models.event import Event
 from controller.models.release import Release, ReleaseStatus
 from controller.models.route import Certificate, Domain, Route
-from controller.models.team import DEFAULT_TEAM, Role, Team, Token
+from controller.models.team import DEFAULT_TEAM, QUOTA_KEYS, Team
+from controller.models.user import Membership, Role, Scope, Token, TokenKind, User
 
 __all__ = [
     "App", "AppState", "Base", "Build", "BuildState", "Certificate", "DEFAULT_TEAM", "Domain",
     "Droplet", "Event",
-    "HealthCheck", "Package", "Process", "RegisteredBuildpack", "Release", "ReleaseStatus",
-    "Role", "Route", "Team", "Token", "iso", "validate_name",
+    "HealthCheck", "Membership", "Package", "Process", "QUOTA_KEYS", "RegisteredBuildpack",
+    "Release", "ReleaseStatus", "Role", "Route", "Scope", "Team", "Token", "TokenKind", "User",
+    "iso", "validate_name",
 ]

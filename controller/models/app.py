@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from controller.errors import InvalidInput
@@ -31,9 +31,11 @@ class AppState:
 
 class App(Base):
     __tablename__ = "apps"
+    # Names are the team's: two teams may both have an app called api (routes stay unique).
+    __table_args__ = (UniqueConstraint("team_id", "name"),)
     id: Mapped[intpk]
     guid: Mapped[guid]
-    name: Mapped[str] = mapped_column(String(63), unique=True)
+    name: Mapped[str] = mapped_column(String(63))
     team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"))
     state: Mapped[str] = mapped_column(String(16), default=AppState.STARTED)
     # The release instances should run; None until the first successful staging.

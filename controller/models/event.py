@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from sqlalchemy import JSON, ForeignKey, String
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from controller.models.base import Base, created, intpk
+from controller.models.team import Team
 
 
 class Event(Base):
@@ -14,7 +15,10 @@ class Event(Base):
     team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id", ondelete="SET NULL"))
     app_guid: Mapped[str | None] = mapped_column(String(36), index=True)
     app_name: Mapped[str | None] = mapped_column(String(63))
-    actor: Mapped[str] = mapped_column(String(100))
+    actor: Mapped[str] = mapped_column(String(100))  # the user (or health, stager)
+    token: Mapped[str | None] = mapped_column(String(100), nullable=True)  # the token's name
     type: Mapped[str] = mapped_column(String(50))
     data: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[created]
+
+    team: Mapped[Team | None] = relationship()

@@ -1,21 +1,16 @@
-"""Teams own apps; tokens are the identities that act on them."""
+"""Teams own apps, routes and domains; a team's quota caps what its apps may use."""
 
 from __future__ import annotations
 
-import hashlib
-import secrets
-
-from sqlalchemy import ForeignKey, String
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy import Boolean, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
 
 from controller.models.base import Base, created, guid, intpk
 
 DEFAULT_TEAM = "default"
 
-
-class Role:
-    ADMIN = "admin"  # every team, platform operations
-    DEVELOPER = "developer"  # read and write the apps of its own team
+# What a quota limits, and its column on ``teams`` (None: unlimited).
+QUOTA_KEYS = ("memory_mb", "instances", "apps", "routes", "tasks", "services")
 
 
 class Team(Base):
@@ -23,26 +18,16 @@ class Team(Base):
     id: Mapped[intpk]
     guid: Mapped[guid]
     name: Mapped[str] = mapped_column(String(63), unique=True)
+    # Whether the team's viewers may read its apps' logs (they may read everything else).
+    viewer_logs: Mapped[bool] = mapped_column(Boolean, default=True)
+    quota_memory_mb: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    quota_instances: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    quota_apps: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    quota_routes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    quota_tasks: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    quota_services: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[created]
 
-
-class Token(Base):
-    __tablename__ = "tokens"
-    id: Mapped[intpk]
-    name: Mapped[str] = mapped_column(String(100))
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    role: Mapped[str] = mapped_column(String(20))
-    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
-    created_at: Mapped[created]
-
-    team: Mapped[Team] = relationship()
-
-    @staticmethod
-    def hash(secret: str) -> str:
-        return hashlib.sha256(secret.encode()).hexdigest()
-
-    @classmethod
-    def issue(cls, name: str, role: str, team: Team) -> tuple[Token, str]:
-        """A new token and its secret; only the hash is stored."""
-        secret = "paas_" + secrets.token_urlsafe(32)
-        return cls(name=name, role=role, team=team, token_hash=cls.hash(secret)), secret
+    @property
+    def quota(self) -> dict[str, int | None]:
+        return {key: getattr(self, f"quota_{key}") for key in QUOTA_KEYS}

@@ -23,8 +23,16 @@ class FakeRedis:
         self.data[key] = self._b(value)
         return True
 
-    def expire(self, key: str, seconds: int) -> bool:
+    def expire(self, key: str, seconds: int, **_: Any) -> bool:
         return key in self.data
+
+    def incr(self, key: str, amount: int = 1) -> int:
+        value = int(self.data.get(key, b"0")) + amount
+        self.data[key] = self._b(value)
+        return value
+
+    def ttl(self, key: str) -> int:
+        return 60 if key in self.data else -2
 
     def exists(self, key: str) -> int:
         return int(key in self.data)
@@ -127,6 +135,25 @@ class FakeRedis:
         held = self.__dict__.get("follows", {}).get(key, set())
         gone = [m for m in members if m in held]
         held.difference_update(gone)
+        scored = self.__dict__.get("zsets", {}).get(key, {})
+        return len(gone) + sum(scored.pop(m, None) is not None for m in members)
+
+    def zadd(self, key: str, mapping: dict[str, float]) -> int:
+        scored = self.__dict__.setdefault("zsets", {}).setdefault(key, {})
+        new = len(set(mapping) - set(scored))
+        scored.update(mapping)
+        return new
+
+    def zrange(self, key: str, start: int, end: int) -> list[bytes]:
+        scored = self.__dict__.get("zsets", {}).get(key, {})
+        ordered = sorted(scored, key=scored.__getitem__)
+        return [self._b(m) for m in ordered[start:None if end == -1 else end + 1]]
+
+    def zremrangebyscore(self, key: str, low: Any, high: float) -> int:
+        scored = self.__dict__.get("zsets", {}).get(key, {})
+        gone = [m for m, score in scored.items() if score <= high]
+        for m in gone:
+            del scored[m]
         return len(gone)
 
     def ping(self) -> bool:

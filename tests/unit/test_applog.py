@@ -9,8 +9,9 @@ from typing import Any
 
 from contracts import applog, keys
 from contracts.applog import AppLogWriter, DockerTime, LogLine, cut
+from controller.accounts import member_token
 from controller.events import log_line
-from controller.models import Role, Team, Token
+from controller.models import Role
 from dea_agent.logs import frames
 from tests.unit.fakes import FakeRedis
 from tests.unit.test_controller_api import package, push
@@ -184,10 +185,7 @@ def test_bad_filters_are_refused_with_a_sentence(env):  # noqa: ANN001
 def test_another_teams_logs_are_a_404_as_for_an_app_that_does_not_exist(env):  # noqa: ANN001
     _seed(env)
     with env.app.extensions["paas.sessionmaker"]() as session:
-        team = Team(name="other")
-        token, secret = Token.issue("dev", Role.DEVELOPER, team)
-        session.add_all([team, token])
-        session.commit()
+        secret = member_token(session, "dev-" + "other", "other", Role.DEVELOPER)
     r = env.client.get("/v1/apps/web1/logs?recent=1",
                        headers={"Authorization": f"Bearer {secret}"})
     assert r.status_code == 404

@@ -11,7 +11,8 @@ import pytest
 from contracts import keys
 from contracts.messages import STAGE_TASK, StageResult, dump
 from controller import staging
-from controller.models import App, Build, Release, Role, Team, Token
+from controller.accounts import member_token
+from controller.models import App, Build, Release, Role
 from tests.unit.fakes import FakeCelery
 
 
@@ -47,7 +48,7 @@ def test_info_needs_no_token(env):  # noqa: ANN001
 def test_requests_without_a_valid_token_get_401(env, header):  # noqa: ANN001
     response = env.client.get("/v1/apps", headers={"Authorization": header})
     assert response.status_code == 401
-    assert "paas login --token" in response.json["error"]
+    assert "paas login" in response.json["error"]
 
 
 def test_push_creates_app_build_and_enqueues_staging(env):  # noqa: ANN001
@@ -171,10 +172,7 @@ def test_a_developer_cannot_touch_another_teams_app(env):  # noqa: ANN001
     push(env.client, "theirs", package())
     sessions = env.app.extensions["paas.sessionmaker"]
     with sessions() as session:
-        team = Team(name="other")
-        token, secret = Token.issue("dev", Role.DEVELOPER, team)
-        session.add_all([team, token])
-        session.commit()
+        secret = member_token(session, "dev-" + "other", "other", Role.DEVELOPER)
     headers = {"Authorization": f"Bearer {secret}"}
     for r in (env.client.get("/v1/apps/theirs", headers=headers),
               env.client.delete("/v1/apps/theirs", headers=headers)):
@@ -227,10 +225,7 @@ def test_buildpack_without_compile_is_refused(env):  # noqa: ANN001
 def test_only_admins_register_buildpacks(env):  # noqa: ANN001
     sessions = env.app.extensions["paas.sessionmaker"]
     with sessions() as session:
-        team = session.query(Team).one()
-        token, secret = Token.issue("dev", Role.DEVELOPER, team)
-        session.add(token)
-        session.commit()
+        secret = member_token(session, "dev", "default", Role.DEVELOPER)
     good = buildpack_tarball({"bin/compile": "#!/bin/sh\n"})
     response = create_buildpack(env.client, "mine", good,
                                 headers={"Authorization": f"Bearer {secret}"})

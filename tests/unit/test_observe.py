@@ -14,9 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from contracts import keys
 from contracts.messages import Heartbeat, InstanceReport
 from controller import events as events_mod
+from controller.accounts import member_token
 from controller.convergence import Unplaceable
 from controller.metrics import HealthMetrics
-from controller.models import App, Role, Team, Token
+from controller.models import App, Role
 from tests.unit.test_runtime_api import released
 
 MiB = 1 << 20
@@ -25,10 +26,7 @@ MiB = 1 << 20
 def developer(env, team_name: str = "other") -> dict[str, str]:  # noqa: ANN001
     sessions = env.app.extensions["paas.sessionmaker"]
     with sessions() as session:
-        team = Team(name=team_name)
-        token, secret = Token.issue("dev", Role.DEVELOPER, team)
-        session.add_all([team, token])
-        session.commit()
+        secret = member_token(session, "dev-" + team_name, team_name, Role.DEVELOPER)
     return {"Authorization": f"Bearer {secret}"}
 
 

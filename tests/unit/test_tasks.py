@@ -31,7 +31,8 @@ from contracts.messages import (
 from contracts.secretbox import load_box
 from contracts.settings import load
 from controller import staging
-from controller.models import Build, Event, Role, Team, Token
+from controller.accounts import member_token
+from controller.models import Build, Event, Role
 from dea_agent.tasks import TaskRunner, split_lines
 from tests.unit.fakes import FakeCelery, FakeRedis
 
@@ -273,10 +274,7 @@ def test_another_teams_developer_can_neither_run_nor_read_tasks(env):  # noqa: A
     _agent(env, "agent-a", 4096, 0)
     guid = _run(env, "theirs").json["guid"]
     with env.app.extensions["paas.sessionmaker"]() as session:
-        team = Team(name="other")
-        token, secret = Token.issue("dev", Role.DEVELOPER, team)
-        session.add_all([team, token])
-        session.commit()
+        secret = member_token(session, "dev-" + "other", "other", Role.DEVELOPER)
     headers = {"Authorization": f"Bearer {secret}"}
     r = _run(env, "theirs", headers=headers)
     assert r.status_code == 404 and "there is no app named 'theirs'" in r.json["error"]

@@ -68,10 +68,12 @@ def test_another_teams_host_name_is_refused_on_every_path(env, teams, body):  # 
 def test_a_push_cannot_take_another_teams_host_name_and_an_admin_still_can(env, teams):  # noqa: ANN001
     r = push_as(env, teams.b, "bapp", {"routes": ["shop.localhost/admin"]})
     assert r.status_code == 409 and "shop.localhost is taken by another team" in r.json["error"]
-    r = push_as(env, teams.b, "shop")  # its default route is team A's host name
-    assert r.status_code == 409 and "taken by another team" in r.json["error"]
-    assert "store" not in r.json["error"]
-    assert env.client.get("/v1/apps/shop", headers=teams.b).status_code == 404
+    # App names are a team's, host names the platform's: the default route of team B's
+    # "shop" (team A's host name) becomes shop-<team>.
+    r = push_as(env, teams.b, "shop")
+    assert r.status_code == 201, r.json
+    assert r.json["app"]["urls"] == ["http://shop-teamb.localhost:8080"]
+    assert env.client.delete("/v1/apps/shop", headers=teams.b).status_code == 200
     r = env.client.post("/v1/apps/bapp/routes", json={"domain": "localhost",
                                                       "hostname": "shop2", "path": "/x"},
                         headers=teams.b)
@@ -254,15 +256,18 @@ def test_every_app_endpoint_answers_another_team_as_for_an_app_that_does_not_exi
     assert rows(env, App) == 2 and rows(env, Route) == 3
 
 
-def test_a_push_to_another_teams_app_name_is_refused_and_matches_no_files_of_theirs(env, teams):  # noqa: ANN001
-    r = push_as(env, teams.b, "store")
-    assert r.status_code == 409 and r.json["error"] == (
-        "the app name 'store' is taken by another team: push with another name.")
-    assert rows(env, App) == 2
-    assert rows(env, Build) == 2  # nothing staged for team B
+def test_another_teams_app_name_is_a_new_app_of_ones_own_matching_none_of_theirs(env, teams):  # noqa: ANN001
     r = env.client.post("/v1/apps/store/resource_match", json={"resources": []},
                         headers=teams.b)
     assert r.status_code == 200 and r.json == {"resources": []}
+    r = push_as(env, teams.b, "store")
+    assert r.status_code == 201, r.json
+    assert rows(env, App) == 3 and rows(env, Build) == 3
+    mine = env.client.get("/v1/apps/store", headers=teams.b).json
+    theirs = env.client.get("/v1/apps/store", headers=teams.a).json
+    assert mine["guid"] != theirs["guid"]
+    assert mine["urls"] == ["http://store.localhost:8080"] and theirs["urls"] == [
+        "http://shop.localhost:8080", "http://www.a.test:8080"]
 
 
 def test_other_teams_lists_show_nothing_of_team_a(env, teams):  # noqa: ANN001
