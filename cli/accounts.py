@@ -309,6 +309,19 @@ def create_team(name: str, no_viewer_logs: bool) -> None:
                f"developer'; limit it with 'paas set-quota {name} --memory 4G'.")
 
 
+@main.command("update-team")
+@click.argument("name")
+@click.option("--viewer-logs/--no-viewer-logs", default=None,
+              help="Whether the team's viewers may read its apps' logs.")
+def update_team(name: str, viewer_logs: bool | None) -> None:
+    """Change a team's settings (its managers)."""
+    if viewer_logs is None:
+        raise click.UsageError("say what to change: --viewer-logs or --no-viewer-logs.")
+    account_client().patch(f"/teams/{_part(name)}", json={"viewer_logs": viewer_logs})
+    click.echo(f"Viewers of team {name} {'may' if viewer_logs else 'may not'} read its apps' "
+               "logs.")
+
+
 @main.command("delete-team")
 @click.argument("name")
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")

@@ -466,3 +466,14 @@ def test_passwd_prompts_twice_for_the_new_one_and_says_when_the_current_is_wrong
     assert "Error: the password was not changed: the current password is wrong." \
         in result.output
     assert _config(home)["token"] == "paas_t"
+
+
+def test_update_team_turns_viewer_logs_off_and_on(api: FakeApi, home: Path):
+    _write_config(home, target=api.url, token="paas_t")
+    api.answer("PATCH", "/teams/a", {"name": "a", "viewer_logs": False})
+    result = paas("update-team", "a", "--no-viewer-logs")
+    assert result.exit_code == 0, result.output
+    assert api.only("PATCH", "/teams/a").body == {"viewer_logs": False}
+    assert "may not read" in result.output
+    result = paas("update-team", "a")
+    assert result.exit_code == 2 and "--viewer-logs" in result.output
