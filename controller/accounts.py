@@ -4,7 +4,6 @@ random and long, so a slow hash buys nothing)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 
 from argon2 import PasswordHasher
@@ -212,6 +211,3 @@ def present_token(token: Token, current: Token | None = None) -> dict[str, objec
             "last_used_at": iso(token.last_used_at),
             "current": current is not None and token.id == current.id}
 
-
-def expires_in(ttl: float | None) -> dt.datetime | None:
-    return utcnow() + dt.timedelta(seconds=ttl) if ttl else None

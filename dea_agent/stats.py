@@ -371,12 +371,13 @@ class CapacityCollector:
         for state, count in sorted(counts.items()):
             states.add_metric([state], count)
         yield states
-        labels = ["app", "process_type", "index"]
+        # App names are a team's (two teams may both have "api"): the guid tells them apart.
+        labels = ["app", "app_guid", "process_type", "index"]
         memory = GaugeMetricFamily("paas_instance_memory_bytes", "Memory in use", labels=labels)
         cpu = GaugeMetricFamily("paas_instance_cpu_percent", "CPU use (100 = one core)",
                                 labels=labels)
         for inst in beat.instances:
-            key = [inst.app_name, inst.process_type, str(inst.index)]
+            key = [inst.app_name, inst.app_guid, inst.process_type, str(inst.index)]
             if inst.memory_bytes is not None:
                 memory.add_metric(key, inst.memory_bytes)
             if inst.cpu_percent is not None:

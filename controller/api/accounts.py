@@ -45,9 +45,11 @@ def login():  # noqa: ANN201
     username, password = body.get("username"), body.get("password")
     if not isinstance(username, str) or not isinstance(password, str) or not username:
         raise InvalidInput("give a username and a password (text).")
-    ttl = accounts.parse_ttl(body.get("expires_in", _settings().login_token_ttl))
-    address = request.remote_addr or "?"
     settings = _settings()
+    # A login's token may be asked to end sooner, never later, than login_token_ttl.
+    ttl = min(accounts.parse_ttl(body.get("expires_in")) or settings.login_token_ttl,
+              settings.login_token_ttl)
+    address = request.remote_addr or "?"
     ratelimit.check_login(_redis(), settings, username, address)
     user = g.db.scalar(select(User).where(User.username == username))
     if not accounts.check_password(user, password):

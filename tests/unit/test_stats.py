@@ -248,6 +248,7 @@ def test_agent_capacity_is_prometheus_text():
     assert samples[("paas_agent_memory_used_bytes", ())] == 256 * MiB
     assert samples[("paas_agent_slots_used", ())] == 1
     assert samples[("paas_agent_instances", (("state", "RUNNING"),))] == 1
-    key = (("app", "web-app"), ("index", "0"), ("process_type", "web"))
+    key = (("app", "web-app"), ("app_guid", beat.instances[0].app_guid), ("index", "0"),
+           ("process_type", "web"))
     assert samples[("paas_instance_memory_bytes", key)] == 40 * MiB
     assert samples[("paas_instance_cpu_percent", key)] == 3.5
