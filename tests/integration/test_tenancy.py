@@ -211,12 +211,15 @@ def test_every_endpoint_answers_team_b_about_team_as_app_as_about_no_app(platfor
         assert seen[0][0] != 403 and not 200 <= seen[0][0] < 300, (method, rule, seen)
         if endpoint != "v1.push":  # a push without a package: the same 400 either way
             assert seen[0][0] == 404, (method, rule, seen)
-    # A real push of that name: the name is the platform's, so it says it is taken.
+    # A real push of that name: app names are a team's, so it makes team B's own app and
+    # leaves team A's as it was.
     r = api(platform, teams.b, "POST", f"/v1/apps/{STORE}/push",
             files={"package": ("app.tar.gz", tiny_package())}, data={"options": "{}"})
-    assert r.status_code == 409 and "taken by another team" in r.json()["error"]
+    assert r.status_code == 201, r.text
     shown = api(platform, teams.a, "GET", f"/v1/apps/{STORE}")
     assert shown.status_code == 200 and shown.json()["routes"] == [f"{SHOP}.localhost"]
+    assert shown.json()["guid"] != r.json()["app"]["guid"]
+    assert api(platform, teams.b, "DELETE", f"/v1/apps/{STORE}").status_code == 200
 
 
 @pytest.mark.parametrize("command", [("app",), ("logs", "--recent"), ("logs",),
