@@ -501,11 +501,13 @@ def apps() -> None:
         click.echo("No apps yet: 'paas push NAME' in an app's folder pushes one.")
         return
     table = Table(box=None, pad_edge=False)
-    for column in ("name", "state", "instances", "release", "url"):
+    # Apps of several teams (a member of several, or an admin): names may repeat, so say whose.
+    teams = len({app.get("team") for app in listed}) > 1
+    for column in ("name", *(["team"] if teams else []), "state", "instances", "release", "url"):
         table.add_column(column)
     for app in listed:
         release = app.get("release") or {}
-        table.add_row(app["name"], app["state"],
+        table.add_row(app["name"], *([app.get("team") or "-"] if teams else []), app["state"],
                       f"{app.get('instances_running', 0)}/{app['instances_desired']}",
                       str(release.get("version", "-")),
                       app["urls"][0] if app["urls"] else "(no route)")

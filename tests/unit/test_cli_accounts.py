@@ -477,3 +477,17 @@ def test_update_team_turns_viewer_logs_off_and_on(api: FakeApi, home: Path):
     assert "may not read" in result.output
     result = paas("update-team", "a")
     assert result.exit_code == 2 and "--viewer-logs" in result.output
+
+
+def test_apps_of_several_teams_say_whose_they_are(api: FakeApi, home: Path):
+    _write_config(home, target=api.url, token="paas_t")
+    app = {"name": "api", "state": "STARTED", "instances_desired": 1, "instances_running": 1,
+           "release": {"version": 1}}
+    api.answer("GET", "/apps", {"apps": [
+        {**app, "team": "a", "urls": ["http://api.localhost"]},
+        {**app, "team": "b", "urls": ["http://api-b.localhost"]}]})
+    result = paas("apps")
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.output.splitlines()]
+    assert rows[0][:2] == ["name", "team"]
+    assert ["api", "a"] == rows[1][:2] and ["api", "b"] == rows[2][:2]
