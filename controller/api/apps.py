@@ -434,6 +434,9 @@ def resource_match(name: str):  # noqa: ANN201
     app = lookup_app(name)
     if app is not None:
         authorize_app(ident, app)
+    else:  # a new app's: who may push it to the request's team
+        authorize(ident, Permission.APP_WRITE, g.db.get(Team, ident.request_team()),
+                  missing=app_missing(name))
     body = request.get_json(silent=True) or {}
     team_id = app.team_id if app is not None else ident.request_team()
     found = resources.match(current_app.extensions["paas.blobstore"], team_id,
@@ -586,7 +589,8 @@ def delete_app(name: str):  # noqa: ANN201
 def show_release(name: str, version: int):  # noqa: ANN201
     app = find_app(name)
     release = g.db.scalar(select(Release).where(Release.app_id == app.id,
-                                                Release.version == version))
+                                                Release.version == version)) \
+        if version < 2**31 else None  # past the column's range (the database would fail)
     if release is None:
         raise NotFound(f"app {name!r} has no release {version}.")
     return jsonify({

@@ -158,9 +158,12 @@ def _page(query: Any) -> Any:
     for name, compare in (("before", Event.id.__lt__), ("after", Event.id.__gt__)):
         if request.args.get(name):
             try:
-                query = query.where(compare(int(request.args[name])))
-            except ValueError as e:
-                raise InvalidInput(f"{name} must be an event id.") from e
+                event_id = int(request.args[name])
+            except ValueError:
+                event_id = -1
+            if not 0 <= event_id < 2**63:
+                raise InvalidInput(f"{name} must be an event id (a whole number from 0).")
+            query = query.where(compare(event_id))
     query = query.order_by(Event.id.asc() if order == "asc" else Event.id.desc())
     return query.limit(limit)
 
