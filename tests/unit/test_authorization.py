@@ -445,10 +445,7 @@ ENDPOINTS = endpoints()
 
 # Where the controller is known to differ from RULES (the lead has the reproducers): strict
 # xfails, so the test turns red when one is fixed and its line can go.
-KNOWN = {
-    "v1.resource_match": "a viewer may POST /v1/apps/NEW/resource_match (200): for a name "
-                         "with no app, the view takes the request's team without authorize()",
-}
+KNOWN: dict[str, str] = {}
 
 
 def matrix_params() -> list:
@@ -680,8 +677,9 @@ def test_a_viewer_changes_nothing_of_the_team_and_reads_no_env_values(world: Uni
     check_viewer_changes_nothing(world)
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN["v1.resource_match"])
 def test_a_viewer_may_not_match_resources_for_a_new_app(world: UnitWorld) -> None:
+    """The first bug this matrix found: a name with no app took the request's team without
+    checking the caller's role in it."""
     got = world.send(world.tokens[VIEWER.key], "POST",
                      f"/v1/apps/{world.unique('app')}/resource_match", json={"resources": []})
-    assert got.status == 403, got
+    assert got.status == 403 and "may not change the team's apps" in got.error, got
