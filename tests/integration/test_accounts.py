@@ -19,6 +19,7 @@ import redis
 import requests
 
 from launcher.sandbox import Sandbox, paas_command
+from tests.integration.runtime_helpers import wait_for
 from tests.integration.test_tenancy import tiny_package
 
 pytestmark = pytest.mark.usefixtures("dump_logs_on_failure")
@@ -189,8 +190,22 @@ def test_a_tokens_scope_caps_what_it_may_do(platform: Sandbox, people: Any) -> N
                                ("DELETE", "/apps/acct-x", None)):
         r = api(platform, read, method, path, json=body)
         assert r.status_code == 403 and r.json()["error"] == sentence, (method, r.text)
-    # deploy may change apps (a new app's push is accepted), not manage the team's members
-    # nor make itself an admin-scope token.
+    # deploy may push, scale and delete apps...
+    r = api(platform, deploy, "POST", "/apps/acct-scope/push",
+            files={"package": ("app.tar.gz", tiny_package())},
+            data={"options": json.dumps({"no_route": True, "instances": 0})})
+    assert r.status_code == 201, r.text
+    assert wait_for(lambda: api(platform, read, "GET", "/apps/acct-scope").json()["processes"],
+                    timeout=180), "the build of acct-scope did not finish"
+    r = api(platform, read, "POST", "/apps/acct-scope/processes/web/scale",
+            json={"memory_mb": 128})
+    assert r.status_code == 403 and r.json()["error"] == sentence
+    r = api(platform, deploy, "POST", "/apps/acct-scope/processes/web/scale",
+            json={"memory_mb": 128})
+    assert r.status_code == 200, r.text
+    assert r.json()["processes"][0]["memory_mb"] == 128
+    assert api(platform, deploy, "DELETE", "/apps/acct-scope").status_code == 200
+    # ...but not manage the team's members nor make itself an admin-scope token.
     r = api(platform, deploy, "PUT", f"/teams/{T1}/members/{TWO}", json={"role": "viewer"})
     assert r.status_code == 403 and r.json()["error"] == (
         "this token's scope 'deploy' does not allow this (it needs 'admin'): create one with "
