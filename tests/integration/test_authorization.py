@@ -31,6 +31,7 @@ from tests.unit.test_authorization import (
     Endpoint,
     Req,
     World,
+    check_another_teams_header,
     check_endpoint,
     check_viewer_changes_nothing,
     check_viewer_logs,
@@ -170,3 +171,7 @@ def test_viewers_read_logs_only_while_the_team_lets_them(world: LiveWorld) -> No
 
 def test_a_viewer_changes_nothing_of_the_team_and_reads_no_env_values(world: LiveWorld) -> None:
     check_viewer_changes_nothing(world)
+
+
+def test_naming_another_team_finds_no_such_team(world: LiveWorld) -> None:
+    check_another_teams_header(world)

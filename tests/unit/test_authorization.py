@@ -69,6 +69,26 @@ DEPLOY_TOKEN = Caller("manager-deploy-token", Role.MANAGER, Role.MANAGER, scope=
 CALLERS = (ANON, VIEWER, DEVELOPER, MANAGER, OTHER, ADMIN, READ_TOKEN, DEPLOY_TOKEN)
 
 
+def refusal_words(caller: Caller, permission: str, context: str | None,
+                  team: str) -> str:
+    """What the sentence of a refusal :func:`expected` gives must say (``team``: the name of
+    the team whose object it is): why, and whom to ask or what to make."""
+    status = expected(caller, permission, context)
+    rule = RULES.get(permission)
+    if status == 401:
+        return "paas login"
+    if status == 404:
+        return "there is no "
+    if Scope.rank(caller.scope or "") < Scope.rank(rule.scope):
+        return (f"this token's scope {caller.scope!r} does not allow this (it needs "
+                f"{rule.scope!r}): create one with 'paas create-token NAME --scope {rule.scope}'")
+    if permission == Permission.PLATFORM_ADMIN:
+        return "only platform admins may do this"
+    role = caller.role_a if context == TEAM_A else caller.own_role
+    return (f"your role {role!r} in team {team!r} may not {rule.doing}: ask a manager of the "
+            f"team for the {rule.role} role.")
+
+
 def expected(caller: Caller, permission: str, context: str | None) -> int | None:
     """The status RULES gives ``caller`` for ``permission`` on an object of ``context``'s
     team: None when allowed, else 401 (no token), 403 (too little) or 404 (not its team's)."""
@@ -446,6 +466,8 @@ ENDPOINTS = endpoints()
 # Where the controller is known to differ from RULES (the lead has the reproducers): strict
 # xfails, so the test turns red when one is fixed and its line can go.
 KNOWN: dict[str, str] = {}
+# Endpoints whose refusals have sentences of their own (not the ones of controller.auth).
+OWN_WORDS = {"metrics"}
 
 
 def matrix_params() -> list:
@@ -474,10 +496,13 @@ def check_endpoint(world: World, endpoint: Endpoint) -> list[str]:
                     world.allowed_means_2xx and not 200 <= got.status < 300):
                 wrong.append(f"{said} (RULES allow it)")
             continue
+        words = refusal_words(caller, endpoint.permission, target.context, world.team_a)
         if got.status != want:
             wrong.append(f"{said} (RULES say {want})")
-        elif not (got.error or "").rstrip().endswith((".", ")")) or len(got.error or "") < 15:
-            wrong.append(f"{said} (a refusal needs a sentence saying what to do)")
+        elif words not in (got.error or "") and endpoint.name not in OWN_WORDS:
+            wrong.append(f"{said} (the refusal should say {words!r})")
+        elif not (got.error or "").rstrip().endswith((".", ")")):
+            wrong.append(f"{said} (a refusal is a sentence)")
         if watched and world.acted_since(caller, mark):
             wrong.append(f"{said} (refused, yet it recorded an event: something changed)")
     return wrong
@@ -530,6 +555,23 @@ def check_viewer_changes_nothing(world: World) -> None:
                          files=req.files)
         assert got.status == 403, (endpoint.name, got)
         assert not world.acted_since(VIEWER, mark), endpoint.name
+
+
+def check_another_teams_header(world: World) -> None:
+    """Team B's developer naming team A (X-Paas-Team, as 'paas target --team' sends) is told,
+    on every endpoint but the public ones, that there is no such team, and changes nothing."""
+    token = world.tokens[OTHER.key]
+    sentence = (f"there is no team named {world.team_a!r}: 'paas teams' lists yours ('paas "
+                "target --team TEAM' picks one).")
+    for endpoint in ENDPOINTS:
+        if endpoint.permission == Permission.PUBLIC:
+            continue
+        req = RECIPES[endpoint.name].make(world, OTHER, False)
+        mark = world.mark()
+        got = world.send(req.token or token, endpoint.method, req.path, json=req.json,
+                         form=req.form, files=req.files, headers={"X-Paas-Team": world.team_a})
+        assert (got.status, got.error) == (404, sentence), (endpoint.name, got)
+        assert not world.acted_since(OTHER, mark), endpoint.name
 
 
 # -- the unit world: the Flask test client, fakes for Redis and Celery ---------------------
@@ -675,6 +717,10 @@ def test_viewers_read_logs_only_while_the_team_lets_them(world: UnitWorld) -> No
 
 def test_a_viewer_changes_nothing_of_the_team_and_reads_no_env_values(world: UnitWorld) -> None:
     check_viewer_changes_nothing(world)
+
+
+def test_naming_another_team_finds_no_such_team(world: UnitWorld) -> None:
+    check_another_teams_header(world)
 
 
 def test_a_viewer_may_not_match_resources_for_a_new_app(world: UnitWorld) -> None:
