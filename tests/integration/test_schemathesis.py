@@ -175,6 +175,39 @@ def test_a_whole_number_past_64_bits_is_refused_with_a_sentence(platform, fuzzer
     assert r.json()["error"].endswith(SENTENCE_ENDS)
 
 
+def json_operations() -> list[tuple[str, str]]:
+    """(method, path) of every fuzzed operation that takes a JSON body."""
+    return [(method.upper(), path) for path, item in document()["paths"].items()
+            for method, op in item.items()
+            if op["operationId"] not in LEFT_OUT
+            and "application/json" in op.get("requestBody", {}).get("content", {})]
+
+
+def url_for(path: str) -> str:
+    """``path`` with the fuzzer's app (or team), the web process and made-up rest."""
+    name = TEAM if path.startswith("/v1/teams/") else APP
+    return (path.replace("{name}", name).replace("{process_type}", "web")
+            .replace("{domain_name}", "fuzz.test").replace("{username}", "nobody"))
+
+
+@pytest.mark.parametrize(("method", "path"), json_operations())
+@pytest.mark.parametrize("body", [[None, None], "text", 7, {"unset": [{}]}],
+                         ids=["list", "string", "number", "object-in-a-list"])
+def test_a_body_of_the_wrong_shape_is_refused_with_a_sentence(platform, fuzzer, method, path,
+                                                              body):  # noqa: ANN001
+    """What the fuzzer found once (a 500 for a JSON list where an object belongs, and for an
+    object among env names to unset), for every operation that takes JSON, every time. The
+    real app even for a restage or a task: none of these bodies may start one."""
+    url = platform.settings.api_url + url_for(path)
+    r = requests.request(method, url, json=body, timeout=15,
+                         headers={"Authorization": f"Bearer {fuzzer}"})
+    assert r.status_code < 500, (f"curl -X {method} -H 'Authorization: Bearer T' -H "
+                                 f"'Content-Type: application/json' -d '{json.dumps(body)}' "
+                                 f"'{url}' -> {r.text}")
+    if r.status_code >= 400:
+        assert r.json()["error"].endswith(SENTENCE_ENDS)
+
+
 def test_the_fuzzer_sees_the_document_it_is_run_from(platform, fuzzer):  # noqa: ANN001
     """The run above means something: the document is served live, and the fuzzer's token
     is a developer's of its own team (so the left-out operations are all that is skipped)."""
