@@ -1,5 +1,6 @@
 """schemathesis against the live API: requests made from the OpenAPI document (valid ones and
-invalid ones) never get a 5xx, and every error is JSON with a sentence in ``error``.
+invalid ones) never get a 5xx, every error is JSON with a sentence in ``error``, and every
+answer has the status, content type and body the document gives it.
 
 It acts as a developer of a team of its own (``fuzz``, under a small quota), so what it changes
 is that team's: the platform is shared by the whole test session. Half of the requests about an
@@ -27,6 +28,11 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from controller.api.openapi import document
 from launcher.sandbox import paas_command
@@ -99,6 +105,11 @@ def errors_are_sentences(ctx, response, case) -> None:  # noqa: ANN001
         raise AssertionError(f"a {response.status_code} whose error is not a sentence: {error!r}")
 
 
+# No 5xx, errors are sentences, and each answer is what the document says (so it stays true).
+CHECKS = [not_a_server_error, errors_are_sentences, status_code_conformance,
+          content_type_conformance, response_schema_conformance]
+
+
 def prepare(case: schemathesis.Case) -> None:
     """Make a generated request one the shared platform can take, and one that reaches past
     the lookups (see the module's words)."""
@@ -141,7 +152,7 @@ def test_the_live_api_answers_without_a_5xx_and_its_errors_are_sentences(
     @given(case=operation.as_strategy(generation_mode=mode))
     def requests_to_it(case: schemathesis.Case) -> None:
         prepare(case)
-        case.call_and_validate(headers=headers, checks=[not_a_server_error, errors_are_sentences])
+        case.call_and_validate(headers=headers, checks=CHECKS)
 
     requests_to_it()
 
