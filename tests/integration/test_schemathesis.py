@@ -219,12 +219,18 @@ def test_a_body_of_the_wrong_shape_is_refused_with_a_sentence(platform, fuzzer, 
         assert r.json()["error"].endswith(SENTENCE_ENDS)
 
 
-def test_a_request_line_too_long_for_the_server_is_answered_with_a_json_sentence(
-        platform, fuzzer):  # noqa: ANN001
+@pytest.mark.parametrize("too_long", ["request line", "header"])
+def test_a_request_too_long_for_the_server_is_answered_with_a_json_sentence(
+        platform, fuzzer, too_long):  # noqa: ANN001
     """What the fuzzer found once: gunicorn refuses a request line over its limit (4,094
-    bytes) itself, with an HTML page, before the API sees it."""
-    url = f"{platform.settings.api_url}/v1/apps/{APP}/routes?domain={'a' * 5000}"
-    r = requests.delete(url, timeout=15, headers={"Authorization": f"Bearer {fuzzer}"})
+    bytes), or a header over its limit (8,190), itself, with an HTML page the API never saw."""
+    url = f"{platform.settings.api_url}/v1/apps/{APP}/routes"
+    headers = {"Authorization": f"Bearer {fuzzer}"}
+    if too_long == "header":
+        headers["X-Paas-Team"] = "a" * 9000
+    else:
+        url += f"?domain={'a' * 5000}"
+    r = requests.delete(url, timeout=15, headers=headers)
     assert 400 <= r.status_code < 500
     assert r.headers.get("Content-Type", "").startswith("application/json"), r.text[:300]
     assert r.json()["error"].endswith(SENTENCE_ENDS)
