@@ -6,6 +6,8 @@ without a token."""
 from __future__ import annotations
 
 import re
+import tomllib
+from pathlib import Path
 
 import pytest
 import schemathesis
@@ -161,3 +163,11 @@ def test_openapi_json_serves_the_document_without_a_token(app, doc):  # noqa: AN
     assert r.status_code == 200, r.json
     assert r.mimetype == "application/json"
     assert r.json == doc
+
+
+def test_the_document_ships_with_the_controller_package():
+    """An installed (not editable) controller has the file it serves."""
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    patterns = project["tool"]["setuptools"]["package-data"]["controller"]
+    relative = DOCUMENT.relative_to(DOCUMENT.parents[1]).as_posix()
+    assert any(Path(relative).match(p) for p in patterns), patterns
