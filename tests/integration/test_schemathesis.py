@@ -61,7 +61,7 @@ SPARED = {("DELETE", "/v1/apps/{name}"), ("POST", "/v1/apps/{name}/restage"),
 @pytest.fixture(scope="module")
 def fuzzer(platform, tmp_path_factory):  # noqa: ANN001, ANN201
     """A developer's token in the team ``fuzz`` (which nothing else uses), whose app ``APP``
-    is pushed and staged (and deleted afterwards)."""
+    is pushed and staged (and deleted afterwards, with the domains the run added)."""
     token = platform.create_token("fuzzer", TEAM, role="developer")
     api = platform.settings.api_url
     r = requests.put(f"{api}/v1/teams/{TEAM}/quota", json=QUOTA, timeout=30,
@@ -75,8 +75,14 @@ def fuzzer(platform, tmp_path_factory):  # noqa: ANN001, ANN201
         timeout=300)
     assert pushed.returncode == 0, pushed.stdout + pushed.stderr
     yield token
-    requests.delete(f"{api}/v1/apps/{APP}", timeout=30,
-                    headers={"Authorization": f"Bearer {token}"})
+    # What the run made that other tests could trip over: the app (its routes go with it) and
+    # the private domains it added (one could sit above a name another test adds later).
+    mine = {"Authorization": f"Bearer {token}"}
+    requests.delete(f"{api}/v1/apps/{APP}", timeout=30, headers=mine)
+    for domain in requests.get(f"{api}/v1/domains", timeout=30, headers=mine).json()["domains"]:
+        if domain["team"] == TEAM:
+            r = requests.delete(f"{api}/v1/domains/{domain['name']}", timeout=30, headers=mine)
+            assert r.status_code == 200, r.text
 
 
 @pytest.fixture(scope="module")
