@@ -162,10 +162,10 @@ def identify(session: Session) -> Identity:
                            .where(Membership.user_id == user.id)).all()
     roles = {team_id: role for team_id, role, _ in rows}
     names = {team_id: name for team_id, _, name in rows}
-    team_id, unclear = _request_team(session, user.is_admin, roles, names)
+    team_id, unclear, named = _request_team(session, user.is_admin, roles, names)
     return Identity(user_id=user.id, name=user.username, is_admin=user.is_admin,
                     scope=token.scope, token_id=token.id, token_name=token.name, roles=roles,
-                    team_names=names, team_id=team_id, teams_unclear=unclear)
+                    team_names=names, team_id=team_id, teams_unclear=unclear, team_named=named)
 
 
 def _touch(session: Session, token: Token, now: dt.datetime) -> None:
@@ -179,23 +179,25 @@ def _touch(session: Session, token: Token, now: dt.datetime) -> None:
 
 
 def _request_team(session: Session, is_admin: bool, roles: Mapping[int, str],
-                  names: Mapping[int, str]) -> tuple[int | None, tuple[str, ...]]:
+                  names: Mapping[int, str]) -> tuple[int | None, tuple[str, ...], bool]:
+    """The team the request means, the caller's teams when that is unclear, and whether the
+    request named it (X-Paas-Team)."""
     wanted = request.headers.get(TEAM_HEADER, "").strip()
     if wanted:
         for team_id, name in names.items():
             if name == wanted:
-                return team_id, ()
+                return team_id, (), True
         team = session.scalar(select(Team).where(Team.name == wanted)) if is_admin else None
         if team is None:
             raise NotFound(f"there is no team named {wanted!r}: 'paas teams' lists yours "
                            "('paas target --team TEAM' picks one).")
-        return team.id, ()
+        return team.id, (), True
     if len(roles) == 1:
-        return next(iter(roles)), ()
+        return next(iter(roles)), (), False
     if not roles and is_admin:
         team = session.scalar(select(Team).where(Team.name == DEFAULT_TEAM))
-        return (team.id if team else None), ()
-    return None, tuple(sorted(names.values()))
+        return (team.id if team else None), (), False
+    return None, tuple(sorted(names.values())), False
 
 
 def enforce(identity: Identity | None, permission: str | None) -> None:

@@ -13,6 +13,7 @@ of a body or write of a response within ``api_io_timeout`` (the connection's soc
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import shutil
@@ -98,7 +99,10 @@ def _application(options: dict[str, Any]) -> BaseApplication:
 
 
 def api_worker(io_timeout: float) -> type:
-    """gunicorn's gevent worker, with ``io_timeout`` on every client connection."""
+    """gunicorn's gevent worker, with ``io_timeout`` on every client connection, answering a
+    request it cannot parse with a JSON sentence (gunicorn's own answer is an HTML page)."""
+    from gunicorn import util
+    from gunicorn.http import errors as http_errors
     from gunicorn.workers.base_async import AsyncWorker
     from gunicorn.workers.ggevent import GeventWorker
 
@@ -110,7 +114,38 @@ def api_worker(io_timeout: float) -> type:
             client.settimeout(io_timeout)
             AsyncWorker.handle(self, listener, client, addr)
 
+        def handle_error(self, req: Any, client: socket.socket, addr: Any,
+                         exc: BaseException) -> None:
+            if not isinstance(exc, http_errors.ParseException):
+                super().handle_error(req, client, addr, exc)
+                return
+            self.log.warning("invalid request from %s: %s", (addr or ("",))[0], exc)
+            status, reason, sentence = parse_error_answer(exc, http_errors)
+            try:
+                util.write_nonblock(client, json_response(status, reason, sentence))
+            except OSError:
+                self.log.debug("could not send the error answer")
+
     return ApiWorker
+
+
+def parse_error_answer(exc: BaseException, errors: Any) -> tuple[int, str, str]:
+    """Status, reason and sentence for a request gunicorn could not parse."""
+    if isinstance(exc, errors.LimitRequestLine):
+        return (414, "URI Too Long", "the request's URL is longer than the controller accepts "
+                "(4094 bytes): send a shorter one.")
+    if isinstance(exc, errors.LimitRequestHeaders):
+        return (431, "Request Header Fields Too Large", "the request's headers are larger than "
+                "the controller accepts: send fewer or shorter ones.")
+    return 400, "Bad Request", f"the request is not valid HTTP ({exc}): send it again as HTTP/1.1."
+
+
+def json_response(status: int, reason: str, sentence: str) -> bytes:
+    """A whole HTTP/1.1 response (that closes the connection) carrying ``{"error": sentence}``."""
+    body = json.dumps({"error": sentence}).encode()
+    head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode("latin-1") + body
 
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from contracts import keys
 from contracts.messages import InstanceReport
 from controller import events, packages, quotas, resources, routing, staging
 from controller.actual import instances_by_app, nudge, read_heartbeats
-from controller.api import v1
+from controller.api import json_body, v1
 from controller.api.buildpacks import store_buildpack
 from controller.auth import (
     Permission,
@@ -401,7 +401,7 @@ def _push_options_from(options: dict[str, object]) -> dict[str, object]:
 def restage(name: str):  # noqa: ANN201
     """Stage the app's last package again (optionally without its build cache)."""
     app = find_app(name)
-    body = request.get_json(silent=True) or {}
+    body = json_body()
     package = g.db.scalar(select(Package).where(Package.app_id == app.id)
                           .order_by(Package.id.desc()))
     if package is None:
@@ -437,7 +437,7 @@ def resource_match(name: str):  # noqa: ANN201
     else:  # a new app's: who may push it to the request's team
         authorize(ident, Permission.APP_WRITE, g.db.get(Team, ident.request_team()),
                   missing=app_missing(name))
-    body = request.get_json(silent=True) or {}
+    body = json_body()
     team_id = app.team_id if app is not None else ident.request_team()
     found = resources.match(current_app.extensions["paas.blobstore"], team_id,
                             body.get("resources"))

@@ -270,7 +270,8 @@ def change_env(name: str):  # noqa: ANN201
     app = find_app(name)
     body = json_body()
     to_set, to_unset = body.get("set") or {}, body.get("unset") or []
-    if not isinstance(to_set, dict) or not isinstance(to_unset, list):
+    if not isinstance(to_set, dict) or not isinstance(to_unset, list) or \
+            not all(isinstance(k, str) for k in to_unset):
         raise InvalidInput("give 'set' as an object and 'unset' as a list of names.")
     for key, value in to_set.items():
         if not ENV_NAME.match(key) or not isinstance(value, str):

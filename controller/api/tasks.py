@@ -100,10 +100,8 @@ def run_task(name: str):  # noqa: ANN201
                                                "agent": agent.agent_id})})
         pipe.expire(stream, KEEP_SECONDS)
         pipe.execute()
-        if app.team.quota_tasks is not None:
-            settings = current_app.config["PAAS_SETTINGS"]
-            quotas.task_started(client, app.team, spec.task_guid,
-                                settings.task_timeout or KEEP_SECONDS)
+        quotas.task_started(client, app.team, spec.task_guid,  # counted in usage, quota or not
+                            current_app.config["PAAS_SETTINGS"].task_timeout or KEEP_SECONDS)
         current_app.extensions["paas.celery"].send_task(
             RUN_TASK_TASK, args=[dump(seal(spec, current_app.extensions["paas.secretbox"]))],
             queue=agent_queue(agent.agent_id))

@@ -372,8 +372,7 @@ def test_two_teams_each_run_an_app_called_api_on_their_own_route(
     shown = two.cli(platform, "login", "--username", TWO, "--password-stdin",
                     stdin=PASSWORD + "\n")
     assert shown.returncode == 0, shown.stdout + shown.stderr
-    # T1's api by DEV (a member of both), T2's by TWO (T2's only member): see the xfail below
-    # for why DEV cannot push T2's while T1 has one.
+    # T1's api by DEV (a member of both), T2's by TWO (T2's only member).
     for who, team in ((dev, T1), (two, T2)):
         assert who.cli(platform, "target", "--team", team).returncode == 0
         pushed = who.cli(platform, "push", "api", "-p",
@@ -416,9 +415,6 @@ def test_two_teams_each_run_an_app_called_api_on_their_own_route(
         assert platform.router_get(host, "/hello.txt").status_code == 200
 
 
-@pytest.mark.xfail(strict=True, reason="controller.auth.identify never sets team_named from "
-                   "X-Paas-Team: a push to the named team updates another team's app of the "
-                   "name")
 def test_a_push_to_the_targeted_team_makes_its_app_when_another_team_has_the_name(
         platform: Sandbox, people: Any) -> None:
     token = token_of(platform, DEV)

@@ -148,7 +148,7 @@ def test_a_member_of_two_teams_must_pick_the_team_of_a_new_app(env: Any) -> None
     assert r.status_code == 400 and r.json["error"] == (
         "you belong to teams a, b: pick the one to act in with 'paas target --team TEAM'.")
     assert push_as(env, bearer(secret, "a"), "web").status_code == 201
-    user(env, "carol", {"b": "developer"})  # b's own web (see the xfail below for why)
+    user(env, "carol", {"b": "developer"})  # b's own web
     assert push_as(env, bearer(token_of(env, "carol")), "web").status_code == 201
     r = env.client.get("/v1/apps/web", headers=bearer(secret))
     assert r.status_code == 400 and r.json["error"] == (
@@ -159,8 +159,6 @@ def test_a_member_of_two_teams_must_pick_the_team_of_a_new_app(env: Any) -> None
     assert guids["a"] != guids["b"]
 
 
-@pytest.mark.xfail(strict=True, reason="controller.auth.identify never sets team_named from "
-                   "X-Paas-Team, so a named team does not bound lookups, pushes or lists")
 def test_a_push_to_the_named_team_makes_its_own_app_when_another_team_has_the_name(
         env: Any) -> None:
     user(env, "alice", {"a": "developer", "b": "developer"})

@@ -238,9 +238,6 @@ def test_a_task_past_the_running_tasks_quota_is_refused_until_one_ends(env: Any)
     assert env.client.post("/v1/apps/myapp/tasks", json={"command": "true"}).status_code == 201
 
 
-@pytest.mark.xfail(strict=True, reason="controller/api/tasks.py records a running task only "
-                   "when its team has a tasks quota: tasks started before a quota is set are "
-                   "not counted, and a team without one shows 0 running tasks")
 def test_tasks_started_before_a_tasks_quota_count_against_it(env: Any) -> None:
     _task_env(env)
     assert env.client.post("/v1/apps/myapp/tasks", json={"command": "sleep 60"}).status_code \
