@@ -116,14 +116,20 @@ CASES: dict[str, tuple[Callable[[Path], bytes], list[str]]] = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_a_hostile_package_is_refused_and_nothing_is_kept(platform: Sandbox, tmp_path: Path,
-                                                          case: str) -> None:
+def _hostile(tmp_path: Path, case: str) -> tuple[Path, bytes, list[str]]:
+    """A folder the archive of ``case`` aims at (holding keep.txt), the archive, and the words
+    its refusal must say."""
     watched = tmp_path / "watched"
     watched.mkdir()
     (watched / "keep.txt").write_text("untouched")
     build, words = CASES[case]
-    data = build(watched)
+    return watched, build(watched), words
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_hostile_package_is_refused_and_nothing_is_kept(platform: Sandbox, tmp_path: Path,
+                                                          case: str) -> None:
+    watched, data, words = _hostile(tmp_path, case)
     before = blobs(platform)
     name = f"hostile-{case}"
     response = push_raw(platform, name, data)
@@ -145,11 +151,7 @@ BUILDPACK_CASES = ["symlink-chain", "dotdot", "link-parent", "hardlink-out", "de
 @pytest.mark.parametrize("case", BUILDPACK_CASES)
 def test_a_hostile_buildpack_is_refused_and_nothing_is_kept(platform: Sandbox, tmp_path: Path,
                                                             case: str) -> None:
-    watched = tmp_path / "watched"
-    watched.mkdir()
-    (watched / "keep.txt").write_text("untouched")
-    build, words = CASES[case]
-    data = build(watched)
+    watched, data, words = _hostile(tmp_path, case)
     before, listed = blobs(platform), api(platform, "GET", "/buildpacks").json()
     response = api(platform, "POST", "/buildpacks", data={"name": f"evil-{case}"},
                    files={"buildpack": ("buildpack.tar.gz", data)})

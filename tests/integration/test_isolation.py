@@ -275,6 +275,18 @@ def test_an_app_given_gvisor_runs_under_runsc_and_serves(platform, tmp_path: Pat
     assert ran.stdout.strip() and ran.stdout.strip() != os.uname().release
 
 
+def _failing_buildpack(folder: Path, compile_step: str) -> Path:
+    """A buildpack that detects every app and whose compile step runs ``compile_step`` (what a
+    test wants to see from inside staging), then fails the build."""
+    (folder / "bin").mkdir(parents=True)
+    for step, body in (("detect", "exit 0"), ("release", "echo '--- {}'"),
+                       ("compile", f"{compile_step}; exit 1")):
+        script = folder / "bin" / step
+        script.write_text(f"#!/bin/sh\n{body}\n")
+        script.chmod(0o755)
+    return folder
+
+
 def test_staging_containers_reach_neither_the_platform_nor_private_networks(  # noqa: ANN001
         platform, tmp_path: Path):
     _push(platform, "iso-target", tmp_path)
@@ -283,14 +295,8 @@ def test_staging_containers_reach_neither_the_platform_nor_private_networks(  # 
     [config] = staging.attrs["IPAM"]["Config"]
     gateway = config.get("Gateway") or str(next(ipaddress.ip_network(config["Subnet"]).hosts()))
     # A buildpack whose compile step is the probe; it fails the build once it has answered.
-    buildpack = tmp_path / "probe-buildpack"
-    (buildpack / "bin").mkdir(parents=True)
-    for step, body in (("detect", "exit 0"), ("release", "echo '--- {}'"),
-                       ("compile", 'python3 "$1/probe.py" connect $(cat "$1/targets"); '
-                                   "exit 1")):
-        script = buildpack / "bin" / step
-        script.write_text(f"#!/bin/sh\n{body}\n")
-        script.chmod(0o755)
+    buildpack = _failing_buildpack(tmp_path / "probe-buildpack",
+                                   'python3 "$1/probe.py" connect $(cat "$1/targets")')
     app = tmp_path / "probed"
     shutil.copytree(FIXTURES / "confined-app", app)
     s = platform.settings
@@ -316,13 +322,8 @@ def test_staging_containers_reach_neither_the_platform_nor_private_networks(  # 
 
 
 def test_an_app_given_gvisor_is_staged_under_runsc_too(platform, tmp_path: Path):  # noqa: ANN001
-    buildpack = tmp_path / "kernel-buildpack"
-    (buildpack / "bin").mkdir(parents=True)
-    for step, body in (("detect", "exit 0"), ("release", "echo '--- {}'"),
-                       ("compile", 'echo "staging kernel $(uname -r)"; exit 1')):
-        script = buildpack / "bin" / step
-        script.write_text(f"#!/bin/sh\n{body}\n")
-        script.chmod(0o755)
+    buildpack = _failing_buildpack(tmp_path / "kernel-buildpack",
+                                   'echo "staging kernel $(uname -r)"')
     app = tmp_path / "app"
     shutil.copytree(FIXTURES / "confined-app", app)
     PUSHED.append(("iso-gvisor-build", None))
