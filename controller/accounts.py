@@ -4,6 +4,7 @@ random and long, so a slow hash buys nothing)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 
 from argon2 import PasswordHasher
@@ -13,7 +14,9 @@ from sqlalchemy.orm import Session
 
 from controller.errors import Conflict, InvalidInput, NotFound
 from controller.models import (
+    DEFAULT_TEAM,
     App,
+    Domain,
     Membership,
     Role,
     Scope,
@@ -121,11 +124,23 @@ def team_app_count(session: Session, team: Team) -> int:
 
 
 def delete_team(session: Session, team: Team) -> None:
+    if team.name == DEFAULT_TEAM:
+        raise Conflict(f"{DEFAULT_TEAM!r} is the platform's own team (platform admins' apps go "
+                       "there): it cannot be deleted.")
     apps = team_app_count(session, team)
     if apps:
         raise Conflict(f"team {team.name!r} still has {apps} app(s): delete them first "
                        f"('paas apps' with 'paas target --team {team.name}' lists them).")
+    domains = list(session.scalars(select(Domain.name).where(Domain.team_id == team.id)))
+    if domains:
+        raise Conflict(f"team {team.name!r} still has the domain(s) {', '.join(domains)}: "
+                       "delete them first ('paas delete-domain NAME').")
     session.delete(team)
+
+
+def aware(value: dt.datetime) -> dt.datetime:
+    """``value`` with its time zone (SQLite hands back naive datetimes, in UTC)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 def delete_user(session: Session, user: User) -> None:
@@ -150,8 +165,9 @@ def parse_ttl(value: object, what: str = "expires_in") -> float | None:
 
 def issue_token(session: Session, user: User, name: object, scope: object = Scope.DEPLOY, *,
                 kind: str = TokenKind.API, ttl: float | None = None) -> tuple[Token, str]:
-    if not isinstance(name, str) or not 1 <= len(name) <= 100 or not name.isprintable():
-        raise InvalidInput("a token's name must be 1 to 100 printable characters.")
+    if not isinstance(name, str) or not 1 <= len(name) <= 100 or not name.isprintable() \
+            or "/" in name:
+        raise InvalidInput("a token's name must be 1 to 100 printable characters, without '/'.")
     if scope not in Scope.ORDER:
         raise InvalidInput(f"{scope!r} is not a token scope: use one of "
                            f"{', '.join(Scope.ORDER)}.")

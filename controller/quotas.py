@@ -32,6 +32,10 @@ LIMITS = {"memory_mb": 64 * 1024 * 1024, "instances": 100_000, "apps": 100_000,
           "routes": 100_000, "tasks": 100_000, "services": 100_000}
 
 
+# The memory a process gets when neither the push nor a scale says (the column's default).
+NEW_PROCESS_MEMORY_MB: int = Process.__table__.c.memory_mb.default.arg
+
+
 class QuotaExceeded(ControllerError):
     status = 422
 

@@ -248,13 +248,17 @@ def _login_keys(username: str, address: str) -> tuple[tuple[str, str], tuple[str
             (key("addr", address), "from your address"))
 
 
-def check_login(client: redis.Redis, settings: Settings, username: str, address: str) -> None:
-    """A 429 if this user name, or this address, failed to log in too often lately."""
+def take_login_attempt(client: redis.Redis, settings: Settings, username: str,
+                       address: str) -> None:
+    """Count a login attempt against the user name and the address before its password is
+    checked (so that guesses sent at once are counted at once), and refuse it with a 429 past
+    either cap. :func:`forgive_login` takes a successful one back: failures are what count."""
     caps = (settings.login_failures_per_user, settings.login_failures_per_address)
     try:
         for (key, whose), cap in zip(_login_keys(username, address), caps, strict=True):
-            failures = int(client.get(key) or 0)
-            if cap and failures >= cap:
+            attempts = client.incr(key)
+            client.expire(key, settings.login_window_seconds, nx=True)
+            if cap and attempts > cap:
                 wait = client.ttl(key)
                 wait = wait if isinstance(wait, int) and wait > 0 else \
                     settings.login_window_seconds
@@ -264,11 +268,10 @@ def check_login(client: redis.Redis, settings: Settings, username: str, address:
         log.warning("login limits not checked (Redis: %s)", e)
 
 
-def count_login_failure(client: redis.Redis, settings: Settings, username: str,
-                        address: str) -> None:
+def forgive_login(client: redis.Redis, username: str, address: str) -> None:
+    """Take back the attempt of a login that succeeded."""
     try:
         for key, _ in _login_keys(username, address):
-            client.incr(key)
-            client.expire(key, settings.login_window_seconds, nx=True)
+            client.decr(key)
     except redis.RedisError as e:
-        log.warning("a failed login was not counted (Redis: %s)", e)
+        log.warning("a good login was not taken back (Redis: %s)", e)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -15,7 +16,7 @@ from sqlalchemy.orm import Session
 from contracts import keys
 from contracts.messages import STAGE_TASK, STAGING_QUEUE, StageRequest, StageResult, dump
 from contracts.settings import Settings
-from controller import events, releases
+from controller import events, quotas, releases
 from controller.blobstore import Blobstore
 from controller.errors import Unavailable
 from controller.models import (
@@ -89,7 +90,16 @@ def settle_failed_enqueue(session: Session, blobs: Blobstore, build: Build) -> N
 
 
 def finish(session: Session, blobs: Blobstore, build: Build, result: StageResult) -> bool:
-    """Record ``result`` on ``build`` unless another process already did."""
+    """Record ``result`` on ``build`` unless another process already did. A build whose
+    scale (the push's instances and memory) would take its team over a quota now fails: the
+    push was checked when it came, but other pushes and scales may have come since."""
+    if result.ok:
+        try:
+            quotas.check(session, build.app.team, **quotas.push_demand(
+                build.app, build.requested, quotas.NEW_PROCESS_MEMORY_MB))
+        except quotas.QuotaExceeded as e:
+            result = dataclasses.replace(result, ok=False,
+                                         error=f"the build was not released: {e.message}")
     claimed = session.execute(
         update(Build)
         .where(Build.id == build.id, Build.state == BuildState.STAGING)

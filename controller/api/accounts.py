@@ -9,8 +9,9 @@ from sqlalchemy.orm import selectinload
 from controller import accounts, events, quotas, ratelimit
 from controller.api import json_body, v1
 from controller.auth import Permission, authorize, current_identity, requires
-from controller.errors import Conflict, InvalidInput, NotFound, Unauthorized
+from controller.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from controller.models import Membership, Role, Scope, Team, Token, TokenKind, User, iso
+from controller.models.base import utcnow
 from controller.models.user import validate_password
 
 
@@ -50,11 +51,11 @@ def login():  # noqa: ANN201
     ttl = min(accounts.parse_ttl(body.get("expires_in")) or settings.login_token_ttl,
               settings.login_token_ttl)
     address = request.remote_addr or "?"
-    ratelimit.check_login(_redis(), settings, username, address)
+    ratelimit.take_login_attempt(_redis(), settings, username, address)
     user = g.db.scalar(select(User).where(User.username == username))
     if not accounts.check_password(user, password):
-        ratelimit.count_login_failure(_redis(), settings, username, address)
         raise Unauthorized("the username or password is wrong.")
+    ratelimit.forgive_login(_redis(), username, address)
     token, secret = accounts.issue_token(g.db, user, accounts.login_token_name(g.db, user),
                                          Scope.ADMIN, kind=TokenKind.LOGIN, ttl=ttl)
     g.db.flush()
@@ -98,10 +99,14 @@ def change_password():  # noqa: ANN201
     ident = current_identity()
     user = g.db.get(User, ident.user_id)
     current = body.get("current_password")
+    settings, address = _settings(), request.remote_addr or "?"
+    # A guess at the current password counts as a failed login would.
+    ratelimit.take_login_attempt(_redis(), settings, user.username, address)
     if not isinstance(current, str) or not accounts.check_password(user, current):
         raise Unauthorized("the current password is wrong.") if user.password_hash else \
             Conflict("you have no password to change: ask a platform admin to set one "
                      "('paas set-password').")
+    ratelimit.forgive_login(_redis(), user.username, address)
     user.password_hash = accounts.hash_password(
         validate_password(body.get("new_password"), "the new password"))
     _revoke_logins(user, keep=ident.token_id)
@@ -267,6 +272,14 @@ def _members(team: Team) -> list[dict[str, str]]:
     return [{"username": u, "role": r} for u, r in rows]
 
 
+def _keep_a_manager(team: Team, username: str) -> None:
+    """Refuse (to all but platform admins) to leave the team without a manager."""
+    if not current_identity().is_admin and not any(
+            m["role"] == Role.MANAGER and m["username"] != username for m in _members(team)):
+        raise Conflict(f"{username!r} is the last manager of team {team.name!r}: make another "
+                       "member manager first.")
+
+
 @v1.get("/teams/<name>/members")
 @requires(Permission.TEAM_READ)
 def list_members(name: str):  # noqa: ANN201
@@ -280,6 +293,9 @@ def put_member(name: str, username: str):  # noqa: ANN201
     team = _find_team(name)
     user = accounts.find_user(g.db, username)
     role = json_body().get("role")
+    current = accounts.membership(g.db, team, user)
+    if current is not None and current.role == Role.MANAGER and role != Role.MANAGER:
+        _keep_a_manager(team, username)
     member = accounts.set_member(g.db, team, user, role)
     events.record(g.db, "team.member_set", current_identity().name, team_id=team.id, team=team.name,
                   user=username, role=member.role)
@@ -296,11 +312,8 @@ def remove_member(name: str, username: str):  # noqa: ANN201
     if member is None:
         raise NotFound(f"{username!r} is not a member of team {team.name!r}: 'paas members "
                        f"{team.name}' lists them.")
-    if member.role == Role.MANAGER and not any(
-            m["role"] == Role.MANAGER and m["username"] != username for m in _members(team)) \
-            and not current_identity().is_admin:
-        raise Conflict(f"{username!r} is the last manager of team {team.name!r}: make another "
-                       "member manager first.")
+    if member.role == Role.MANAGER:
+        _keep_a_manager(team, username)
     g.db.delete(member)
     events.record(g.db, "team.member_removed", current_identity().name, team_id=team.id,
                   team=team.name, user=username)
@@ -331,6 +344,10 @@ def create_token():  # noqa: ANN201
         raise InvalidInput(f"this token's scope is {ident.scope!r}: it cannot make a token "
                            f"with the wider scope {scope!r}.")
     ttl = accounts.parse_ttl(body.get("expires_in"))
+    caller = g.db.get(Token, ident.token_id)
+    if caller.expires_at is not None:  # a token outlives not the one that made it
+        left = (accounts.aware(caller.expires_at) - utcnow()).total_seconds()
+        ttl = max(1.0, min(ttl or left, left))
     user = g.db.get(User, ident.user_id)
     token, secret = accounts.issue_token(g.db, user, body.get("name"), scope, ttl=ttl)
     g.db.flush()
@@ -347,6 +364,9 @@ def revoke_token(name: str):  # noqa: ANN201
     token = g.db.scalar(select(Token).where(Token.user_id == ident.user_id, Token.name == name))
     if token is None:
         raise NotFound(f"you have no token named {name!r}: 'paas tokens' lists yours.")
+    if Scope.rank(token.scope) > Scope.rank(ident.scope):
+        raise Forbidden(f"this token's scope {ident.scope!r} may not revoke the token {name!r} "
+                        f"of the wider scope {token.scope!r}: revoke it with one as wide.")
     g.db.delete(token)
     events.record(g.db, "token.revoked", ident.name, name=name)
     g.db.commit()

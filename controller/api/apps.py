@@ -466,7 +466,8 @@ def push(name: str):  # noqa: ANN201
         g.db.add(app)
     else:
         authorize_app(ident, app)
-    quotas.check(g.db, app.team, **quotas.push_demand(app, requested, settings.default_memory_mb))
+    quotas.check(g.db, app.team, **quotas.push_demand(app, requested,
+                                                     quotas.NEW_PROCESS_MEMORY_MB))
     blobs = current_app.extensions["paas.blobstore"]
     package = Package(guid=str(uuid.uuid4()))
     package.blob_path = f"packages/{package.guid}.tar.gz"

@@ -333,6 +333,7 @@ def rollback(name: str):  # noqa: ANN201
         raise Conflict(f"release {earlier.version}'s droplet was removed by garbage collection "
                        "(only the last releases keep theirs): roll back to a later one "
                        f"('paas releases {app.name}'), or push that code again.")
+    quotas.check(g.db, app.team, **quotas.start_demand(app))  # a rollback starts the app
     release = releases.create(
         g.db, app, droplet=earlier.droplet, env=dict(earlier.env),
         commands=dict(earlier.commands), actor=current_identity().name,

@@ -31,6 +31,9 @@ class FakeRedis:
         self.data[key] = self._b(value)
         return value
 
+    def decr(self, key: str, amount: int = 1) -> int:
+        return self.incr(key, -amount)
+
     def ttl(self, key: str) -> int:
         return 60 if key in self.data else -2
 

@@ -74,7 +74,7 @@ class StreamRedis(FakeRedis):
     def exists(self, key: str) -> int:
         return int(key in self.data or key in self.streams)
 
-    def expire(self, key: str, seconds: float) -> bool:
+    def expire(self, key: str, seconds: float, **_: Any) -> bool:
         return True
 
     def delete(self, key: str) -> int:
