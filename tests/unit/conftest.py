@@ -10,6 +10,18 @@ from controller.app import create_app
 from tests.unit.fakes import FakeCelery, FakeRedis
 
 
+@pytest.fixture(autouse=True)
+def cheap_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
+    """argon2id at its least cost in unit tests (they make and log in many users); what the
+    platform uses is argon2-cffi's default, which tests/integration exercise."""
+    from argon2 import PasswordHasher
+
+    from controller import accounts
+
+    cheap = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+    monkeypatch.setattr(accounts, "_hasher", lambda: cheap)
+
+
 @pytest.fixture
 def fake_redis() -> FakeRedis:
     """The Redis stand-in ``env`` uses; a test module may override it."""
