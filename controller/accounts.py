@@ -4,7 +4,6 @@ random and long, so a slow hash buys nothing)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 
 from argon2 import PasswordHasher
@@ -24,6 +23,7 @@ from controller.models import (
     Token,
     TokenKind,
     User,
+    iso,
     validate_name,
 )
 from controller.models.base import utcnow
@@ -138,11 +138,6 @@ def delete_team(session: Session, team: Team) -> None:
     session.delete(team)
 
 
-def aware(value: dt.datetime) -> dt.datetime:
-    """``value`` with its time zone (SQLite hands back naive datetimes, in UTC)."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
-
-
 def delete_user(session: Session, user: User) -> None:
     if user.is_admin:
         admins = session.scalar(select(func.count(User.id)).where(User.is_admin.is_(True)))
@@ -150,6 +145,13 @@ def delete_user(session: Session, user: User) -> None:
             raise Conflict(f"{user.username!r} is the last platform admin: make another admin "
                            "first ('paas create-user NAME --admin').")
     session.delete(user)
+
+
+def revoke_logins(session: Session, user: User, keep: int | None = None) -> None:
+    """End the user's login tokens (but the token ``keep``): what a new password does."""
+    for token in list(user.tokens):
+        if token.kind == TokenKind.LOGIN and token.id != keep:
+            session.delete(token)
 
 
 def parse_ttl(value: object, what: str = "expires_in") -> float | None:
@@ -211,8 +213,6 @@ def member_token(session: Session, username: str, team_name: str, role: str,
 
 
 def present_user(user: User) -> dict[str, object]:
-    from controller.models import iso
-
     return {"username": user.username, "admin": user.is_admin,
             "password": user.password_hash is not None, "created_at": iso(user.created_at),
             "teams": [{"name": m.team.name, "role": m.role}
@@ -220,8 +220,6 @@ def present_user(user: User) -> dict[str, object]:
 
 
 def present_token(token: Token, current: Token | None = None) -> dict[str, object]:
-    from controller.models import iso
-
     return {"name": token.name, "scope": token.scope, "kind": token.kind,
             "created_at": iso(token.created_at), "expires_at": iso(token.expires_at),
             "last_used_at": iso(token.last_used_at),

@@ -17,7 +17,7 @@ from contracts.secretbox import ensure_key, load_box
 from contracts.settings import Settings
 from controller.db import make_engine, make_sessionmaker
 from controller.errors import ControllerError
-from controller.models import DEFAULT_TEAM, Domain, Role, Scope, Team, Token, TokenKind, User
+from controller.models import DEFAULT_TEAM, Domain, Role, Scope, Team, Token, User
 from controller.models.user import validate_password
 
 
@@ -109,8 +109,7 @@ def ensure_admin(settings: Settings, *, rotate: bool = False) -> tuple[str, str 
             return path.read_text().strip(), password
         if kept is not None:
             session.delete(kept)
-            session.flush()
-        session.flush()
+        session.flush()  # the user's id, and the kept token gone before its name is reused
         _, secret = accounts.issue_token(session, user, ADMIN_TOKEN_NAME, Scope.ADMIN)
         session.commit()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -166,9 +165,7 @@ def set_password_cmd(username: str, password_stdin: bool) -> None:
             user.password_hash = accounts.hash_password(validate_password(password))
         except ControllerError as e:
             raise click.ClickException(e.message) from e
-        for token in list(user.tokens):
-            if token.kind == TokenKind.LOGIN:
-                session.delete(token)
+        accounts.revoke_logins(session, user)
         session.commit()
     click.echo(f"the password of {username!r} is set.")
 

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from controller.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from controller.models import DEFAULT_TEAM, App, Membership, Role, Scope, Team, Token
-from controller.models.base import utcnow
+from controller.models.base import aware, utcnow
 
 TEAM_HEADER = "X-Paas-Team"
 
@@ -109,18 +109,6 @@ class Identity:
     def member_of(self, team_id: int | None) -> bool:
         return self.is_admin or (team_id is not None and team_id in self.roles)
 
-    def may(self, permission: str, team_id: int | None) -> bool:
-        """True if the caller's role in ``team_id`` (and the token's scope) allows
-        ``permission``: the check of :func:`authorize`, as a question."""
-        rule = RULES[permission]
-        if Scope.rank(self.scope) < Scope.rank(rule.scope):
-            return False
-        if self.is_admin:
-            return True
-        if rule.role is None:
-            return permission != Permission.PLATFORM_ADMIN
-        return Role.rank(self.roles.get(team_id)) >= Role.rank(rule.role)
-
     def acting_for(self, team_id: int) -> Identity:
         """This identity acting for ``team_id`` (the team of the app a route is mapped to)."""
         return dataclasses.replace(self, team_id=team_id, team_named=True)
@@ -171,9 +159,7 @@ def identify(session: Session) -> Identity:
 def _touch(session: Session, token: Token, now: dt.datetime) -> None:
     """Remember when the token was last used, to the minute (not a write per request)."""
     last = token.last_used_at
-    if last is not None and last.tzinfo is None:
-        last = last.replace(tzinfo=dt.UTC)
-    if last is None or now - last > dt.timedelta(minutes=1):
+    if last is None or now - aware(last) > dt.timedelta(minutes=1):
         token.last_used_at = now
         session.commit()
 

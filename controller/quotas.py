@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from contracts import keys
-from controller.errors import ControllerError
+from controller.errors import ControllerError, InvalidInput
 from controller.models import QUOTA_KEYS, App, AppState, Process, Route, Team
 
 # How each quota reads in a sentence: (name, unit).
@@ -158,8 +158,6 @@ def present(session: Session, team: Team, client: redis.Redis | None) -> dict[st
 
 def parse(body: dict[str, Any]) -> dict[str, int | None]:
     """The quotas a request sets: whole numbers (memory in MiB) or null for unlimited."""
-    from controller.errors import InvalidInput
-
     unknown = set(body) - set(QUOTA_KEYS)
     if unknown:
         raise InvalidInput(f"there is no quota {sorted(unknown)[0]!r}: quotas are "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 import logging
 from typing import Any
@@ -29,7 +28,7 @@ from controller.models import (
     RegisteredBuildpack,
     Release,
 )
-from controller.models.base import utcnow
+from controller.models.base import aware, utcnow
 
 log = logging.getLogger("paas.controller")
 
@@ -207,7 +206,4 @@ def _other_builds_running(session: Session, app: App, build: Build) -> bool:
 
 
 def age(build: Build) -> float:
-    created = build.created_at
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=dt.UTC)
-    return (utcnow() - created).total_seconds()
+    return (utcnow() - aware(build.created_at)).total_seconds()

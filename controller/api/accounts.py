@@ -11,7 +11,7 @@ from controller.api import json_body, v1
 from controller.auth import Permission, authorize, current_identity, requires
 from controller.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from controller.models import Membership, Role, Scope, Team, Token, TokenKind, User, iso
-from controller.models.base import utcnow
+from controller.models.base import aware, utcnow
 from controller.models.user import validate_password
 
 
@@ -109,16 +109,10 @@ def change_password():  # noqa: ANN201
     ratelimit.forgive_login(_redis(), user.username, address)
     user.password_hash = accounts.hash_password(
         validate_password(body.get("new_password"), "the new password"))
-    _revoke_logins(user, keep=ident.token_id)
+    accounts.revoke_logins(g.db, user, keep=ident.token_id)
     events.record(g.db, "user.password_changed", ident.name, user=user.username)
     g.db.commit()
     return jsonify({"changed": True})
-
-
-def _revoke_logins(user: User, keep: int | None = None) -> None:
-    for token in list(user.tokens):
-        if token.kind == TokenKind.LOGIN and token.id != keep:
-            g.db.delete(token)
 
 
 # -- users (platform admins) -------------------------------------------------------------
@@ -159,7 +153,7 @@ def set_password(username: str):  # noqa: ANN201
     """Set a user's password (a forgotten one); the user's login tokens are revoked."""
     user = accounts.find_user(g.db, username)
     user.password_hash = accounts.hash_password(validate_password(json_body().get("password")))
-    _revoke_logins(user)
+    accounts.revoke_logins(g.db, user)
     events.record(g.db, "user.password_set", current_identity().name, user=username)
     g.db.commit()
     return jsonify({"changed": True})
@@ -346,7 +340,7 @@ def create_token():  # noqa: ANN201
     ttl = accounts.parse_ttl(body.get("expires_in"))
     caller = g.db.get(Token, ident.token_id)
     if caller.expires_at is not None:  # a token outlives not the one that made it
-        left = (accounts.aware(caller.expires_at) - utcnow()).total_seconds()
+        left = (aware(caller.expires_at) - utcnow()).total_seconds()
         ttl = max(1.0, min(ttl or left, left))
     user = g.db.get(User, ident.user_id)
     token, secret = accounts.issue_token(g.db, user, body.get("name"), scope, ttl=ttl)

@@ -36,9 +36,10 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
+def aware(value: dt.datetime) -> dt.datetime:
+    """``value`` with its time zone: SQLite hands back naive datetimes (in UTC)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
 def iso(value: dt.datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:  # SQLite hands back naive datetimes
-        value = value.replace(tzinfo=dt.UTC)
-    return value.isoformat()
+    return aware(value).isoformat() if value is not None else None

@@ -11,7 +11,7 @@ from sqlalchemy import Boolean, DateTime, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from controller.errors import InvalidInput
-from controller.models.base import Base, created, guid, intpk, utcnow
+from controller.models.base import Base, aware, created, guid, intpk, utcnow
 from controller.models.team import Team
 
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -128,9 +128,4 @@ class Token(Base):
         return token, secret
 
     def expired(self, now: dt.datetime | None = None) -> bool:
-        if self.expires_at is None:
-            return False
-        expires = self.expires_at
-        if expires.tzinfo is None:  # SQLite hands back naive datetimes
-            expires = expires.replace(tzinfo=dt.UTC)
-        return expires <= (now or utcnow())
+        return self.expires_at is not None and aware(self.expires_at) <= (now or utcnow())
