@@ -208,6 +208,10 @@ def annotate(report: InstanceReport, usage: Usage | None) -> InstanceReport:
 
 
 # -- the sampler ------------------------------------------------------------------------
+class _NotRunning(Exception):
+    """The container has no process to sample."""
+
+
 class StatsSampler:
     """Samples the containers it is told to watch, in its own thread, and keeps the last
     numbers per instance."""
@@ -272,7 +276,10 @@ class StatsSampler:
         now = self.clock()
         disk = self._disk(container_id, now)
         if container_id not in self.files:
-            self.files[container_id] = self._locate(container_id)
+            try:
+                self.files[container_id] = self._locate(container_id)
+            except _NotRunning:
+                return None  # nothing to sample; the next round looks again
         files = self.files[container_id]
         if files is None:
             return self._from_api(container_id, disk)
@@ -308,16 +315,23 @@ class StatsSampler:
         return int(found[0].get("SizeRw") or 0)
 
     def _locate(self, container_id: str) -> CgroupFiles | None:
+        """The container's cgroup files, or None to sample it through Docker.
+
+        Raises _NotRunning for a container without a process (exited, or not yet
+        started): Docker's stats of a container that has just exited can block for as long
+        as the client waits, and the daemon's other calls on it (the agent's stop and
+        remove) with it.
+        """
         attrs = self._inspect(container_id) or {}
         pid = (attrs.get("State") or {}).get("Pid") or 0
-        if pid:
-            try:
-                files = find_cgroup_files((self.proc / str(pid) / "cgroup").read_text(),
-                                          self.root)
-            except OSError:
-                files = None
-            if files is not None:
-                return files
+        if not pid:
+            raise _NotRunning(container_id)
+        try:
+            files = find_cgroup_files((self.proc / str(pid) / "cgroup").read_text(), self.root)
+        except OSError:  # another pid namespace, or it has just exited
+            files = None
+        if files is not None:
+            return files
         files = guess_cgroup_files(container_id, self.root)
         if files is None:
             log.info("no readable cgroup for container %s: sampling it through Docker",

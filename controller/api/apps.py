@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import object_session, selectinload
 
 from contracts import keys
-from contracts.messages import InstanceReport
+from contracts.messages import InstanceReport, InstanceState
 from controller import events, packages, quotas, resources, routing, staging
 from controller.actual import instances_by_app, nudge, read_heartbeats
 from controller.api import json_body, v1
@@ -153,11 +153,14 @@ def _waiting_indices(app: App, instances: list[InstanceReport],
     """Indices with no instance: crashed and waiting for their restart, or placed nowhere
     because no agent has room."""
     live = {(i.process_type, i.index) for i in instances}
+    # A crashed instance the agent is still taking away shows as crashed, not as stopping.
+    stopping = {i.instance_guid for i in instances if i.state == InstanceState.STOPPING}
     desired = {p.type: p.instances for p in app.processes}
     rows = []
     now = time.time()
     for (type_, index), record in sorted(index_records(app, keys.CRASHES).items()):
-        if (type_, index) in live or index >= desired.get(type_, 0):
+        if index >= desired.get(type_, 0) or (
+                (type_, index) in live and record.get("instance_guid") not in stopping):
             continue
         rows.append({
             "index": index, "process_type": type_, "state": "CRASHED",

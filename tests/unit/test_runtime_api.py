@@ -4,6 +4,7 @@ database and stand-ins for Redis and Celery."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -166,6 +167,24 @@ def test_crashed_and_unplaced_indices_show_in_the_app(env):  # noqa: ANN001
     assert rows[1]["state"] == "CRASHED" and rows[1]["crash_count"] == 4
     assert rows[1]["restart_in"] > 0
     assert rows[2]["state"] == "PENDING" and "no agent has room" in rows[2]["reason"]
+
+
+def test_a_crashed_instance_being_stopped_shows_as_crashed(env) -> None:
+    released(env)
+    guid = env.client.get("/v1/apps/myapp").json["guid"]
+    env.redis.hset(keys.CRASHES, keys.crash_field(guid, "web", 0), json.dumps({
+        "count": 1, "last_at": 1.0, "instance_guid": "i0", "restart_at": 9e12,
+        "exit_code": 7, "reason": "the app exited with code 7"}))
+    stopping = InstanceReport(instance_guid="i0", app_guid=guid, app_name="myapp", release=1,
+                              process_type="web", index=0, state="STOPPING", host_port=1,
+                              since=0)
+    agent(env, "a1", instances=[stopping])
+    states = [i["state"] for i in env.client.get("/v1/apps/myapp").json["instances"]]
+    assert sorted(states) == ["CRASHED", "STOPPING"]
+    # An index whose crashed instance was replaced shows its new instance only.
+    agent(env, "a1", instances=[replace(stopping, instance_guid="i1", state="RUNNING")])
+    states = [i["state"] for i in env.client.get("/v1/apps/myapp").json["instances"]]
+    assert states == ["RUNNING"]
 
 
 def test_rebalance_only_when_the_spread_is_uneven(env):  # noqa: ANN001

@@ -199,6 +199,20 @@ def test_the_sampler_falls_back_to_docker_stats_without_cgroup_files(tmp_path): 
     assert api.stats_calls == 1
 
 
+def test_a_container_without_a_process_is_not_sampled_through_docker(tmp_path):  # noqa: ANN001
+    # Docker's stats of a container that has just exited can hang, and the agent's stop of
+    # it behind them: an exited container is left alone until it runs again.
+    api = FakeApi(pid=0)
+    sampler = StatsSampler(FakeDocker(api), root=tmp_path / "none", proc=tmp_path / "none")
+    sampler.track({"guid-1": CID})
+    sampler.sample_once()
+    assert sampler.get("guid-1") is None and api.stats_calls == 0
+    assert CID not in sampler.files  # looked up again next round
+    api.pid = 4242
+    sampler.sample_once()
+    assert sampler.get("guid-1") is not None and api.stats_calls == 1
+
+
 def test_the_sampler_thread_publishes_and_stops(tmp_path):  # noqa: ANN001
     sampler = StatsSampler(FakeDocker(FakeApi()), interval=0.01, root=tmp_path,
                            proc=tmp_path)
