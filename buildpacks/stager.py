@@ -46,8 +46,6 @@ from buildpacks.errors import (
 )
 from confinement.networks import NetworkError, Networks
 from contracts import keys, stack
-from contracts.applog import StagingWriter
-from contracts.logstream import StreamWriter
 from contracts.messages import (
     LABEL_APP_GUID,
     LABEL_KIND,
@@ -57,6 +55,7 @@ from contracts.messages import (
     dump,
 )
 from contracts.settings import Settings
+from logpipe import StagingWriter, StreamWriter
 
 log = logging.getLogger("paas.stager")
 RUN_UID = 2000

@@ -17,7 +17,7 @@ import requests
 
 from cli.client import ApiError, Client
 from cli.main import client, main
-from contracts.applog import SOURCES, LogLine
+from logpipe import SOURCES, LogLine
 
 READ_TIMEOUT = 35.0  # the server pings every 10 s while nothing happens
 BACKOFF = (0.5, 1.0, 2.0, 5.0)

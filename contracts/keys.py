@@ -66,12 +66,18 @@ UNPLACED = f"{PREFIX}:unplaced"
 
 
 def app_log(app_guid: str) -> str:
-    """Stream of an app's log lines from every source (see :mod:`contracts.applog`), capped
+    """Stream of an app's log lines from every source (see :mod:`logpipe.lines`), capped
     at ``log_lines_per_app`` entries."""
     return f"{PREFIX}:applog:{app_guid}"
 
 
 def app_log_cursors(agent_id: str) -> str:
-    """Hash of container id -> Docker timestamp (ns) of the last line the agent shipped, so a
-    restarted agent resumes each container's output where it stopped."""
+    """Hash of container id -> where the agent has shipped that container's output to, so a
+    restarted agent resumes it where it stopped (``dea_agent/logs.py``), written with each
+    batch of its lines and deleted with the container.
+
+    An instance with output files (``instance_log_files``): ``f<stdout>:<stderr>``, the byte
+    offsets in its ``stdout`` and ``stderr`` files up to which whole lines were shipped, such
+    as ``f18234:0``. A container followed through Docker's log instead: the Docker timestamp
+    (ns since the epoch) of the last line shipped, such as ``1764442862123456789``."""
     return f"{PREFIX}:applog-cursors:{agent_id}"

@@ -162,7 +162,7 @@ class Settings:
     stats_interval: float = 2.0
     stats_disk_interval: float = 30.0
 
-    # App log streams (contracts.applog).
+    # App log streams (logpipe).
     # Lines kept per app (all sources together); older ones are trimmed.
     log_lines_per_app: int = 10_000
     # A longer line is cut, with a marker saying how long it was.

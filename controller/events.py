@@ -74,11 +74,12 @@ def _to_app_log(app: App, type_: str, actor: str, data: dict[str, Any]) -> None:
     """Best-effort: only inside an API request (where the app's Redis client is)."""
     from flask import current_app, has_app_context
 
-    from contracts import applog
+    import logpipe
 
     if not has_app_context() or actor in ("health", "stager"):
         return
     text = log_line(type_, actor, data)
     client = current_app.extensions.get("paas.redis")
     if text and client is not None:
-        applog.append(client, current_app.config["PAAS_SETTINGS"], app.guid, applog.API, text)
+        logpipe.append(client, current_app.config["PAAS_SETTINGS"], app.guid, logpipe.API,
+                       text)

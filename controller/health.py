@@ -21,7 +21,8 @@ from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload, selectinload, sessionmaker
 
-from contracts import applog, keys
+import logpipe
+from contracts import keys
 from contracts import settings as settings_mod
 from contracts.celery_app import make_celery
 from contracts.messages import (
@@ -349,7 +350,7 @@ class HealthManager:
                       index=action.index, exit_code=record.exit_code, reason=record.reason,
                       crash_count=record.count, restart_in=round(delay, 1),
                       last_lines=list(action.last_lines))
-        applog.append(self.redis, self.settings, app.guid, applog.HEALTH,
+        logpipe.append(self.redis, self.settings, app.guid, logpipe.HEALTH,
                       f"{action.process_type} instance {action.index} crashed: {record.reason} "
                       f"({record.count} in a row; restarting "
                       f"{f'in {delay:.0f} s' if delay else 'now'})")
@@ -375,7 +376,7 @@ class HealthManager:
             older.status = ReleaseStatus.SUPERSEDED
         release.status = ReleaseStatus.DEPLOYED
         events.record(session, "release.deployed", "health", app, release=release.version)
-        applog.append(self.redis, self.settings, app.guid, applog.HEALTH,
+        logpipe.append(self.redis, self.settings, app.guid, logpipe.HEALTH,
                       f"release {release.version} deployed")
         log.info("%s release %d deployed", app.name, release.version)
 
@@ -392,7 +393,7 @@ class HealthManager:
         events.record(session, "release.failed", "health", app, release=release.version,
                       reason=action.reason,
                       serving=previous.version if previous else None)
-        applog.append(self.redis, self.settings, app.guid, applog.HEALTH,
+        logpipe.append(self.redis, self.settings, app.guid, logpipe.HEALTH,
                       f"release {release.version} failed: {action.reason}")
         log.info("%s release %d failed: %s", app.name, release.version, action.reason)
 

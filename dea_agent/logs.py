@@ -1,7 +1,7 @@
 """Shipping instances' stdout and stderr into their apps' log streams.
 
 One follower thread per instance container reads its output, stdout and stderr told apart,
-and hands lines to one shared :class:`~contracts.applog.AppLogWriter`, which a flusher thread
+and hands lines to one shared :class:`~logpipe.AppLogWriter`, which a flusher thread
 writes to Redis every ``FLUSH_EVERY`` seconds, and at once when a batch is full (followers do
 not wait for it).
 
@@ -39,10 +39,10 @@ from collections.abc import Iterator
 import docker
 import redis
 
-from contracts import applog, keys
-from contracts.applog import AppLogWriter, DockerTime, LogLine, line_of
+from contracts import keys
 from contracts.settings import Settings
 from dea_agent.instances import OUTPUT_FILES, last_lines
+from logpipe import APP, AppLogWriter, DockerTime, LogLine, line_of
 
 log = logging.getLogger("paas.agent.logs")
 FLUSH_EVERY = 0.02
@@ -235,7 +235,7 @@ class Follower(threading.Thread):
         can_free = True
         self.read_to = dict(pos)
         cursors = keys.app_log_cursors(self.shipper.settings.agent_id)
-        proc, idx, app, name = self.proc, self.idx, applog.APP, FDS
+        proc, idx, app, name = self.proc, self.idx, APP, FDS
         writer = self.shipper.writer
 
         def ship(lines: list[LogLine]) -> None:
@@ -425,7 +425,7 @@ class Follower(threading.Thread):
                         older.close()
                     else:  # rotated more than once since the last look
                         files.append(older)
-                        self._ship([LogLine(time.time(), applog.APP, LOST, self.proc,
+                        self._ship([LogLine(time.time(), APP, LOST, self.proc,
                                             self.idx, "err")], None)
                 except FileNotFoundError:
                     pass
@@ -507,7 +507,7 @@ class Follower(threading.Thread):
         """Hand (fd, ns, text) entries to the writer as lines, or, while the backlog of an
         adopted container is read, keep its last ones. A LogLine passes as it is."""
         last, pending, since = self.last, self.pending, self.since_ns
-        proc, idx, app = self.proc, self.idx, applog.APP
+        proc, idx, app = self.proc, self.idx, APP
         lines: list[LogLine] = []
         append = lines.append
         for entry in entries:

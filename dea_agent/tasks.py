@@ -21,7 +21,6 @@ import redis
 
 from confinement.networks import NetworkError, Networks
 from contracts import keys
-from contracts.logstream import MAXLEN, StreamWriter
 from contracts.messages import (
     LABEL_AGENT,
     LABEL_APP_GUID,
@@ -35,6 +34,7 @@ from contracts.messages import (
 from contracts.secretbox import SecretBoxError, hide_arguments, load_box
 from contracts.settings import Settings
 from dea_agent.instances import confinement
+from logpipe.output import MAXLEN, StreamWriter
 
 log = logging.getLogger("paas.agent")
 

@@ -8,7 +8,7 @@ microseconds.
 
 Parsing a line and turning it into a log line of the app whose instance answered are pure
 functions; :class:`AccessLogListener` is the I/O: a thread that follows the file and writes
-lines in batches through :class:`contracts.applog.AppLogWriter` (so the app's rate limit and
+lines in batches through :class:`logpipe.AppLogWriter` (so the app's rate limit and
 stream cap apply, and a busy router makes one Redis call per batch). A line is only sorted
 by app when it is read; its RTR line is made when the writer keeps it, so a flood beyond an
 app's rate limit costs little more than reading it. When the file passes ``rotate_bytes``
@@ -32,8 +32,8 @@ from typing import BinaryIO, NamedTuple, overload
 
 import redis
 
-from contracts.applog import RTR, AppLogWriter, LogLine, line_of
 from contracts.messages import Backend
+from logpipe import RTR, AppLogWriter, LogLine, line_of
 from router.render import ACCESS_LOG_FIELDS
 
 log = logging.getLogger("paas.router")

@@ -32,11 +32,11 @@ from typing import Any
 import redis
 
 from contracts import keys
-from contracts.applog import AppLogWriter
 from contracts.messages import Backend
 from contracts.routing import Certificate, MappedRoute, RouteTable, read_route_table
 from contracts.secretbox import SecretBox, SecretBoxError, load_box
 from contracts.settings import Settings, load
+from logpipe import AppLogWriter
 from router.accesslog import AccessLogListener
 from router.errors import NginxConfigError, RouterError
 from router.grace import BackendTable, RemovalGrace, backend_table

@@ -22,12 +22,12 @@ import redis
 from flask import Response, current_app, request
 
 from contracts import keys
-from contracts.applog import API, SOURCES, LogLine, entry_json, raw_reply
 from controller.api import v1
 from controller.api.apps import find_app
 from controller.auth import Permission, requires
 from controller.errors import InvalidInput
 from controller.ratelimit import FollowLease, follow_slot
+from logpipe import API, SOURCES, LogLine, entry_json, raw_reply
 
 PING_EVERY = 10.0
 BLOCK_MS = 1000

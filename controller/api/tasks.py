@@ -18,7 +18,6 @@ from flask import current_app, g, jsonify, request
 from sqlalchemy import select
 
 from contracts import keys
-from contracts.logstream import KEEP_SECONDS
 from contracts.messages import RUN_TASK_TASK, Heartbeat, TaskSpec, agent_queue, dump, seal
 from contracts.secretbox import hide_arguments
 from controller import events, quotas
@@ -35,6 +34,7 @@ from controller.auth import (
 from controller.errors import InvalidInput, NotFound, Unavailable
 from controller.models import App, Release
 from controller.ratelimit import follow_slot, leased_stream
+from logpipe.output import KEEP_SECONDS
 
 PING_EVERY = 10.0
 MAX_COMMAND = 8192

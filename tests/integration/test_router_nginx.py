@@ -25,7 +25,6 @@ import redis
 import requests
 
 from contracts import keys
-from contracts.applog import AppLogWriter
 from contracts.messages import Backend
 from contracts.routing import (
     LEAST_CONNECTIONS,
@@ -37,6 +36,7 @@ from contracts.routing import (
 from contracts.secretbox import ensure_key, load_box
 from contracts.settings import load
 from launcher.sandbox import free_port
+from logpipe import AppLogWriter
 from router.accesslog import AccessLogListener
 from router.main import Router
 from tests.integration.router_backends import SSE_PAUSE, AppServer, websocket_echo

@@ -7,12 +7,13 @@ import json
 import struct
 from typing import Any
 
-from contracts import applog, keys
-from contracts.applog import AppLogWriter, DockerTime, LogLine, cut
+import logpipe
+from contracts import keys
 from controller.accounts import member_token
 from controller.events import log_line
 from controller.models import Role
 from dea_agent.logs import frames
+from logpipe import AppLogWriter, DockerTime, LogLine, cut
 from tests.unit.fakes import FakeRedis
 from tests.unit.test_controller_api import package, push
 
@@ -50,7 +51,7 @@ def lines_of(client: FakeRedis, app_guid: str = "a1") -> list[LogLine]:
 
 
 def app_line(text: str, idx: str = "0", fd: str = "out") -> LogLine:
-    return LogLine(1764442862.5, applog.APP, text, "web", idx, fd)
+    return LogLine(1764442862.5, logpipe.APP, text, "web", idx, fd)
 
 
 def test_the_stream_keeps_at_most_the_cap():
@@ -104,7 +105,7 @@ def test_dropped_lines_are_reported_even_when_no_line_follows():
 def test_lines_read_like_cloud_foundry_s():
     assert app_line("hello", "2").format() == "2025-11-29T19:01:02.500Z [APP/WEB/2] hello"
     assert app_line("oops", fd="err").format().endswith("[APP/WEB/0] ERR oops")
-    staged = LogLine(1764442862.5, applog.STG, "-----> Staging")
+    staged = LogLine(1764442862.5, logpipe.STG, "-----> Staging")
     assert staged.format() == "2025-11-29T19:01:02.500Z [STG] -----> Staging"
     assert staged.to_dict("5-0")["instance"] is None
     assert app_line("x", "3").to_dict("5-0")["instance"] == 3
@@ -146,7 +147,7 @@ def _seed(env) -> str:  # noqa: ANN001
     guid = _find_guid(env)
     for n in range(5):
         env.redis.xadd(keys.app_log(guid), app_line(f"out {n}", idx=str(n % 2)).fields())
-    env.redis.xadd(keys.app_log(guid), LogLine(1.0, applog.STG, "-----> Staging").fields())
+    env.redis.xadd(keys.app_log(guid), LogLine(1.0, logpipe.STG, "-----> Staging").fields())
     return guid
 
 

@@ -14,20 +14,22 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from contracts import applog, keys
-from contracts.applog import AppLogWriter, LogLine, TokenBucket, entry_json
+import logpipe
+import logpipe.writer
+from contracts import keys
 from contracts.settings import Settings
 from dea_agent import logs as agent_logs
 from dea_agent.logs import LOST, Follower, frames
+from logpipe import AppLogWriter, LogLine, TokenBucket, entry_json
 from tests.unit.test_applog import StreamRedis, lines_of
 
 
 def test_json_lines_are_what_json_dumps_made():
-    for line in [LogLine(1764442862.5, applog.APP, 'hé "q"\t\x01 ☃ \\', "web", "12", "err"),
-                 LogLine(1.0, applog.STG, "x"), LogLine(2.25, applog.APP, "y", "web", "", "out"),
-                 LogLine(3.0, applog.API, "", "", "x", ""),
-                 LogLine(1764442862.123, applog.RTR, "GET / 200", "", "3", ""),
-                 LogLine(1764442862.9999996, applog.APP, "z", "worker two", "0", "out")]:
+    for line in [LogLine(1764442862.5, logpipe.APP, 'hé "q"\t\x01 ☃ \\', "web", "12", "err"),
+                 LogLine(1.0, logpipe.STG, "x"), LogLine(2.25, logpipe.APP, "y", "web", "", "out"),
+                 LogLine(3.0, logpipe.API, "", "", "x", ""),
+                 LogLine(1764442862.123, logpipe.RTR, "GET / 200", "", "3", ""),
+                 LogLine(1764442862.9999996, logpipe.APP, "z", "worker two", "0", "out")]:
         assert json.loads(line.json("7-1")) == line.to_dict("7-1")
         assert line.json("7-1") == json.dumps(line.to_dict("7-1"))
         flat = [x for k, v in line.fields().items() for x in (k.encode(), v.encode())]
@@ -36,9 +38,9 @@ def test_json_lines_are_what_json_dumps_made():
 
 
 def test_times_read_the_same_to_the_millisecond_on_every_path():
-    line = LogLine(1764442862.123, applog.APP, "x", "web", "0", "out")
+    line = LogLine(1764442862.123, logpipe.APP, "x", "web", "0", "out")
     assert line.to_dict()["time"] == "2025-11-29T19:01:02.123Z"  # not .122: float error
-    assert LogLine(1764442862.9999996, applog.APP, "x").format().startswith(
+    assert LogLine(1764442862.9999996, logpipe.APP, "x").format().startswith(
         "2025-11-29T19:01:03.000Z")
 
 
@@ -50,8 +52,8 @@ def _old_entry(line: LogLine) -> list[bytes]:
 
 
 def test_entries_of_the_former_six_fields_read_the_same():
-    for line in [LogLine(1764442862.5, applog.APP, "hé", "web", "3", "err"),
-                 LogLine(1764442862.25, applog.RTR, "GET /", "", "1", "")]:
+    for line in [LogLine(1764442862.5, logpipe.APP, "hé", "web", "3", "err"),
+                 LogLine(1764442862.25, logpipe.RTR, "GET /", "", "1", "")]:
         flat = _old_entry(line)
         assert LogLine.from_flat(flat) == line
         assert LogLine.from_fields(dict(zip(flat[0::2], flat[1::2], strict=True))) == line
@@ -59,19 +61,19 @@ def test_entries_of_the_former_six_fields_read_the_same():
 
 
 def test_entries_hold_three_fields_and_keep_src_and_line_for_plain_readers():
-    line = LogLine(1764442862.5, applog.RTR, "GET / 200", "", "3", "")
+    line = LogLine(1764442862.5, logpipe.RTR, "GET / 200", "", "3", "")
     assert line.fields() == {"src": "RTR", "meta": "1764442862.500000  3 ", "line": "GET / 200"}
 
 
 def test_a_large_flush_is_written_in_pieces(monkeypatch):  # noqa: ANN001
-    monkeypatch.setattr(applog, "SEND_MOST", 4)
+    monkeypatch.setattr(logpipe.writer, "SEND_MOST", 4)
     client = StreamRedis()
     writer = AppLogWriter(client, 10_000, 4096, rate=1e9)
     sent: list[int] = []
     send = writer._send
     monkeypatch.setattr(writer, "_send", lambda key, lines: (sent.append(len(lines)),
                                                              send(key, lines)))
-    writer.write("a1", [LogLine(1.0, applog.APP, f"n{n}", "web", "0", "out") for n in range(10)])
+    writer.write("a1", [LogLine(1.0, logpipe.APP, f"n{n}", "web", "0", "out") for n in range(10)])
     assert sent == [4, 4, 2]
     assert [x.line for x in lines_of(client)] == [f"n{n}" for n in range(10)]
 
@@ -81,7 +83,7 @@ def test_a_full_batch_is_written_at_once_while_the_follower_reads_on(monkeypatch
     client = StreamRedis()
     shipper = agent_logs.LogShipper(Settings(), None, client)  # type: ignore[arg-type]
     threading.Thread(target=shipper._flush_loop, daemon=True).start()
-    shipper.writer.add_many("a1", [LogLine(1.0, applog.APP, "x", "web", "0", "out")])
+    shipper.writer.add_many("a1", [LogLine(1.0, logpipe.APP, "x", "web", "0", "out")])
     shipper.flush_soon()
     deadline = time.monotonic() + 5
     while not lines_of(client) and time.monotonic() < deadline:
@@ -90,7 +92,7 @@ def test_a_full_batch_is_written_at_once_while_the_follower_reads_on(monkeypatch
 
 
 def test_entries_read_as_redis_sends_them_are_the_same_lines():
-    line = LogLine(1764442862.5, applog.APP, "hé", "web", "3", "err")
+    line = LogLine(1764442862.5, logpipe.APP, "hé", "web", "3", "err")
     flat = [x for k, v in line.fields().items() for x in (k.encode(), v.encode())]
     assert LogLine.from_flat(flat) == line == LogLine.from_fields(
         {k.encode(): v.encode() for k, v in line.fields().items()})
@@ -113,7 +115,7 @@ def test_a_batch_over_the_limit_keeps_order_and_counts_what_it_dropped():
     now = [100.0]
     client = StreamRedis()
     writer = AppLogWriter(client, 10_000, 4096, rate=10, clock=lambda: now[0])
-    line = LogLine(1.0, applog.APP, "", "web", "0", "out")
+    line = LogLine(1.0, logpipe.APP, "", "web", "0", "out")
     assert writer.add_many("a1", [line._replace(line=f"n{n}") for n in range(25)]) == 10
     now[0] += 1
     assert writer.add_many("a1", [line._replace(line="later")]) == 1
@@ -183,7 +185,7 @@ def test_the_json_file_is_followed_across_rotations_and_says_when_a_file_was_mis
     follower = Follower(shipper, instance, since_ns=0)
     running = [True]
     follower._running = lambda: running[0]  # type: ignore[method-assign]
-    done = threading.Thread(target=lambda: follower._follow_file(path, applog.DockerTime()))
+    done = threading.Thread(target=lambda: follower._follow_file(path, logpipe.DockerTime()))
 
     def wait_for(count: int) -> None:
         deadline = time.monotonic() + 5
@@ -219,7 +221,7 @@ def test_a_follower_past_the_cap_is_told_lines_were_skipped():
 
     client = StreamRedis()
     writer = AppLogWriter(client, max_lines=5, max_bytes=4096, rate=1e9)
-    writer.write("a1", [LogLine(1.0, applog.APP, f"n{n}", "web", "0", "out") for n in range(20)])
+    writer.write("a1", [LogLine(1.0, logpipe.APP, f"n{n}", "web", "0", "out") for n in range(20)])
     stream = keys.app_log("a1")
     kept = client.xrange(stream)
     assert len(kept) == 5
@@ -257,8 +259,8 @@ class _Response:
 def test_the_cli_prints_each_chunk_at_once_and_remembers_the_last_id():
     from cli.logs import _Printer
 
-    one = LogLine(1764442862.5, applog.APP, "hi", "web", "1", "err").json("3-0")
-    two = LogLine(1764442862.5, applog.APP, "ho", "web", "1", "out").json("4-0")
+    one = LogLine(1764442862.5, logpipe.APP, "hi", "web", "1", "err").json("3-0")
+    two = LogLine(1764442862.5, logpipe.APP, "ho", "web", "1", "out").json("4-0")
     ping = json.dumps({"ping": True, "id": "9-0"})
     for as_json in (True, False):
         printer = _Printer(as_json)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from contracts.applog import RTR, AppLogWriter
 from contracts.messages import Backend
+from logpipe import RTR, AppLogWriter
 from router.accesslog import (
     AccessEntry,
     AccessLogListener,
