@@ -28,6 +28,12 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from contracts.labels import (  # noqa: E402
+    KIND_BENCH,
+    LABEL_APP_GUID,
+    LABEL_KIND,
+    LABEL_PLATFORM,
+)
 from launcher.sandbox import Sandbox, free_port, paas_command  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "flask-hello"
@@ -89,7 +95,7 @@ def docker_run_floor(image: str, command: str) -> float:
     container = client.containers.run(
         image, command=["/bin/sh", "-c", f". /app/.profile.d/python.sh; exec {command}"],
         detach=True, environment={"PORT": "8080"}, ports={"8080/tcp": ("127.0.0.1", port)},
-        labels={"paas.kind": "bench"})
+        labels={LABEL_KIND: KIND_BENCH})
     try:
         while True:
             try:
@@ -155,7 +161,7 @@ def main() -> None:
 def _image_of(sandbox: Sandbox, app: dict) -> str:
     client = docker.from_env()
     containers = client.containers.list(ignore_removed=True, filters={"label": [
-        f"paas.platform={sandbox.platform_id}", f"paas.app_guid={app['guid']}"]})
+        f"{LABEL_PLATFORM}={sandbox.platform_id}", f"{LABEL_APP_GUID}={app['guid']}"]})
     return containers[0].image.tags[0]
 
 

@@ -40,14 +40,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from contracts import keys  # noqa: E402
-from contracts.messages import (  # noqa: E402
+from contracts.labels import (  # noqa: E402
+    KIND_BENCH,
     LABEL_AGENT,
     LABEL_APP_NAME,
     LABEL_KIND,
     LABEL_PLATFORM,
     LABEL_PROCESS,
-    Heartbeat,
 )
+from contracts.messages import Heartbeat  # noqa: E402
 from dea_agent.instances import CONTAINER_PORT, LAUNCH, RUN_USER  # noqa: E402
 from launcher.sandbox import Sandbox, free_ports, paas_command  # noqa: E402
 
@@ -245,7 +246,7 @@ class Bench:
                     working_dir="/app", init=True, mem_limit=memory, memswap_limit=memory,
                     pids_limit=1024, cap_drop=["ALL"], security_opt=["no-new-privileges"],
                     ports={f"{CONTAINER_PORT}/tcp": ("127.0.0.1", ports[n])},
-                    labels={LABEL_PLATFORM: self.sandbox.platform_id, LABEL_KIND: "bench"})
+                    labels={LABEL_PLATFORM: self.sandbox.platform_id, LABEL_KIND: KIND_BENCH})
                 made.append(container)
                 while True:
                     try:

@@ -46,14 +46,15 @@ from buildpacks.errors import (
 )
 from confinement.networks import NetworkError, Networks
 from contracts import keys, stack
-from contracts.messages import (
+from contracts.labels import (
+    KIND_CACHE,
+    KIND_DROPLET,
+    KIND_STAGING,
     LABEL_APP_GUID,
     LABEL_KIND,
     LABEL_PLATFORM,
-    StageRequest,
-    StageResult,
-    dump,
 )
+from contracts.messages import StageRequest, StageResult, dump
 from contracts.settings import Settings
 from logpipe import StagingWriter, StreamWriter
 
@@ -251,7 +252,7 @@ class Stager:
             output = self.docker.containers.run(
                 image, ["python3", "-c", "import sys; print(sys.version)"], remove=True,
                 network_mode="none", labels={LABEL_PLATFORM: self.settings.platform_id,
-                                             LABEL_KIND: "staging"})
+                                             LABEL_KIND: KIND_STAGING})
             self._stack_pythons[image] = output.decode().strip()
         return self._stack_pythons[image]
 
@@ -294,7 +295,7 @@ class Stager:
             pids_limit=2048,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
-            labels={LABEL_PLATFORM: self.settings.platform_id, LABEL_KIND: "staging",
+            labels={LABEL_PLATFORM: self.settings.platform_id, LABEL_KIND: KIND_STAGING,
                     LABEL_APP_GUID: request.app_guid},
             detach=True,
         )
@@ -408,7 +409,7 @@ class Stager:
             self.docker.volumes.get(name)
         except docker.errors.NotFound:
             self.docker.volumes.create(name, labels={
-                LABEL_PLATFORM: self.settings.platform_id, LABEL_KIND: "cache",
+                LABEL_PLATFORM: self.settings.platform_id, LABEL_KIND: KIND_CACHE,
                 LABEL_APP_GUID: app_guid})
         return name
 
@@ -423,7 +424,7 @@ class Stager:
         if self._image_exists(tag):
             return tag
         labels = {LABEL_PLATFORM: self.settings.platform_id, LABEL_APP_GUID: request.app_guid,
-                  LABEL_KIND: "droplet"}
+                  LABEL_KIND: KIND_DROPLET}
         config = ["ENV HOME=/app", "WORKDIR /app", f"USER {RUN_UID}:{RUN_UID}"]
         base = stack.run_image(self.settings.stack_run_image)
         for layer in droplet.layers:

@@ -25,13 +25,11 @@ from docker.models.networks import Network
 from docker.types import IPAMConfig, IPAMPool
 
 from confinement.firewall import FileLock, Firewall, FirewallError, Policy, host_resolvers
-from contracts.messages import LABEL_KIND, LABEL_PLATFORM
+from contracts.labels import KIND_NETWORK, LABEL_KIND, LABEL_PLATFORM, LABEL_TEAM
 from contracts.settings import Settings
 
 log = logging.getLogger("paas.confinement")
 
-LABEL_TEAM = "paas.team"
-KIND_NETWORK = "network"
 STAGING = "staging"
 NO_TEAM = "none"  # instances started from messages that name no team
 LOCK_FILE = "/run/lock/paas-networks.lock"

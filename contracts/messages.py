@@ -24,19 +24,6 @@ def agent_queue(agent_id: str) -> str:
     return f"agent.{agent_id}"
 
 
-# Container and image labels.
-LABEL_PLATFORM = "paas.platform"
-LABEL_APP_GUID = "paas.app_guid"
-LABEL_APP_NAME = "paas.app_name"
-LABEL_PROCESS = "paas.process_type"
-LABEL_INDEX = "paas.instance_index"
-LABEL_INSTANCE = "paas.instance_guid"
-LABEL_RELEASE = "paas.release"
-LABEL_AGENT = "paas.agent"
-LABEL_HOST_PORT = "paas.host_port"
-LABEL_KIND = "paas.kind"  # "instance", "staging", "droplet", "stack", "cache"
-
-
 class InstanceState:
     STARTING = "STARTING"
     RUNNING = "RUNNING"

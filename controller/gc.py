@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from contracts.messages import LABEL_APP_GUID, LABEL_PLATFORM
+from contracts.labels import LABEL_APP_GUID, LABEL_PLATFORM
 from contracts.settings import Settings
 from controller.blobstore import Blobstore
 from controller.models import (

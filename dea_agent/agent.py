@@ -19,15 +19,8 @@ import redis
 
 from confinement.networks import NetworkError, Networks
 from contracts import keys
-from contracts.messages import (
-    LABEL_AGENT,
-    LABEL_KIND,
-    LABEL_PLATFORM,
-    Backend,
-    Heartbeat,
-    InstanceSpec,
-    InstanceState,
-)
+from contracts.labels import KIND_INSTANCE, LABEL_AGENT, LABEL_KIND, LABEL_OUTPUT, LABEL_PLATFORM
+from contracts.messages import Backend, Heartbeat, InstanceSpec, InstanceState
 from contracts.secretbox import SecretBoxError
 from contracts.settings import Settings
 from dea_agent import instances as inst_mod
@@ -74,7 +67,7 @@ class Agent:
     def _own_filter(self) -> dict[str, list[str]]:
         return {"label": [f"{LABEL_PLATFORM}={self.settings.platform_id}",
                           f"{LABEL_AGENT}={self.settings.agent_id}",
-                          f"{LABEL_KIND}=instance"]}
+                          f"{LABEL_KIND}={KIND_INSTANCE}"]}
 
     def adopt(self) -> int:
         """Take over the containers this agent started before it restarted."""
@@ -135,7 +128,7 @@ class Agent:
             stopped_meanwhile = instance.state == InstanceState.STOPPING
             if not stopped_meanwhile:
                 instance.container_id = container.id
-                instance.output_dir = container.labels.get(inst_mod.LABEL_OUTPUT, "")
+                instance.output_dir = container.labels.get(LABEL_OUTPUT, "")
         if stopped_meanwhile:  # a stop came while Docker was creating it
             self._remove(container)
             with self.lock:
@@ -166,7 +159,7 @@ class Agent:
         except docker.errors.APIError as e:
             log.warning("could not remove container %s: %s", container.id[:12], e)
             return  # it may run on: its output files stay (the next adoption sweeps them)
-        inst_mod.remove_output_files(container.labels.get(inst_mod.LABEL_OUTPUT, ""))
+        inst_mod.remove_output_files(container.labels.get(LABEL_OUTPUT, ""))
 
     def _sweep_output_files(self) -> None:
         """Remove the output files of instances this agent no longer has (their containers

@@ -11,35 +11,33 @@ from dataclasses import dataclass, field
 import docker
 import docker.errors
 
-from contracts.messages import (
+from contracts.labels import (
+    KIND_INSTANCE,
     LABEL_AGENT,
     LABEL_APP_GUID,
     LABEL_APP_NAME,
+    LABEL_DISK,
+    LABEL_GENERATION,
+    LABEL_HEALTH_CHECK,
     LABEL_HOST_PORT,
     LABEL_INDEX,
     LABEL_INSTANCE,
     LABEL_KIND,
+    LABEL_MEMORY,
+    LABEL_OUTPUT,
     LABEL_PLATFORM,
     LABEL_PROCESS,
     LABEL_RELEASE,
-    InstanceReport,
-    InstanceSpec,
-    InstanceState,
-    unseal,
+    LABEL_ROUTES,
+    LABEL_START_TIMEOUT,
+    LABEL_STARTED_AT,
 )
+from contracts.messages import InstanceReport, InstanceSpec, InstanceState, unseal
 from contracts.secretbox import load_box
 from contracts.settings import Settings
 
 CONTAINER_PORT = 8080
-LABEL_ROUTES = "paas.routes"
-LABEL_START_TIMEOUT = "paas.start_timeout"
-LABEL_STARTED_AT = "paas.started_at"
-LABEL_MEMORY = "paas.memory_mb"
-LABEL_DISK = "paas.disk_mb"
-LABEL_GENERATION = "paas.generation"
-LABEL_HEALTH_CHECK = "paas.health_check"  # JSON: type, endpoint, interval, probe timeout
 RUN_USER = "2000:2000"
-LABEL_OUTPUT = "paas.output_dir"  # the host folder of the instance's stdout and stderr files
 OUTPUT_DIR = "/run/paas"  # where they are in the container
 OUTPUT_FILES = {1: "stdout", 2: "stderr"}
 LAUNCH = 'for f in /app/.profile.d/*.sh; do [ -r "$f" ] && . "$f"; done; ' \
@@ -227,7 +225,7 @@ def create_container(client: docker.DockerClient, spec: InstanceSpec, settings: 
     }
     labels = {
         LABEL_PLATFORM: settings.platform_id,
-        LABEL_KIND: "instance",
+        LABEL_KIND: KIND_INSTANCE,
         LABEL_AGENT: settings.agent_id,
         LABEL_APP_GUID: spec.app_guid,
         LABEL_APP_NAME: spec.app_name,

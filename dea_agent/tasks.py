@@ -21,25 +21,23 @@ import redis
 
 from confinement.networks import NetworkError, Networks
 from contracts import keys
-from contracts.messages import (
+from contracts.labels import (
+    KIND_TASK,
     LABEL_AGENT,
     LABEL_APP_GUID,
     LABEL_APP_NAME,
     LABEL_KIND,
     LABEL_PLATFORM,
     LABEL_RELEASE,
-    TaskSpec,
-    unseal,
+    LABEL_TASK,
 )
+from contracts.messages import TaskSpec, unseal
 from contracts.secretbox import SecretBoxError, hide_arguments, load_box
 from contracts.settings import Settings
 from dea_agent.instances import confinement
 from logpipe.output import MAXLEN, StreamWriter
 
 log = logging.getLogger("paas.agent")
-
-KIND = "task"
-LABEL_TASK = "paas.task_guid"
 
 
 def container_name(spec: TaskSpec) -> str:
@@ -77,7 +75,7 @@ def create_container(client: docker.DockerClient, spec: TaskSpec, settings: Sett
         environment=task_env(spec, settings),
         labels={
             LABEL_PLATFORM: settings.platform_id,
-            LABEL_KIND: KIND,
+            LABEL_KIND: KIND_TASK,
             LABEL_AGENT: settings.agent_id,
             LABEL_APP_GUID: spec.app_guid,
             LABEL_APP_NAME: spec.app_name,

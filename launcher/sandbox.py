@@ -29,7 +29,7 @@ import docker
 import docker.errors
 
 from confinement.networks import remove_networks
-from contracts.messages import LABEL_PLATFORM
+from contracts.labels import LABEL_PLATFORM
 from contracts.settings import Settings, as_env, load
 from launcher.redis_server import (
     PASSWORD_FILE,

@@ -11,7 +11,7 @@ import docker
 import pytest
 import requests
 
-from contracts.messages import LABEL_APP_NAME, LABEL_INDEX, LABEL_PLATFORM
+from contracts.labels import LABEL_APP_NAME, LABEL_INDEX, LABEL_PLATFORM
 from tests.integration.runtime_helpers import runtime_app, wait_for
 
 pytestmark = pytest.mark.usefixtures("dump_logs_on_failure")

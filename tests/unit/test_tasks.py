@@ -18,9 +18,8 @@ from sqlalchemy import select
 from cli.main import main as cli_main
 from cli.run import shell_command
 from contracts import keys
+from contracts.labels import LABEL_KIND, LABEL_PLATFORM
 from contracts.messages import (
-    LABEL_KIND,
-    LABEL_PLATFORM,
     RUN_TASK_TASK,
     Heartbeat,
     StageResult,
