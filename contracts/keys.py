@@ -15,11 +15,16 @@ AGENT_PATTERN = f"{PREFIX}:agent:*"
 
 def routes(agent_id: str) -> str:
     """Hash of instance guid -> backend JSON (:class:`contracts.messages.Backend`) for one
-    agent's ready web instances, with the heartbeat's TTL."""
+    agent's ready web instances, plus ``REVISION_FIELD``: the table's revision (see
+    :mod:`contracts.revisions`); with the heartbeat's TTL."""
     return f"{PREFIX}:routes:{agent_id}"
 
 
 ROUTES_PATTERN = f"{PREFIX}:routes:*"
+# Field of a ``routes(agent)`` hash holding the revision of that table (no instance guid).
+REVISION_FIELD = "#revision"
+# Counter: each agent table publication that changes the table takes the next value (INCR).
+ROUTES_REVISION = f"{PREFIX}:routes-revision"
 # String: the route table document the controller writes (see :mod:`contracts.routing`).
 ROUTE_TABLE = f"{PREFIX}:route-table"
 # Pub/sub channel: the route table or the backends changed; the router re-renders at once.
@@ -30,9 +35,10 @@ CONVERGE = f"{PREFIX}:converge"
 HEALTH_LOCK = f"{PREFIX}:health-lock"
 # String: the router's last successful reload, as JSON.
 ROUTER_STATUS = f"{PREFIX}:router-status"
-# String: when the router last read the route table (epoch seconds) and made nginx equal to
-# it; an agent waits for this to pass the moment it removed a route before it signals.
-ROUTER_SYNCED = f"{PREFIX}:router-synced"
+# Hash of agent id -> revision of that agent's table nginx serves (written by the router once
+# nginx accepted it), plus ``APPLIED_ROUTE_TABLE``: the route table document's revision.
+ROUTER_APPLIED = f"{PREFIX}:router-applied"
+APPLIED_ROUTE_TABLE = "#route-table"
 
 
 def build_log(build_guid: str) -> str:
@@ -81,3 +87,17 @@ def app_log_cursors(agent_id: str) -> str:
     as ``f18234:0``. A container followed through Docker's log instead: the Docker timestamp
     (ns since the epoch) of the last line shipped, such as ``1764442862123456789``."""
     return f"{PREFIX}:applog-cursors:{agent_id}"
+
+
+def app_events(app_guid: str) -> str:
+    """Stream of an app's state changes (:mod:`contracts.appevents`): fields ``type`` and
+    ``data`` (JSON), capped at ``app_stream_length`` entries; the entry id is the event id."""
+    return f"{PREFIX}:app-events:{app_guid}"
+
+
+# Hash of app guid -> "<release>/<generation>": the last rollout the health manager told the
+# app's stream was routed (``app.routed`` is sent once, also across a failover).
+APP_ROUTED = f"{PREFIX}:app-routed"
+# Hash of token id -> epoch seconds of its last use, marked by the API and copied into
+# ``tokens.last_used_at`` by the health manager (a request, even a GET, writes no row).
+TOKENS_USED = f"{PREFIX}:tokens-used"

@@ -162,6 +162,10 @@ class Settings:
     stats_interval: float = 2.0
     stats_disk_interval: float = 30.0
 
+    # App event streams (controller.appstream): events kept per app for followers that
+    # resume (a push produces a few dozen).
+    app_stream_length: int = 1000
+
     # App log streams (logpipe).
     # Lines kept per app (all sources together); older ones are trimmed.
     log_lines_per_app: int = 10_000

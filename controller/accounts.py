@@ -4,13 +4,16 @@ random and long, so a slow hash buys nothing)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 
+import redis
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from contracts import keys
 from controller.errors import Conflict, InvalidInput, NotFound
 from controller.models import (
     DEFAULT_TEAM,
@@ -26,7 +29,7 @@ from controller.models import (
     iso,
     validate_name,
 )
-from controller.models.base import utcnow
+from controller.models.base import aware, utcnow
 from controller.models.user import validate_password, validate_username
 
 
@@ -219,9 +222,43 @@ def present_user(user: User) -> dict[str, object]:
                       for m in sorted(user.memberships, key=lambda m: m.team.name)]}
 
 
-def present_token(token: Token, current: Token | None = None) -> dict[str, object]:
+def present_token(token: Token, current: Token | None = None,
+                  used: dt.datetime | None = None) -> dict[str, object]:
+    """``used``: a later use the health manager has yet to copy into the row."""
+    last = token.last_used_at
+    if used is not None and (last is None or aware(last) < used):
+        last = used
     return {"name": token.name, "scope": token.scope, "kind": token.kind,
             "created_at": iso(token.created_at), "expires_at": iso(token.expires_at),
-            "last_used_at": iso(token.last_used_at),
+            "last_used_at": iso(last),
             "current": current is not None and token.id == current.id}
 
+
+
+def tokens_used(raw: dict[bytes, bytes]) -> dict[int, dt.datetime]:
+    """The marks of token use in Redis (``keys.TOKENS_USED``): token id -> when."""
+    found = {}
+    for key, value in raw.items():
+        try:
+            found[int(key)] = dt.datetime.fromtimestamp(int(value), dt.UTC)
+        except (TypeError, ValueError, OverflowError):
+            continue
+    return found
+
+
+def record_token_use(session: Session, client: redis.Redis) -> int:
+    """Copy the marks of token use from Redis into the tokens' rows (the health manager's
+    job, once a minute); returns how many rows changed."""
+    raw = client.hgetall(keys.TOKENS_USED)
+    if not raw:
+        return 0
+    changed = 0
+    for token_id, used in tokens_used(raw).items():
+        token = session.get(Token, token_id)
+        if token is not None and (token.last_used_at is None or aware(token.last_used_at)
+                                  < used):
+            token.last_used_at = used
+            changed += 1
+    session.commit()
+    client.hdel(keys.TOKENS_USED, *raw)
+    return changed

@@ -41,6 +41,10 @@ def create_app(settings: Settings | None = None, **test_config: Any) -> Flask:
     app.extensions["paas.sessionmaker"] = make_sessionmaker(engine)
     app.extensions["paas.redis"] = test_config.get("REDIS") or redis.Redis.from_url(
         settings.redis_url, socket_timeout=10, socket_connect_timeout=3)
+    from controller import appstream  # an app's events go to its stream when they commit
+
+    appstream.install(app.extensions["paas.sessionmaker"], app.extensions["paas.redis"],
+                      settings.app_stream_length)
     app.extensions["paas.celery"] = test_config.get("CELERY") or make_celery(settings)
     app.extensions["paas.blobstore"] = Blobstore(settings.blobstore_dir)
 

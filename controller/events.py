@@ -1,4 +1,5 @@
-"""Recording events: one call, one row, who and when.
+"""Recording events: one call, one row, who and when; an app's event also goes to its
+stream (:mod:`controller.appstream`) when the change commits.
 
 An event made through the API also becomes an ``API`` line in the app's log stream
 (:func:`log_line` says what it reads: names, never values).
@@ -10,6 +11,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from controller import appstream
 from controller.models import App, Event
 
 
@@ -29,6 +31,7 @@ def record(
     session.add(event)
     if app is not None:
         _to_app_log(app, type_, actor, data)
+        appstream.queue(session, app.guid, type_, {**data, "app": app.name, "by": actor})
     return event
 
 

@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 
 import redis
@@ -22,8 +23,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload, selectinload, sessionmaker
 
 import logpipe
-from contracts import keys
+from contracts import keys, revisions
 from contracts import settings as settings_mod
+from contracts.appevents import INSTANCE_PENDING, AppEvent
 from contracts.celery_app import make_celery
 from contracts.messages import (
     START_INSTANCE_TASK,
@@ -36,7 +38,7 @@ from contracts.messages import (
 )
 from contracts.secretbox import load_box
 from contracts.settings import Settings
-from controller import events, gc, routing, staging
+from controller import accounts, appstream, events, gc, routing, staging, watch
 from controller.actual import read_heartbeats
 from controller.convergence import (
     Action,
@@ -55,6 +57,7 @@ from controller.convergence import (
     Start,
     Stop,
     Unplaceable,
+    is_ready,
     plan,
 )
 from controller.db import make_engine, make_sessionmaker
@@ -77,6 +80,7 @@ PENDING_TTL = 120.0
 RESEND_STOP_AFTER = 30.0
 LOST_BUILD_AFTER = 30.0  # seconds a build may wait for a stager before it is sent again
 ROUTE_TABLE_CHECK = 10.0  # seconds between comparisons of the route table with the database
+TOKEN_USE_EVERY = 60.0  # seconds between copies of the tokens' last use into their rows
 
 
 class HealthManager:
@@ -84,6 +88,7 @@ class HealthManager:
                  celery: Celery) -> None:
         self.settings = settings
         self.sessions = sessions
+        appstream.install(sessions, client, settings.app_stream_length)
         self.redis = client
         self.celery = celery
         self.box = load_box(settings)  # seals the env of start messages
@@ -99,6 +104,9 @@ class HealthManager:
         self.hold_until = 0.0
         self.identity = f"{uuid.uuid4()}"
         self.route_table_checked = -ROUTE_TABLE_CHECK
+        self.tokens_recorded = -TOKEN_USE_EVERY
+        self.seen: dict[str, watch.Seen] | None = None  # instances as last told to streams
+        self.routed_told: dict[str, str] | None = None  # as under keys.APP_ROUTED
 
     # -- desired state -------------------------------------------------------------------
     def crash_policy(self, app: App) -> CrashPolicy:
@@ -149,6 +157,9 @@ class HealthManager:
             return []
         started = time.monotonic()
         with self.sessions() as session:
+            if started >= self.tokens_recorded + TOKEN_USE_EVERY:
+                self.tokens_recorded = started
+                accounts.record_token_use(session, self.redis)
             for build in session.scalars(select(Build).where(
                     Build.state == BuildState.STAGING)).all():
                 try:
@@ -162,10 +173,11 @@ class HealthManager:
             actual = self._actual(beats)
             agents = [AgentCapacity(b.agent_id, b.memory_mb, b.memory_used_mb, b.disk_mb,
                                     b.disk_used_mb, b.slots, b.slots_used) for b in beats]
-            clock = Clock(now=time.time(), router_synced=self._router_synced())
+            clock = Clock(now=time.time())
+            applied = self._router_applied()
             crashes = self._crash_records()
             self._note_lost_agents(actual, {b.agent_id for b in beats})
-            actions = plan(desired, actual, agents, clock, crashes)
+            actions = plan(desired, actual, agents, clock, crashes, applied=applied)
             for action in actions:
                 try:
                     self._act(session, action)
@@ -178,6 +190,7 @@ class HealthManager:
                     session.rollback()
             self._forget_crashes(desired, crashes)
             self._publish_unplaced([a for a in actions if isinstance(a, Unplaceable)])
+            self._tell_streams(desired, actual, lambda i: is_ready(i, applied))
         if self.metrics is not None:
             self.metrics.observe(beats, actions, time.monotonic() - started)
         return actions
@@ -194,14 +207,51 @@ class HealthManager:
             if routing.republish(self.redis, session):
                 log.info("wrote the route table to Redis (it was missing or stale)")
 
+    def _tell_streams(self, desired: list[DesiredApp], actual: list[InstanceReport],
+                      ready: Callable[[InstanceReport], bool]) -> None:
+        """Publish what happened to instances since the last tick, and rollouts the router
+        now serves, on their apps' streams (see :mod:`controller.watch`)."""
+        found, seen = watch.instance_events(self.seen or {}, actual)
+        if self.seen is None:
+            found = []  # just became the active manager: take over what is, silently
+        self.seen = seen
+        if self.routed_told is None:
+            self.routed_told = {k.decode(): v.decode() for k, v in
+                                self.redis.hgetall(keys.APP_ROUTED).items()}
+        routed = watch.routed_rollouts(desired, actual, ready)
+        more, marks = watch.routed_events(desired, routed, self.routed_told)
+        gone = self.routed_told.keys() - {a.guid for a in desired}
+        if marks:
+            self.redis.hset(keys.APP_ROUTED, mapping=marks)
+        if gone:
+            self.redis.hdel(keys.APP_ROUTED, *gone)
+        self.routed_told = {k: v for k, v in {**self.routed_told, **marks}.items()
+                            if k not in gone}
+        self._publish_events(found + more)
+
+    def _publish_events(self, found: list[tuple[str, AppEvent]]) -> None:
+        by_app: dict[str, list[AppEvent]] = {}
+        for app_guid, event in found:
+            by_app.setdefault(app_guid, []).append(event)
+        for app_guid, events_ in by_app.items():
+            appstream.publish(self.redis, app_guid, events_, self.settings.app_stream_length)
+
     def _publish_unplaced(self, found: list[Unplaceable]) -> None:
         """Instances no agent has room for, for ``paas app`` to show (and the log)."""
         now = {keys.crash_field(u.app_guid, u.process_type, u.index): json.dumps(
             {"memory_mb": u.memory_mb, "disk_mb": u.disk_mb}) for u in found}
         if now == self.unplaced:
             return
-        for field_ in now.keys() - self.unplaced.keys():
-            log.warning("no agent has room for %s (%s)", field_, now[field_])
+        told = []
+        for u in found:
+            field_ = keys.crash_field(u.app_guid, u.process_type, u.index)
+            if field_ not in self.unplaced:
+                log.warning("no agent has room for %s (%s)", field_, now[field_])
+                told.append((u.app_guid, AppEvent(INSTANCE_PENDING, {
+                    "by": "health", "process_type": u.process_type, "index": u.index,
+                    "reason": f"no agent has room for {u.memory_mb} MB memory and "
+                              f"{u.disk_mb} MB disk: scale something down or add an agent"})))
+        self._publish_events(told)
         pipe = self.redis.pipeline()
         pipe.delete(keys.UNPLACED)
         if now:
@@ -233,12 +283,9 @@ class HealthManager:
         self.redis_run_id = run_id
         return time.monotonic() < self.hold_until
 
-    def _router_synced(self) -> float:
-        raw = self.redis.get(keys.ROUTER_SYNCED)
-        try:
-            return float(raw) if raw else 0.0
-        except ValueError:
-            return 0.0
+    def _router_applied(self) -> dict[str, int]:
+        """What nginx serves: agent id -> revision of its route table (contracts.revisions)."""
+        return revisions.read_applied(self.redis)
 
     def _crash_records(self) -> dict[CrashKey, CrashRecord]:
         if self.crashes is None:  # became active: take over what the last one knew
@@ -403,6 +450,7 @@ class HealthManager:
         if self.redis.set(keys.HEALTH_LOCK, self.identity, nx=True, px=ttl):
             log.info("this health manager is now the active one")
             self.crashes = None  # read again: another manager may have counted some
+            self.seen = self.routed_told = None  # and told the streams what it saw
             return True
         if self.redis.get(keys.HEALTH_LOCK) == self.identity.encode():
             self.redis.pexpire(keys.HEALTH_LOCK, ttl)

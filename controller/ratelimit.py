@@ -196,7 +196,8 @@ def follow_slot() -> FollowLease:
                           settings.api_follows_per_token)
 
 
-def leased_stream(lease: FollowLease, chunks: Iterator[str]) -> Response:
+def leased_stream(lease: FollowLease, chunks: Iterator[str],
+                  mimetype: str = "application/x-ndjson") -> Response:
     """A streamed response that holds one of its caller's follow slots while it streams
     (renewed as chunks go out) and gives it back however the stream ends."""
     def renewing() -> Iterator[str]:
@@ -204,7 +205,7 @@ def leased_stream(lease: FollowLease, chunks: Iterator[str]) -> Response:
             lease.renew_if_due()
             yield chunk
 
-    response = Response(renewing(), mimetype="application/x-ndjson")
+    response = Response(renewing(), mimetype=mimetype)
     response.call_on_close(lease.release)
     return response
 

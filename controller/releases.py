@@ -10,6 +10,8 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from contracts.appevents import RELEASE_CREATED
+from controller import appstream
 from controller.errors import InvalidInput, NotFound
 from controller.models import App, Droplet, Release, ReleaseStatus
 
@@ -48,6 +50,8 @@ def create(session: Session, app: App, *, description: str, actor: str | None,
     session.add(release)
     session.flush()
     app.release_id = release.id
+    appstream.queue(session, app.guid, RELEASE_CREATED, {
+        "app": app.name, "by": actor, "release": version, "description": description})
     return release
 
 

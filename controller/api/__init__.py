@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import sqlalchemy.exc
-from flask import Blueprint, Flask, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from contracts.secretbox import SecretBoxError
@@ -31,6 +31,20 @@ def _authenticate() -> None:
     # Give the connection back to the pool now: a request that then reads a slow client's
     # upload (a gevent worker waits up to api_io_timeout per read) must not hold one.
     g.db.rollback()
+
+
+@v1.after_request
+def _stream_position(response: Response) -> Response:
+    """A change to an app answers with ``stream_id``: where to follow the app's event stream
+    from (``g.stream_from``, taken by the app's lookup before the change) to see it happen."""
+    start = g.get("stream_from")
+    if start is None or not 200 <= response.status_code < 300 or not response.is_json:
+        return response
+    body = response.get_json(silent=True)
+    if isinstance(body, dict) and "stream_id" not in body:
+        body["stream_id"] = start
+        response.set_data(current_app.json.dumps(body))
+    return response
 
 
 def json_body() -> dict[str, object]:
@@ -102,5 +116,6 @@ from controller.api import (  # noqa: E402,F401  (routes register)
     openapi,
     routes,
     runtime,
+    stream,
     tasks,
 )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import redis
 from flask import current_app, g, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from contracts import keys
 from controller import accounts, events, quotas, ratelimit
 from controller.api import json_body, v1
 from controller.auth import Permission, authorize, current_identity, requires
@@ -323,7 +325,13 @@ def list_tokens():  # noqa: ANN201
     tokens = g.db.scalars(select(Token).where(Token.user_id == ident.user_id)
                           .order_by(Token.created_at, Token.id))
     current = g.db.get(Token, ident.token_id)
-    return jsonify({"tokens": [accounts.present_token(t, current) for t in tokens]})
+    try:
+        used = accounts.tokens_used(current_app.extensions["paas.redis"].hgetall(
+            keys.TOKENS_USED))
+    except redis.RedisError:
+        used = {}
+    return jsonify({"tokens": [accounts.present_token(t, current, used.get(t.id))
+                               for t in tokens]})
 
 
 @v1.post("/tokens")

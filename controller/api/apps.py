@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 import uuid
+from collections.abc import Mapping
 
 import redis
 from flask import current_app, g, jsonify, request
 from sqlalchemy import func, select
 from sqlalchemy.orm import object_session, selectinload
 
-from contracts import keys
+from contracts import keys, revisions
+from contracts.appevents import BUILD_STARTED
 from contracts.messages import InstanceReport, InstanceState
-from controller import events, packages, quotas, resources, routing, staging
+from contracts.options import InvalidOption, PushOptions
+from contracts.settings import Settings
+from controller import appstream, events, packages, quotas, resources, routing, staging
 from controller.actual import instances_by_app, nudge, read_heartbeats
 from controller.api import json_body, v1
 from controller.api.buildpacks import store_buildpack
@@ -36,7 +39,6 @@ from controller.models import (
     BuildState,
     Domain,
     Droplet,
-    HealthCheck,
     Package,
     Release,
     Route,
@@ -44,9 +46,6 @@ from controller.models import (
     iso,
     validate_name,
 )
-
-BUILDPACK_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _settings():  # noqa: ANN202
@@ -86,7 +85,17 @@ def find_app(name: str, permission: str | None = None) -> App:
 
 def lookup_app(name: str) -> App | None:
     """The app called ``name`` the request means: the named team's (X-Paas-Team), else the one
-    of that name in the caller's teams (a 400 if there are several)."""
+    of that name in the caller's teams (a 400 if there are several).
+
+    A request that changes something answers with ``stream_id``, the app's event stream as
+    it was before the change: following it from there shows the change's own events."""
+    app = _lookup_app(name)
+    if request.method not in ("GET", "HEAD") and "stream_from" not in g:
+        g.stream_from = appstream.position(_redis(), app.guid) if app is not None else "0"
+    return app
+
+
+def _lookup_app(name: str) -> App | None:
     ident = current_identity()
     if ident.team_named:
         return g.db.scalar(select(App).where(App.name == name, App.team_id == ident.team_id))
@@ -101,7 +110,8 @@ def lookup_app(name: str) -> App | None:
     return found[0] if found else None
 
 
-def present_instance(inst: InstanceReport, router_synced: float = 0.0) -> dict[str, object]:
+def present_instance(inst: InstanceReport,
+                     applied: Mapping[str, int] | None = None) -> dict[str, object]:
     return {
         "index": inst.index,
         "process_type": inst.process_type,
@@ -113,8 +123,8 @@ def present_instance(inst: InstanceReport, router_synced: float = 0.0) -> dict[s
         "agent": inst.agent_id,
         "reason": inst.reason,
         "exit_code": inst.exit_code,
-        # The router has made nginx equal to a route table read after this instance ran.
-        "routed": is_ready(inst, router_synced) and inst.process_type == "web",
+        # nginx serves a route table of its agent that includes it (contracts.revisions).
+        "routed": is_ready(inst, applied or {}) and inst.process_type == "web",
         # Resource use as the agent last sampled it (None until it has).
         "started_at": inst.started_at or None,
         "cpu_percent": inst.cpu_percent,
@@ -183,12 +193,12 @@ def _waiting_indices(app: App, instances: list[InstanceReport],
     return rows
 
 
-def router_synced() -> float:
+def router_applied() -> dict[str, int]:
+    """What the router serves: agent id -> revision of its route table ({} without Redis)."""
     try:
-        raw = _redis().get(keys.ROUTER_SYNCED)
-        return float(raw) if raw else 0.0
-    except (redis.RedisError, ValueError):
-        return 0.0
+        return revisions.read_applied(_redis())
+    except redis.RedisError:
+        return {}
 
 
 def present_app(app: App, instances: list[InstanceReport] | None = None,
@@ -238,8 +248,8 @@ def present_app(app: App, instances: list[InstanceReport] | None = None,
     if latest is not None and latest.status == "FAILED":
         body["failed_release"] = {"version": latest.version, "error": latest.error}
     if instances is not None:
-        synced = router_synced() if instances else 0.0
-        body["instances"] = [present_instance(i, synced) for i in instances] + \
+        applied = router_applied() if instances else {}
+        body["instances"] = [present_instance(i, applied) for i in instances] + \
             _waiting_indices(app, instances)
         running = [i for i in instances if i.state == "RUNNING" and i.process_type == "web"
                    and release is not None and i.release == release.version]
@@ -284,7 +294,7 @@ def show_app(name: str):  # noqa: ANN201
     return jsonify(present_app(app, grouped.get(app.guid, [])))
 
 
-def _push_options() -> dict[str, object]:
+def _push_options() -> PushOptions:
     raw = request.form.get("options") or "{}"
     try:
         options = json.loads(raw)
@@ -295,108 +305,19 @@ def _push_options() -> dict[str, object]:
     return _check_options(options)
 
 
-def _check_options(options: dict[str, object]) -> dict[str, object]:
-    requested: dict[str, object] = {}
-    if options.get("instances") is not None:
-        n = options["instances"]
-        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 100:
-            raise InvalidInput(f"instances must be a whole number from 0 to 100, not {n!r}.")
-        requested["instances"] = n
-    if options.get("memory_mb") is not None:
-        m = options["memory_mb"]
-        if not isinstance(m, int) or isinstance(m, bool) or not 16 <= m <= 65536:
-            raise InvalidInput(f"memory must be from 16 MB to 64 GB, not {m!r} MB.")
-        requested["memory_mb"] = m
-    if options.get("health_check_type") is not None:
-        kind = options["health_check_type"]
-        if kind not in HealthCheck.ALL:
-            raise InvalidInput(f"health-check-type must be one of {', '.join(HealthCheck.ALL)},"
-                               f" not {kind!r}.")
-        requested["health_check_type"] = kind
-    if options.get("health_check_endpoint") is not None:
-        endpoint = options["health_check_endpoint"]
-        if not isinstance(endpoint, str) or not endpoint.startswith("/"):
-            raise InvalidInput("health-check-http-endpoint must be a path starting with /.")
-        requested["health_check_endpoint"] = endpoint
-    if options.get("timeout") is not None:
-        t = options["timeout"]
-        if not isinstance(t, int) or isinstance(t, bool) or not 1 <= t <= 600:
-            raise InvalidInput(f"timeout must be from 1 to 600 seconds, not {t!r}.")
-        requested["timeout"] = t
-    for key, low, high in (("health_check_interval", 0.2, 600),
-                           ("health_check_probe_timeout", 0.1, 60)):
-        if options.get(key) is not None:
-            t = options[key]
-            if not isinstance(t, int | float) or isinstance(t, bool) or not low <= t <= high:
-                raise InvalidInput(f"{key.replace('_', '-')} must be from {low} to {high} "
-                                   f"seconds, not {t!r}.")
-            requested[key] = float(t)
-    if options.get("disk_mb") is not None:
-        d = options["disk_mb"]
-        if not isinstance(d, int) or isinstance(d, bool) or not 64 <= d <= 1024 * 1024:
-            raise InvalidInput(f"disk quota must be from 64 MB to 1 TB, not {d!r} MB.")
-        requested["disk_mb"] = d
-    if options.get("processes") is not None:
-        requested["processes"] = _process_options(options["processes"])
-    if "command" in options and options["command"] is not None:
-        cmd = options["command"]
-        if not isinstance(cmd, str) or not cmd.strip() or "\n" in cmd:
-            raise InvalidInput("the start command must be one non-empty line.")
-        # As in Cloud Foundry, "null" or "default" goes back to the Procfile's command.
-        requested["command"] = None if cmd.strip() in ("null", "default") else cmd.strip()
-    if options.get("buildpack") is not None:
-        bp = options["buildpack"]
-        if not isinstance(bp, str) or not BUILDPACK_NAME.match(bp):
-            raise InvalidInput(f"{bp!r} is not a buildpack name.")
-        requested["buildpack"] = bp
-    if options.get("no_route") is not None:
-        if not isinstance(options["no_route"], bool):
-            raise InvalidInput("no-route must be true or false.")
-        requested["no_route"] = options["no_route"]
-    if options.get("routes") is not None:
-        routes = options["routes"]
-        if not isinstance(routes, list) or not all(isinstance(r, str) and r.strip()
-                                                   for r in routes) or len(routes) > 100:
-            raise InvalidInput("routes must be a list of up to 100 routes such as "
-                               "'myapp.example.com' or 'example.com/api'.")
-        requested["routes"] = routes
-    if options.get("env") is not None:
-        env = options["env"]
-        if not isinstance(env, dict) or not all(
-                isinstance(k, str) and ENV_NAME.match(k) and isinstance(v, str)
-                for k, v in env.items()):
-            raise InvalidInput("env must map variable names (letters, digits, _) to text.")
-        requested["env"] = env
-    return requested
+def _check_options(options: dict[str, object]) -> PushOptions:
+    """The push options as contracts.options checks them (the manifest and the CLI do the
+    same): a bad one is a 400 with the sentence they give."""
+    try:
+        return PushOptions.from_json(options)
+    except InvalidOption as e:
+        raise InvalidInput(e.message) from None
 
 
-PROCESS_TYPE = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
-
-
-def _process_options(processes: object) -> list[dict[str, object]]:
-    """A manifest's processes: each type's scale, command and health check."""
-    if not isinstance(processes, list):
-        raise InvalidInput("processes must be a list.")
-    out = []
-    for proc in processes:
-        if not isinstance(proc, dict) or not PROCESS_TYPE.match(str(proc.get("type", ""))):
-            raise InvalidInput("each process needs a type: lower-case letters, digits, - or _.")
-        checked = {"type": proc["type"], **_push_options_from(
-            {k: v for k, v in proc.items() if k != "type"})}
-        out.append(checked)
-    return out
-
-
-def _push_options_from(options: dict[str, object]) -> dict[str, object]:
-    """The per-process subset of push options, checked like the app-wide ones."""
-    allowed = {"instances", "memory_mb", "disk_mb", "command", "health_check_type",
-               "health_check_endpoint", "timeout", "health_check_interval",
-               "health_check_probe_timeout"}
-    unknown = set(options) - allowed
-    if unknown:
-        raise InvalidInput(f"a process takes only {', '.join(sorted(allowed))}, not "
-                           f"{', '.join(sorted(unknown))}.")
-    return _check_options(options)
+def _build_started(app: App, build: Build) -> None:
+    """Tell the app's stream that a build begins (once the request commits)."""
+    appstream.queue(g.db, app.guid, BUILD_STARTED, {
+        "app": app.name, "by": current_identity().name, "build": build.guid})
 
 
 @v1.post("/apps/<name>/restage")
@@ -410,14 +331,16 @@ def restage(name: str):  # noqa: ANN201
     if package is None:
         raise NotFound(f"app {name!r} has no package to restage: push it first.")
     last = g.db.scalar(select(Build).where(Build.app_id == app.id).order_by(Build.id.desc()))
-    requested = {k: v for k, v in (last.requested if last else {}).items()
-                 if k in ("buildpack", "buildpack_blob")}
-    requested["no_cache"] = bool(body.get("no_cache"))
-    build = Build(app=app, package=package, requested=requested)
+    given = last.options if last else PushOptions()  # the last push's buildpack stays
+    requested = PushOptions(buildpack=given.buildpack, buildpack_blob=given.buildpack_blob,
+                            no_cache=bool(body.get("no_cache")))
+    build = Build(app=app, package=package, requested=requested.to_json(),
+                  actor=current_identity().name)
     g.db.add(build)
     g.db.flush()
     events.record(g.db, "app.restaged", current_identity().name, app, build=build.guid,
-                  no_cache=requested["no_cache"])
+                  no_cache=requested.no_cache)
+    _build_started(app, build)
     g.db.commit()
     try:
         staging.enqueue(current_app.extensions["paas.celery"], g.db, app, build, package,
@@ -469,7 +392,7 @@ def push(name: str):  # noqa: ANN201
         g.db.add(app)
     else:
         authorize_app(ident, app)
-    quotas.check(g.db, app.team, **quotas.push_demand(app, requested,
+    quotas.check(g.db, app.team, **quotas.push_demand(app, requested.to_json(),
                                                      quotas.NEW_PROCESS_MEMORY_MB))
     blobs = current_app.extensions["paas.blobstore"]
     package = Package(guid=str(uuid.uuid4()))
@@ -491,19 +414,20 @@ def push(name: str):  # noqa: ANN201
             (item["path"], item["mode"], resources.cached_size(blobs, team_id, item["sha1"]))
             for item in matched))
         if request.files.get("buildpack") is not None:
-            requested["buildpack_blob"], _ = store_buildpack(request.files["buildpack"])
+            blob, _ = store_buildpack(request.files["buildpack"])
+            requested = requested.replace(buildpack_blob=blob)
         package.digest, package.size = resources.assemble(
             blobs, team_id, blobs.path(uploaded), matched, package.blob_path)
         g.db.flush()
         package.app_id = app.id
-        build = Build(app=app, package=package, requested=requested)
+        stored = requested.to_json()
+        build = Build(app=app, package=package, requested=stored, actor=ident.name)
         g.db.add_all([package, build])
         g.db.flush()
-        requested["actor"] = ident.name
         events.record(g.db, "app.pushed", ident.name, app, build=build.guid, created=created,
-                      **{k: v for k, v in requested.items()
-                         if k not in ("command", "env", "actor")},
-                      env_names=sorted(requested.get("env", {})))
+                      **{k: v for k, v in stored.items() if k not in ("command", "env")},
+                      env_names=sorted(requested.env))
+        _build_started(app, build)
         routes_changed = _push_routes(app, created, requested, settings)
         g.db.commit()
     except BaseException:
@@ -523,14 +447,12 @@ def push(name: str):  # noqa: ANN201
     return jsonify({"app": present_app(app), "build": present_build(build)}), 201
 
 
-def _push_routes(app: App, created: bool, requested: dict[str, object], settings) -> bool:  # noqa: ANN001
+def _push_routes(app: App, created: bool, requested: PushOptions, settings: Settings) -> bool:
     """Routes a push asks for, checked (and conflicts refused) before anything is stored:
     the manifest's ``routes`` are mapped (added, as in Cloud Foundry); ``no_route`` unmaps
     every route; a new app without either gets ``<name>.<platform domain>``."""
     ident = current_identity().acting_for(app.team.id)
-    if requested.get("no_route"):
-        if requested.get("routes"):
-            raise InvalidInput("a push takes routes or no-route, not both.")
+    if requested.no_route:  # (with routes too: refused by PushOptions)
         changed = bool(app.routes)
         for route in list(app.routes):
             events.record(g.db, "route.unmapped", ident.name, app, route=route.url)
@@ -538,7 +460,7 @@ def _push_routes(app: App, created: bool, requested: dict[str, object], settings
         app.routes.clear()
         return changed
     changed = False
-    wanted = requested.get("routes") or []
+    wanted = requested.routes or []
     if not wanted and created:
         g.db.flush()
         route = routing.default_route(g.db, ident, app, settings.domain)

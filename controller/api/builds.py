@@ -11,7 +11,7 @@ from flask import current_app, g, jsonify
 from sqlalchemy import select
 
 from contracts import keys
-from controller import staging
+from controller import appstream
 from controller.api import v1
 from controller.api.apps import present_build
 from controller.auth import (
@@ -22,10 +22,11 @@ from controller.auth import (
     requires,
 )
 from controller.errors import NotFound
-from controller.models import Build, BuildState
+from controller.models import App, Build, BuildState
 from controller.ratelimit import follow_slot, leased_stream
 
 PING_EVERY = 10.0
+SETTLE_WAIT = 30.0  # seconds the build log's result waits for the health manager
 
 
 def find_build(guid: str) -> Build:
@@ -40,9 +41,6 @@ def find_build(guid: str) -> Build:
 @v1.get("/builds/<guid>")
 @requires(Permission.APP_READ)
 def show_build(guid: str):  # noqa: ANN201
-    build = find_build(guid)
-    staging.settle(g.db, current_app.extensions["paas.redis"],
-                   current_app.config["PAAS_SETTINGS"], build)
     return jsonify(present_build(find_build(guid)))
 
 
@@ -97,24 +95,46 @@ def _follow(app, guid: str) -> Iterator[str]:  # noqa: ANN001
 
 
 def _finished_without_stream(app, guid: str) -> bool:  # noqa: ANN001
+    """The build has left STAGING, or is gone (a failed first push removes its app)."""
     with app.extensions["paas.sessionmaker"]() as session:
-        build = session.scalar(select(Build).where(Build.guid == guid))
-        if build is None or build.state != BuildState.STAGING:
-            return True
-        return staging.settle(session, app.extensions["paas.redis"],
-                              app.config["PAAS_SETTINGS"], build)
+        state = session.scalar(select(Build.state).where(Build.guid == guid))
+        return state is None or state != BuildState.STAGING
 
 
 def _result(app, guid: str) -> dict[str, object]:  # noqa: ANN001
+    """The build's result once the health manager has settled it (it is woken by the
+    stager's end of staging; this waits for it rather than settling the build itself)."""
     client = app.extensions["paas.redis"]
+    _wait_until_settled(app, guid)
     with app.extensions["paas.sessionmaker"]() as session:
         build = session.scalar(select(Build).where(Build.guid == guid))
-        if build is not None:
-            staging.settle(session, client, app.config["PAAS_SETTINGS"], build)
-            build = session.scalar(select(Build).where(Build.guid == guid))
         if build is None:
             # The app of a failed first push is removed with its builds; the result remains.
             raw = client.get(keys.build_result(guid))
             error = json.loads(raw).get("error") if raw else "the build is gone"
             return {"type": "result", "state": BuildState.FAILED, "error": error}
         return {"type": "result", **present_build(build)}
+
+
+def _wait_until_settled(app, guid: str) -> None:  # noqa: ANN001
+    """Wait (bounded by SETTLE_WAIT) for the build to leave STAGING, woken by its app's
+    stream when the health manager settles it."""
+    client = app.extensions["paas.redis"]
+    with app.extensions["paas.sessionmaker"]() as session:
+        app_guid = session.scalar(select(App.guid).join(Build, Build.app_id == App.id)
+                                  .where(Build.guid == guid))
+    if app_guid is None:
+        return
+    since = appstream.position(client, app_guid)
+    deadline = time.monotonic() + SETTLE_WAIT
+    while not _finished_without_stream(app, guid):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return  # the result says STAGING: the health manager is not running
+        try:
+            found = appstream.read(client, app_guid, since, block_ms=int(min(left, 1.0) * 1000))
+        except redis.RedisError:
+            time.sleep(min(left, 0.2))
+            continue
+        if found:
+            since = found[-1].id

@@ -121,6 +121,8 @@ def prepare(case: schemathesis.Case) -> None:
     the lookups (see the module's words)."""
     if case.query and "follow" in case.query:
         case.query = {k: v for k, v in case.query.items() if k != "follow"}
+    if case.path.endswith("/stream"):  # the app's events kept, not a follow without end
+        case.query = {**(case.query or {}), "follow": "false"}
     params = case.path_parameters or {}
     if case.path.startswith("/v1/apps/{name}") and (case.method, case.path) not in SPARED and \
             _half(case, "app"):

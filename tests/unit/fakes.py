@@ -56,8 +56,9 @@ class FakeRedis:
         self.hashes.setdefault(key, {})[self._b(field)] = self._b(value)
         return 1
 
-    def hdel(self, key: str, field: str) -> int:
-        return int(self.hashes.get(key, {}).pop(self._b(field), None) is not None)
+    def hdel(self, key: str, *fields: Any) -> int:
+        found = self.hashes.get(key, {})
+        return sum(found.pop(self._b(f), None) is not None for f in fields)
 
     def publish(self, channel: str, message: Any) -> int:
         self.published.append((channel, str(message)))

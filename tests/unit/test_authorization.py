@@ -340,6 +340,7 @@ RECIPES: dict[str, Target] = {
     "v1.change_env": Target(TEAM_A, _app("/env", json={"set": {"AUTHZ": "1"}})),
     "v1.app_events": Target(TEAM_A, _app("/events")),
     "v1.app_logs": Target(TEAM_A, _app("/logs?recent=1")),
+    "v1.app_stream": Target(TEAM_A, _app("/stream?since=0&follow=false")),
     "v1.scale": Target(TEAM_A, _app("/processes/web/scale", json={"instances": 0})),
     "v1.rebalance": Target(TEAM_A, _app("/rebalance")),
     "v1.list_releases": Target(TEAM_A, _app("/releases")),
