@@ -45,7 +45,7 @@ from buildpacks.errors import (
     StagingTimeout,
 )
 from confinement.networks import NetworkError, Networks
-from contracts import keys, stack
+from contracts import blobstore, keys, stack
 from contracts.labels import (
     KIND_CACHE,
     KIND_DROPLET,
@@ -75,7 +75,7 @@ class Stager:
         self.settings = settings
         self.docker = docker_client
         self.redis = redis_client
-        self.blob_root = settings.blobstore_dir
+        self.blobs = blobstore.BlobRoot(settings.blobstore_dir)
         self._stack_pythons: dict[str, str] = {}
         self.networks = Networks(settings, docker_client)  # staging's own, package ports only
 
@@ -109,7 +109,7 @@ class Stager:
         return result
 
     def _stage(self, request: StageRequest, out: StreamWriter) -> StageResult:
-        package = self.blob_root / request.package_path
+        package = self.blobs.path(request.package_path)
         with tempfile.TemporaryDirectory(prefix="paas-stage-") as tmp:
             app_dir = Path(tmp) / "app"
             app_dir.mkdir()
@@ -135,11 +135,11 @@ class Stager:
                     layers, defaults, name = self._compile(request, candidates, detect,
                                                            app_tar, app_part, out)
                 processes = process_types(defaults, declared)
-                droplet = Droplet(self.blob_root, app_part, layers)
+                droplet = Droplet(self.blobs, app_part, layers)
                 digest, path = droplet.store()
             finally:
                 app_part.unlink(missing_ok=True)
-        size = sum((self.blob_root / p).stat().st_size for p in droplet.blob_paths())
+        size = sum(self.blobs.path(p).stat().st_size for p in droplet.blob_paths())
         out.line(f"-----> Droplet: {size / 1e6:.1f} MB, sha256:{digest[:12]}")
         started = time.monotonic()
         image = self._build_image(request, digest, droplet)
@@ -150,7 +150,7 @@ class Stager:
 
     def _droplet_file(self) -> Path:
         """An empty file beside the droplets, for an app part being made."""
-        folder = self.blob_root / "droplets"
+        folder = self.blobs.path(blobstore.DROPLETS)
         folder.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=folder, prefix=".app-")
         os.close(fd)
@@ -167,10 +167,10 @@ class Stager:
         custom = {c["name"]: c["blob"] for c in request.custom_buildpacks}
         if request.buildpack_blob:
             name = request.buildpack or "uploaded"
-            return [custom_mod.unpack(self.blob_root / request.buildpack_blob, name, work)], False
+            return [custom_mod.unpack(self.blobs.path(request.buildpack_blob), name, work)], False
         if request.buildpack:
             if request.buildpack in custom:
-                return [custom_mod.unpack(self.blob_root / custom[request.buildpack],
+                return [custom_mod.unpack(self.blobs.path(custom[request.buildpack]),
                                           request.buildpack, work)], False
             try:
                 return [registry.by_name(request.buildpack)], False
@@ -184,7 +184,7 @@ class Stager:
         except NoBuildpack:
             if not custom:
                 raise
-        return [custom_mod.unpack(self.blob_root / blob, name, work)
+        return [custom_mod.unpack(self.blobs.path(blob), name, work)
                 for name, blob in custom.items()], True
 
     # -- the fast path: no container when a built-in buildpack has nothing to install ----
@@ -226,7 +226,7 @@ class Stager:
             layers = []
             for folder_name, key in parse_layers(_read_text(app_dir / ".paas" / "layers")):
                 layer = Layer(folder=folder_name, key=prefix + key)
-                if not key or not (self.blob_root / layer.blob_path).exists():
+                if not key or not self.blobs.path(layer.blob_path).exists():
                     return None  # a layer would have to be built: use the container
                 layers.append(layer)
             try:  # fast-compile wrote bin/release's answer, or it is asked
@@ -346,7 +346,7 @@ class Stager:
             listed = _read_single_file(container, "/tmp/paas/layers").decode("utf-8", "replace")
             for folder, key in parse_layers(listed):
                 layer = Layer(folder=folder, key=prefix + key)
-                if not key or not (self.blob_root / layer.blob_path).exists():
+                if not key or not self.blobs.path(layer.blob_path).exists():
                     layer = self._fetch_layer(container, layer)
                 layers.append(layer)
             release = _read_single_file(container, "/tmp/paas/release.yml",
@@ -362,7 +362,7 @@ class Stager:
         """Copy a layer folder out of the staging container into the blobstore."""
         stream, _stat = container.get_archive(f"/app/{layer.folder}")
         digest = hashlib.sha256()
-        folder = self.blob_root / "layers"
+        folder = self.blobs.path(blobstore.LAYERS)
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".layer-")
         limit, size = self.settings.staging_max_droplet_bytes, 0
@@ -381,7 +381,7 @@ class Stager:
             raise
         if layer.key.endswith("-"):  # the buildpack gave no key: name it by content
             layer = Layer(folder=layer.folder, key=layer.key + digest.hexdigest()[:32])
-        os.replace(tmp, self.blob_root / layer.blob_path)
+        os.replace(tmp, self.blobs.path(layer.blob_path))
         return layer
 
     def _drop_cache(self, app_guid: str, out: StreamWriter) -> None:
@@ -398,10 +398,10 @@ class Stager:
         """The app's layers in the blobstore: key (without the prefix) -> tarball."""
         prefix = _layer_prefix(self.settings, app_guid)
         return {p.name[len(prefix):-len(".tar")]: p
-                for p in (self.blob_root / "layers").glob(f"{prefix}*.tar")}
+                for p in self.blobs.path(blobstore.LAYERS).glob(f"{prefix}*.tar")}
 
     def _cache_name(self, app_guid: str) -> str:
-        return f"paas-cache-{self.settings.platform_id}-{app_guid}"
+        return blobstore.build_cache_volume(self.settings.platform_id, app_guid)
 
     def _cache_volume(self, app_guid: str) -> str:
         name = self._cache_name(app_guid)
@@ -431,10 +431,10 @@ class Stager:
             layer_tag = f"paas/layer:{layer.key}"
             if request.no_cache or not self._image_exists(layer_tag):
                 parent = str(Path("/app", layer.folder).parent)
-                self._docker_build(layer_tag, base, self.blob_root / layer.blob_path,
+                self._docker_build(layer_tag, base, self.blobs.path(layer.blob_path),
                                    f"ADD layer.tar {parent}/", config, labels)
             base, config, labels = layer_tag, [], {}
-        self._docker_build(tag, base, self.blob_root / droplet.app_path, "ADD layer.tar /",
+        self._docker_build(tag, base, self.blobs.path(droplet.app_path), "ADD layer.tar /",
                            config, labels)
         return tag
 
@@ -515,7 +515,7 @@ class Layer:
 
     @property
     def blob_path(self) -> str:
-        return f"layers/{self.key}.tar"
+        return blobstore.layer(self.key)
 
 
 class Droplet:
@@ -525,8 +525,8 @@ class Droplet:
     a file beside the droplets, moved into place by :meth:`store`.
     """
 
-    def __init__(self, root: Path, app_part: Path, layers: list[Layer]) -> None:
-        self.root = root
+    def __init__(self, blobs: blobstore.BlobRoot, app_part: Path, layers: list[Layer]) -> None:
+        self.blobs = blobs
         self.app_part = app_part
         self.layers = layers
         digest = hashlib.sha256()
@@ -534,7 +534,7 @@ class Droplet:
             while chunk := f.read(1024 * 1024):
                 digest.update(chunk)
         self.app_digest = digest.hexdigest()
-        self.app_path = f"droplets/{self.app_digest}.tar"
+        self.app_path = blobstore.droplet_part(self.app_digest)
 
     def manifest(self) -> dict[str, object]:
         return {"app": self.app_path,
@@ -543,13 +543,13 @@ class Droplet:
     def store(self) -> tuple[str, str]:
         manifest = json.dumps(self.manifest(), sort_keys=True).encode()
         digest = hashlib.sha256(manifest).hexdigest()
-        app = self.root / self.app_path
+        app = self.blobs.path(self.app_path)
         app.parent.mkdir(parents=True, exist_ok=True)
         if not app.exists():
             os.replace(self.app_part, app)
         else:  # reused: young again, so garbage collection (by age) leaves it to this build
             _touch(app)
-        path = self.root / f"droplets/{digest}.json"
+        path = self.blobs.path(blobstore.droplet_manifest(digest))
         if not path.exists():
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
             with os.fdopen(fd, "wb") as f:
@@ -558,8 +558,8 @@ class Droplet:
         else:
             _touch(path)
         for layer in self.layers:
-            _touch(self.root / layer.blob_path)
-        return digest, f"droplets/{digest}.json"
+            _touch(self.blobs.path(layer.blob_path))
+        return digest, blobstore.droplet_manifest(digest)
 
     def blob_paths(self) -> list[str]:
         return [self.app_path, *(lay.blob_path for lay in self.layers)]

@@ -1,26 +1,22 @@
-"""A filesystem blobstore: app packages, droplets. Writes are atomic (temp file + rename)."""
+"""The controller's blobstore: writes (atomic: a temp file, then a rename) and deletes.
+
+Where each kind of blob lives, and the check that a key stays inside the store, are
+:mod:`contracts.blobstore`'s, shared with the stager.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import tempfile
-from pathlib import Path
 from typing import BinaryIO
+
+from contracts.blobstore import BlobRoot
 
 CHUNK = 1024 * 1024
 
 
-class Blobstore:
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
-
-    def path(self, key: str) -> Path:
-        target = (self.root / key).resolve()
-        if not target.is_relative_to(self.root.resolve()):
-            raise ValueError(f"blob key {key!r} escapes the blobstore")
-        return target
-
+class Blobstore(BlobRoot):
     def put_stream(self, key: str, stream: BinaryIO, limit: int | None = None) -> tuple[str, int]:
         """Store ``stream`` under ``key``; return its sha256 and size."""
         target = self.path(key)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from contracts.blobstore import BUILDPACKS, DROPLETS, LAYERS, PACKAGES, UPLOADS, layer_key
 from contracts.labels import LABEL_APP_GUID, LABEL_PLATFORM
 from contracts.settings import Settings
 from controller.blobstore import Blobstore
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("paas.gc")
 
 # Blobstore folders the collector looks in (resources/, the per-team file cache, is not one).
-COLLECTED = ("droplets/", "layers/", "packages/", "buildpacks/", "uploads/")
+COLLECTED = tuple(f"{folder}/" for folder in (DROPLETS, LAYERS, PACKAGES, BUILDPACKS, UPLOADS))
 DROPLET_IMAGE, LAYER_IMAGE = "paas/droplet:", "paas/layer:"
 
 
@@ -92,11 +93,6 @@ class Plan:
         return bool(self.blobs or self.images)
 
 
-def layer_key(blob: str) -> str:
-    """``layers/<key>.tar`` -> ``<key>``."""
-    return blob[len("layers/"):-len(".tar")]
-
-
 def plan(*, blobs: dict[str, float], images: Iterable[Image], in_use_images: set[str],
          droplets: Iterable[DropletUse], apps: Iterable[AppUse], keep_buildpacks: set[str],
          keep_releases: int, grace: float, buildpacks_known: bool = True) -> Plan:
@@ -124,7 +120,7 @@ def plan(*, blobs: dict[str, float], images: Iterable[Image], in_use_images: set
         kept_blobs.update(droplet.blobs)
         kept_images.add(droplet.image)
         kept_images |= {LAYER_IMAGE + layer_key(b) for b in droplet.blobs
-                        if b.startswith("layers/")}
+                        if b.startswith(f"{LAYERS}/")}
 
     def building_layer(key: str) -> bool:
         return any(f"-{guid}-" in key for guid in building)
@@ -132,8 +128,8 @@ def plan(*, blobs: dict[str, float], images: Iterable[Image], in_use_images: set
     gone_blobs = sorted(
         key for key, age in blobs.items()
         if key.startswith(COLLECTED) and key not in kept_blobs and age > grace
-        and (buildpacks_known or not key.startswith("buildpacks/"))
-        and not (key.startswith("layers/") and building_layer(layer_key(key))))
+        and (buildpacks_known or not key.startswith(f"{BUILDPACKS}/"))
+        and not (key.startswith(f"{LAYERS}/") and building_layer(layer_key(key))))
     gone_images = [
         image.tag for image in images
         if image.tag.startswith((DROPLET_IMAGE, LAYER_IMAGE)) and image.tag not in kept_images

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from contracts.blobstore import resource, team_resources
 from contracts.messages import RESOURCE_MIN_BYTES
 from controller.blobstore import Blobstore
 from controller.errors import InvalidInput
@@ -23,10 +24,6 @@ from controller.errors import InvalidInput
 SHA1 = re.compile(r"^[0-9a-f]{40}$")
 RESOURCE_MIN = RESOURCE_MIN_BYTES
 MAX_MATCH = 100_000
-
-
-def _key(team_id: int, sha1: str) -> str:
-    return f"resources/{team_id}/{sha1[:2]}/{sha1}"
 
 
 def match(blobs: Blobstore, team_id: int, items: Any) -> list[dict[str, Any]]:
@@ -38,7 +35,7 @@ def match(blobs: Blobstore, team_id: int, items: Any) -> list[dict[str, Any]]:
     for item in items:
         if not isinstance(item, dict) or not SHA1.match(str(item.get("sha1", ""))):
             raise InvalidInput("each resource needs a 40-hex-digit sha1.")
-        path = blobs.path(_key(team_id, item["sha1"]))
+        path = blobs.path(resource(team_id, item["sha1"]))
         if path.is_file() and path.stat().st_size == item.get("size"):
             found.append({"sha1": item["sha1"], "size": item["size"]})
     return found
@@ -47,7 +44,7 @@ def match(blobs: Blobstore, team_id: int, items: Any) -> list[dict[str, Any]]:
 def cached_size(blobs: Blobstore, team_id: int, sha1: str) -> int:
     """The size of the team's cached copy of ``sha1`` (0 if it has none)."""
     try:
-        return blobs.path(_key(team_id, sha1)).stat().st_size
+        return blobs.path(resource(team_id, sha1)).stat().st_size
     except OSError:
         return 0
 
@@ -105,7 +102,7 @@ def assemble(blobs: Blobstore, team_id: int, upload: Path, matched: list[dict[st
                     raise InvalidInput(f"the file {item['path']!r} was both uploaded and "
                                        "matched: push again.")
                 seen.add(name)
-                path = blobs.path(_key(team_id, item["sha1"]))
+                path = blobs.path(resource(team_id, item["sha1"]))
                 if not path.is_file():
                     raise InvalidInput(f"the cached copy of {item['path']!r} is gone: "
                                        "push again.")
@@ -122,7 +119,7 @@ def assemble(blobs: Blobstore, team_id: int, upload: Path, matched: list[dict[st
 
 def _remember(blobs: Blobstore, team_id: int, data: BinaryIO) -> Path:
     """Copy a file into the team's cache (streamed, hashed on the way); return its path."""
-    folder = blobs.path(f"resources/{team_id}")
+    folder = blobs.path(team_resources(team_id))
     folder.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha1(usedforsecurity=False)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".incoming-")
@@ -131,7 +128,7 @@ def _remember(blobs: Blobstore, team_id: int, data: BinaryIO) -> Path:
             while chunk := data.read(1024 * 1024):
                 digest.update(chunk)
                 f.write(chunk)
-        target = blobs.path(_key(team_id, digest.hexdigest()))
+        target = blobs.path(resource(team_id, digest.hexdigest()))
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, target)
     except BaseException:

@@ -12,7 +12,7 @@ from flask import current_app, g, jsonify, request
 from sqlalchemy import func, select
 from sqlalchemy.orm import object_session, selectinload
 
-from contracts import keys, revisions
+from contracts import blobstore, keys, revisions
 from contracts.appevents import BUILD_STARTED
 from contracts.messages import InstanceReport, InstanceState
 from contracts.options import InvalidOption, PushOptions
@@ -396,8 +396,8 @@ def push(name: str):  # noqa: ANN201
                                                      quotas.NEW_PROCESS_MEMORY_MB))
     blobs = current_app.extensions["paas.blobstore"]
     package = Package(guid=str(uuid.uuid4()))
-    package.blob_path = f"packages/{package.guid}.tar.gz"
-    uploaded = f"uploads/{package.guid}.tar.gz"
+    package.blob_path = blobstore.package(package.guid)
+    uploaded = blobstore.upload(package.guid)
     try:
         blobs.put_stream(uploaded, upload.stream, limit=settings.max_upload_bytes)
     except OverflowError as e:

@@ -9,6 +9,7 @@ import uuid
 from flask import current_app, g, jsonify, request
 from sqlalchemy import func, select
 
+from contracts import blobstore
 from controller import events, packages
 from controller.api import v1
 from controller.auth import Permission, current_identity, requires
@@ -26,11 +27,11 @@ MAX_BUILDPACK_BYTES = 512 * 1024 * 1024
 def store_buildpack(upload) -> tuple[str, str]:  # noqa: ANN001
     """Keep an uploaded buildpack tarball (checked) in the blobstore; path and digest."""
     blobs = current_app.extensions["paas.blobstore"]
-    incoming = f"buildpacks/.incoming-{uuid.uuid4()}"
+    incoming = blobstore.incoming_buildpack(str(uuid.uuid4()))
     try:
         digest, _size = blobs.put_stream(incoming, upload.stream, limit=MAX_BUILDPACK_BYTES)
         packages.check_buildpack(blobs.path(incoming))
-        path = f"buildpacks/{digest}.tar.gz"
+        path = blobstore.buildpack(digest)
         os.replace(blobs.path(incoming), blobs.path(path))
     except OverflowError as e:
         raise TooLarge(f"the buildpack is larger than {MAX_BUILDPACK_BYTES // 2**20} MiB.") from e
