@@ -21,10 +21,11 @@ from rich.table import Table
 from cli import manifest as manifest_mod
 from cli.client import ApiError, Client
 from cli.config import Config
-from cli.manifest import AppManifest, parse_size
+from cli.manifest import AppManifest
+from cli.options import INSTANCES, MEMORY
 from cli.package import collect, pack
+from contracts.options import InvalidOption, PushOptions, app_name, size_mb
 
-NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 console = Console(highlight=False, soft_wrap=True)
 
 
@@ -94,8 +95,9 @@ def _default_name(path: Path) -> str:
 @click.option("-c", "--command",
               help="Start command of the web process (overrides the Procfile; kept for later "
                    "pushes; 'default' goes back to the Procfile).")
-@click.option("-i", "--instances", type=click.IntRange(0, 100), help="Number of instances.")
-@click.option("-m", "--memory", "memory", help="Memory per instance, e.g. 256M or 1G.")
+@click.option("-i", "--instances", type=INSTANCES, help="Number of instances (0 to 100).")
+@click.option("-m", "--memory", "memory", type=MEMORY,
+              help="Memory per instance, e.g. 256M or 1G.")
 @click.option("-b", "--buildpack", help="Use this buildpack instead of detecting one.")
 @click.option("--route", "route_urls", multiple=True, metavar="HOST[/PATH]",
               help="Map this route too (repeatable), e.g. api.example.com/v1.")
@@ -104,7 +106,7 @@ def _default_name(path: Path) -> str:
 @click.option("--wait-timeout", type=float, default=300.0, show_default=True,
               help="Seconds to wait for the new release to serve.")
 def push(name: str | None, path: Path | None, manifest_path: Path | None, command: str | None,
-         instances: int | None, memory: str | None, buildpack: str | None,
+         instances: int | None, memory: int | None, buildpack: str | None,
          route_urls: tuple[str, ...], no_route: bool | None, wait_timeout: float) -> None:
     """Push the app in PATH as NAME: stage, release, run.
 
@@ -119,15 +121,20 @@ def push(name: str | None, path: Path | None, manifest_path: Path | None, comman
     if not folder.is_dir():
         raise click.ClickException(f"{folder} is not a folder: pass the app's folder with -p.")
     name = name or (manifest.name if manifest else None) or _default_name(folder)
-    if not NAME_RE.match(name):
-        raise click.ClickException(
-            f"{name!r} is not a valid app name: use 1 to 63 lower-case letters, digits and "
-            "hyphens, starting and ending with a letter or digit.")
+    try:
+        app_name(name)
+    except InvalidOption as e:
+        raise click.ClickException(e.message) from None
     options = _push_options(manifest, command, instances, memory, buildpack)
     if route_urls or (manifest is not None and manifest.routes):
         options["routes"] = list(route_urls) or list(manifest.routes)  # type: ignore[union-attr]
     if no_route or (no_route is None and manifest is not None and manifest.no_route):
         options["no_route"] = True
+    try:  # as the API will: the same sentence, before anything is sent (a buildpack may be
+        # a path here, made a name below)
+        PushOptions.from_json({k: v for k, v in options.items() if k != "buildpack"})
+    except InvalidOption as e:
+        raise click.ClickException(f"{e.message.rstrip('.')} (nothing was uploaded).") from None
     given_bp = options.get("buildpack")
     if manifest is not None and buildpack is None and isinstance(given_bp, str) \
             and given_bp.startswith(("./", "../")):
@@ -261,17 +268,17 @@ def load_manifest(path: Path, name: str | None) -> AppManifest | None:
 
 
 def _push_options(manifest: AppManifest | None, command: str | None, instances: int | None,
-                  memory: str | None, buildpack: str | None) -> dict[str, object]:
+                  memory_mb: int | None, buildpack: str | None) -> dict[str, object]:
+    """The push options (in the API's words) from the manifest and the flags, which win;
+    the manifest's values and the flags were checked by contracts.options already."""
     m = manifest or AppManifest()
     options: dict[str, object] = {}
     if command is not None or m.command is not None:
         options["command"] = command if command is not None else m.command
     if instances is not None or m.instances is not None:
         options["instances"] = instances if instances is not None else m.instances
-    if memory is not None:
-        options["memory_mb"] = parse_memory(memory)
-    elif m.memory_mb is not None:
-        options["memory_mb"] = m.memory_mb
+    if memory_mb is not None or m.memory_mb is not None:
+        options["memory_mb"] = memory_mb if memory_mb is not None else m.memory_mb
     if buildpack or m.buildpacks:
         options["buildpack"] = buildpack or m.buildpacks[0]
     if m.env:
@@ -288,30 +295,9 @@ def _push_options(manifest: AppManifest | None, command: str | None, instances: 
         options["health_check_interval"] = m.health_check_interval
     if m.health_check_invocation_timeout is not None:
         options["health_check_probe_timeout"] = m.health_check_invocation_timeout
-    if m.processes:
-        options["processes"] = [_process_options(p) for p in m.processes]
+    if m.processes:  # in the API's words already (cli.manifest)
+        options["processes"] = [dict(p) for p in m.processes]
     return options
-
-
-def _process_options(proc: dict) -> dict[str, object]:
-    """A manifest's process entry in the API's words (sizes in MB)."""
-    names = {"type": "type", "instances": "instances", "command": "command",
-             "health-check-type": "health_check_type", "timeout": "timeout",
-             "health-check-http-endpoint": "health_check_endpoint",
-             "health-check-interval": "health_check_interval",
-             "health-check-invocation-timeout": "health_check_probe_timeout"}
-    out: dict[str, object] = {names[k]: v for k, v in proc.items() if k in names}
-    if out.get("health_check_type") == "none":
-        out["health_check_type"] = "process"
-    for key, api_key in (("memory", "memory_mb"), ("disk_quota", "disk_mb")):
-        if key in proc:
-            size = manifest_mod.parse_size(proc[key])
-            if size is None or size <= 0:
-                raise click.ClickException(
-                    f"process {proc['type']}: {key} must be a size such as 256M, not "
-                    f"{proc[key]!r} (nothing was uploaded)")
-            out[api_key] = size
-    return out
 
 
 class _upload_progress:  # noqa: N801  (a context manager used like a function)
@@ -413,7 +399,8 @@ def _wait_for_route(url: str, timeout: float = 5.0) -> None:
 
 
 def parse_memory(text: str) -> int:
-    size = parse_size(text)
+    """Megabytes from a size as people write it (256M, 1G, 512), any amount (quotas too)."""
+    size = size_mb(text)
     if size is None or size <= 0:
         raise click.BadParameter(f"{text!r} is not a memory size: use e.g. 256M or 1G.")
     return size

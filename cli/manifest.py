@@ -15,7 +15,6 @@ Flags given to ``paas push`` override what the manifest says.
 from __future__ import annotations
 
 import difflib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,8 @@ from typing import Any
 import click
 import yaml
 
-SIZE = re.compile(r"^\s*(\d+)\s*([MmGg])?[Bb]?\s*$")
+from contracts import options
+
 FIELDS = {
     "name", "path", "instances", "memory", "disk_quota", "command", "buildpacks", "buildpack",
     "env", "routes", "no-route", "random-route", "health-check-type",
@@ -33,13 +33,12 @@ FIELDS = {
 PROCESS_FIELDS = {"type", "instances", "memory", "disk_quota", "command", "health-check-type",
                   "health-check-http-endpoint", "timeout", "health-check-interval",
                   "health-check-invocation-timeout"}
-HEALTH_CHECKS = {"port", "http", "process", "none"}
 
 
 class ManifestError(click.ClickException):
     def __init__(self, path: Path, line: int | None, message: str) -> None:
         where = f"{path.name} line {line}" if line else path.name
-        super().__init__(f"{where}: {message} (nothing was uploaded)")
+        super().__init__(f"{where}: {message.rstrip('.')} (nothing was uploaded)")
 
 
 @dataclass
@@ -64,13 +63,7 @@ class AppManifest:
 
 def parse_size(text: object) -> int | None:
     """Megabytes from ``256M``, ``1G``, ``512`` (MB); None if it is not a size."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        return text
-    match = SIZE.match(str(text))
-    if not match:
-        return None
-    value, unit = int(match.group(1)), (match.group(2) or "M").upper()
-    return value * 1024 if unit == "G" else value
+    return options.size_mb(text)
 
 
 def load(path: Path, name: str | None) -> AppManifest | None:
@@ -162,78 +155,109 @@ def _app(path: Path, node: yaml.Node) -> AppManifest:
 
 
 def _set(path: Path, app: AppManifest, key: str, node: yaml.Node, line: int) -> None:
-    def fail(message: str) -> None:
-        raise ManifestError(path, line, message)
-
     if key in ("processes", "routes", "buildpacks", "env"):
         data = _value(path, node, key)
     else:
         data = _scalar(path, node, key)
+    try:
+        _check(path, app, key, data, node)
+    except options.InvalidOption as e:
+        raise ManifestError(path, line, e.message) from None
+
+
+def _check(path: Path, app: AppManifest, key: str, data: Any, node: yaml.Node) -> None:
+    """Set ``key`` of ``app`` to ``data`` as checked by :mod:`contracts.options` (which
+    raises the sentence of a bad value)."""
     if key == "name":
-        if not isinstance(data, str) or not data:
-            fail("name must be text")
-        app.name = data
+        app.name = options.app_name(data)
     elif key == "path":
         app.path = str(data)
     elif key == "instances":
-        if not isinstance(data, int) or isinstance(data, bool) or data < 0:
-            fail(f"instances must be a whole number (0 or more), not {data!r}")
-        app.instances = data
-    elif key in ("memory", "disk_quota"):
-        size = parse_size(data)
-        if size is None or size <= 0:
-            fail(f"{key} must be a size such as 256M or 1G, not {data!r}")
-        if key == "memory":
-            app.memory_mb = size
-        else:
-            app.disk_mb = size
+        app.instances = options.instances(data)
+    elif key == "memory":
+        app.memory_mb = options.memory(data)
+    elif key == "disk_quota":
+        app.disk_mb = options.disk(data)
     elif key == "command":
-        if not isinstance(data, str) or not data.strip():
-            fail("command must be text")
+        if not isinstance(data, str):
+            raise options.InvalidOption("the start command must be one non-empty line.")
         app.command = data.strip()
+        options.command(app.command)
     elif key in ("buildpacks", "buildpack"):
         items = data if isinstance(data, list) else [data]
         if not all(isinstance(b, str) and b for b in items):
-            fail(f"{key} must be a list of buildpack names or paths")
+            raise options.InvalidOption(f"{key} must be a list of buildpack names or paths")
         app.buildpacks = list(items)
     elif key == "env":
         if not isinstance(data, dict):
-            fail("env must be a mapping of NAME: value")
+            raise options.InvalidOption("env must be a mapping of NAME: value")
         for k, v in data.items():
-            if not isinstance(k, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
-                fail(f"{k!r} is not a valid environment variable name")
+            options.env_name(k)
             if isinstance(v, dict | list):
-                fail(f"env {k} must be a single value")
-        app.env = {k: "" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
-                   for k, v in data.items()}
+                raise options.InvalidOption(f"env {k} must be a single value")
+        app.env = options.env({k: "" if v is None else str(v).lower() if isinstance(v, bool)
+                               else str(v) for k, v in data.items()})
     elif key == "routes":
         if not isinstance(data, list) or not all(
                 isinstance(r, dict) and isinstance(r.get("route"), str) for r in data):
-            fail("routes must be a list of '- route: host.domain[/path]' entries")
-        app.routes = [r["route"] for r in data]
+            raise options.InvalidOption("routes must be a list of '- route: host.domain[/path]' "
+                                        "entries")
+        app.routes = options.routes([r["route"] for r in data])
     elif key == "no-route":
-        app.no_route = bool(data)
+        app.no_route = options.no_route(data)
     elif key == "health-check-type":
-        if data not in HEALTH_CHECKS:
-            fail(f"health-check-type must be one of port, http, process, not {data!r}")
-        app.health_check_type = "process" if data == "none" else data
+        app.health_check_type = options.health_check_type(data)
     elif key == "health-check-http-endpoint":
-        if not isinstance(data, str) or not data.startswith("/"):
-            fail("health-check-http-endpoint must be a path starting with /")
-        app.health_check_http_endpoint = data
+        app.health_check_http_endpoint = options.health_check_endpoint(data)
     elif key == "timeout":
-        if not isinstance(data, int) or isinstance(data, bool) or data <= 0:
-            fail(f"timeout must be a number of seconds, not {data!r}")
-        app.timeout = data
-    elif key in ("health-check-interval", "health-check-invocation-timeout"):
-        if not isinstance(data, int | float) or isinstance(data, bool) or data <= 0:
-            fail(f"{key} must be a number of seconds, not {data!r}")
-        setattr(app, key.replace("-", "_"), float(data))
+        app.timeout = options.start_timeout(data)
+    elif key == "health-check-interval":
+        app.health_check_interval = options.health_check_interval(data)
+    elif key == "health-check-invocation-timeout":
+        app.health_check_invocation_timeout = options.health_check_probe_timeout(data)
     elif key == "processes":
         if not isinstance(data, list) or not all(isinstance(p, dict) for p in data):
-            fail("processes must be a list of '- type: NAME' entries")
-        for proc in data:
-            unknown = set(proc) - PROCESS_FIELDS
-            if unknown or not isinstance(proc.get("type"), str):
-                fail(f"each process needs a type and only {', '.join(sorted(PROCESS_FIELDS))}")
-        app.processes = data
+            raise options.InvalidOption("processes must be a list of '- type: NAME' entries")
+        entries = node.value if isinstance(node, yaml.SequenceNode) else []
+        app.processes = [_process(path, proc, entry) for proc, entry in zip(data, entries,
+                                                                             strict=False)]
+
+
+# A manifest's process field -> the push option it gives (sizes are converted first).
+PROCESS_OPTIONS = {"instances": "instances", "command": "command",
+                   "health-check-type": "health_check_type", "timeout": "timeout",
+                   "health-check-http-endpoint": "health_check_endpoint",
+                   "health-check-interval": "health_check_interval",
+                   "health-check-invocation-timeout": "health_check_probe_timeout",
+                   "memory": "memory_mb", "disk_quota": "disk_mb"}
+
+
+def _process(path: Path, proc: dict[str, Any], node: yaml.Node) -> dict[str, Any]:
+    """One ``processes`` entry in the push options' words (sizes in MB), each value checked;
+    a bad one names its own line."""
+    lines = {k.value: _line(k) for k, _ in node.value} \
+        if isinstance(node, yaml.MappingNode) else {}
+    unknown = set(proc) - PROCESS_FIELDS
+    if unknown or not isinstance(proc.get("type"), str):
+        raise ManifestError(path, _line(node), "each process needs a type and only "
+                            f"{', '.join(sorted(PROCESS_FIELDS))}")
+    out: dict[str, Any] = {"type": proc["type"]}
+    for key, value in proc.items():
+        try:
+            if key == "type":
+                options.process_type(value)
+            elif key == "memory":
+                out["memory_mb"] = options.memory(value)
+            elif key == "disk_quota":
+                out["disk_mb"] = options.disk(value)
+            else:  # checked here for the line; sent as written (the API reads it again)
+                options.PROCESS_KEYS[PROCESS_OPTIONS[key]](value)
+                out[PROCESS_OPTIONS[key]] = value
+        except options.InvalidOption as e:
+            raise ManifestError(path, lines.get(key, _line(node)),
+                                f"process {proc['type']}: {e.message}") from None
+    try:
+        options.ProcessOptions.from_json(out)
+    except options.InvalidOption as e:
+        raise ManifestError(path, _line(node), f"process {proc['type']}: {e.message}") from None
+    return out

@@ -15,7 +15,17 @@ from cli.main import (
     client,
     console,
     main,
-    parse_memory,
+)
+from cli.options import (
+    DISK,
+    ENDPOINT,
+    ENV_NAME,
+    HEALTH_CHECK_TYPE,
+    INSTANCES,
+    INTERVAL,
+    MEMORY,
+    PROBE_TIMEOUT,
+    START_TIMEOUT,
 )
 
 
@@ -67,13 +77,13 @@ def _roll(api: Client, name: str, release: dict, wait: bool, timeout: float) -> 
 
 @main.command()
 @click.argument("name")
-@click.option("-i", "--instances", type=click.IntRange(0, 100), help="Number of instances.")
-@click.option("-m", "--memory", help="Memory per instance, e.g. 512M or 1G.")
-@click.option("-k", "--disk", help="Disk per instance, e.g. 1G.")
+@click.option("-i", "--instances", type=INSTANCES, help="Number of instances (0 to 100).")
+@click.option("-m", "--memory", type=MEMORY, help="Memory per instance, e.g. 512M or 1G.")
+@click.option("-k", "--disk", type=DISK, help="Disk per instance, e.g. 1G.")
 @click.option("--process", "process_type", default="web", show_default=True,
               help="The process type (from the Procfile) to scale.")
 @waiting
-def scale(name: str, instances: int | None, memory: str | None, disk: str | None,
+def scale(name: str, instances: int | None, memory: int | None, disk: int | None,
           process_type: str, wait: bool, wait_timeout: float) -> None:
     """Change the number, memory or disk of an app's instances.
 
@@ -84,9 +94,9 @@ def scale(name: str, instances: int | None, memory: str | None, disk: str | None
     if instances is not None:
         body["instances"] = instances
     if memory is not None:
-        body["memory_mb"] = parse_memory(memory)
+        body["memory_mb"] = memory
     if disk is not None:
-        body["disk_mb"] = parse_memory(disk)
+        body["disk_mb"] = disk
     if not body:
         raise click.UsageError("say what to scale: -i INSTANCES, -m MEMORY or -k DISK.")
     api = client()
@@ -160,7 +170,7 @@ def show_env(name: str) -> None:
 
 @main.command("set-env")
 @click.argument("name")
-@click.argument("key")
+@click.argument("key", type=ENV_NAME)
 @click.argument("value")
 @waiting
 def set_env(name: str, key: str, value: str, wait: bool, wait_timeout: float) -> None:
@@ -217,14 +227,15 @@ def rollback(name: str, version: int | None, wait: bool, wait_timeout: float) ->
 @click.argument("name")
 @click.option("--max-in-flight", type=click.IntRange(1, 100),
               help="New instances a rolling deploy starts before old ones stop.")
-@click.option("--health-check-type", type=click.Choice(["port", "http", "process"]))
-@click.option("--endpoint", help="Path the http health check GETs (expects a 2xx).")
-@click.option("--timeout", type=click.IntRange(1, 600),
-              help="Seconds an instance may take to pass its first health check.")
-@click.option("--interval", type=click.FloatRange(0.2, 600),
-              help="Seconds between health checks (default 2).")
-@click.option("--probe-timeout", type=click.FloatRange(0.1, 60),
-              help="Seconds one health check may take (default 1).")
+@click.option("--health-check-type", type=HEALTH_CHECK_TYPE, help="port, http or process.")
+@click.option("--endpoint", type=ENDPOINT,
+              help="Path the http health check GETs (expects a 2xx).")
+@click.option("--timeout", type=START_TIMEOUT,
+              help="Seconds (1 to 600) an instance may take to pass its first health check.")
+@click.option("--interval", type=INTERVAL,
+              help="Seconds between health checks (0.2 to 600, default 2).")
+@click.option("--probe-timeout", type=PROBE_TIMEOUT,
+              help="Seconds one health check may take (0.1 to 60, default 1).")
 @click.option("--process", "process_type", default="web", show_default=True,
               help="The process type the health check options are for.")
 @click.option("--crash-restarts", type=click.IntRange(0, 100),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from typing import Any
 
 import redis
 from celery import Celery
@@ -14,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from contracts import keys
 from contracts.messages import STAGE_TASK, STAGING_QUEUE, StageRequest, StageResult, dump
+from contracts.options import ProcessOptions
 from contracts.settings import Settings
 from controller import events, quotas, releases
 from controller.blobstore import Blobstore
@@ -35,8 +35,9 @@ log = logging.getLogger("paas.controller")
 
 def enqueue(celery: Celery, session: Session, app: App, build: Build,
             package: Package, settings: Settings) -> None:
-    if "command" in build.requested:  # given with this push (None: back to the Procfile)
-        command = build.requested["command"]
+    options = build.options
+    if options.command_given:  # given with this push (None: back to the Procfile)
+        command = options.command
     else:  # as the app was last pushed
         release = releases.current(session, app)
         command = release.commands.get("web") if release else None
@@ -46,9 +47,9 @@ def enqueue(celery: Celery, session: Session, app: App, build: Build,
         app_name=app.name,
         package_path=package.blob_path,
         command=command,
-        buildpack=build.requested.get("buildpack"),
-        no_cache=bool(build.requested.get("no_cache")),
-        buildpack_blob=build.requested.get("buildpack_blob"),
+        buildpack=options.buildpack,
+        no_cache=options.no_cache,
+        buildpack_blob=options.buildpack_blob,
         custom_buildpacks=[{"name": b.name, "blob": b.blob_path} for b in session.scalars(
             select(RegisteredBuildpack).order_by(RegisteredBuildpack.position))],
         runtime=settings.runtime_for(app.team.name, app.name),  # untrusted code builds too
@@ -154,46 +155,41 @@ def _release(session: Session, app: App, build: Build, result: StageResult) -> R
     )
     session.add(droplet)
     previous = releases.current(session, app)
-    requested = build.requested
-    env = {**(previous.env if previous else {}), **requested.get("env", {})}
+    requested = build.options
+    env = {**(previous.env if previous else {}), **requested.env}
     commands = dict(previous.commands) if previous else {}
-    for type_, given in [("web", requested)] + [(p["type"], p) for p in
-                                                requested.get("processes", [])]:
-        if "command" in given:  # given with this push (None: back to the Procfile)
-            commands.pop(type_, None)
-            if given["command"]:
-                commands[type_] = given["command"]
+    for given in [requested, *requested.processes]:
+        if given.command_given:  # given with this push (None: back to the Procfile)
+            commands.pop(given.type, None)
+            if given.command:
+                commands[given.type] = given.command
     _apply_requested(app.process("web"), requested)
     for type_ in {*result.process_types, *commands}:  # other types exist, scaled to 0
         app.process(type_)
-    for given in requested.get("processes", []):
-        _apply_requested(app.process(given["type"]), given)
+    for given in requested.processes:
+        _apply_requested(app.process(given.type), given)
     return releases.create(
         session, app, droplet=droplet, env=env, commands=commands,
         description=f"deploy of build {build.guid[:8]} ({result.buildpack or 'no buildpack'})",
-        actor=requested.get("actor"))
+        actor=build.actor)
 
 
-def _apply_requested(web: Process, requested: dict[str, Any]) -> None:
-    """Scale and health check given with a push, for one process type."""
-    if requested.get("instances") is not None:
-        web.instances = int(requested["instances"])
-    elif web.instances == 0 and web.id is None and web.type == "web":
-        web.instances = 1
-    if requested.get("memory_mb") is not None:
-        web.memory_mb = int(requested["memory_mb"])
-    if requested.get("disk_mb") is not None:
-        web.disk_mb = int(requested["disk_mb"])
-    if requested.get("health_check_type") is not None:
-        web.health_check_type = requested["health_check_type"]
-    if requested.get("health_check_endpoint") is not None:
-        web.health_check_endpoint = requested["health_check_endpoint"]
-    if requested.get("timeout") is not None:
-        web.start_timeout = int(requested["timeout"])
-    if requested.get("health_check_interval") is not None:
-        web.health_check_interval = float(requested["health_check_interval"])
-    if requested.get("health_check_probe_timeout") is not None:
-        web.health_check_probe_timeout = float(requested["health_check_probe_timeout"])
+def _apply_requested(process: Process, given: ProcessOptions) -> None:
+    """Scale and health check given with a push, for one process type (checked by
+    contracts.options when the push came; None: the process keeps what it has)."""
+    if given.instances is not None:
+        process.instances = given.instances
+    elif process.instances == 0 and process.id is None and process.type == "web":
+        process.instances = 1
+    for option, column in (("memory_mb", "memory_mb"), ("disk_mb", "disk_mb"),
+                           ("health_check_type", "health_check_type"),
+                           ("health_check_endpoint", "health_check_endpoint"),
+                           ("timeout", "start_timeout"),
+                           ("health_check_interval", "health_check_interval"),
+                           ("health_check_probe_timeout", "health_check_probe_timeout")):
+        value = getattr(given, option)
+        if value is not None:
+            setattr(process, column, value)
 
 
 def _never_released(session: Session, app: App) -> bool:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
+from typing import TypeVar
 
 from flask import current_app, g, jsonify
 from sqlalchemy import select
 
+from contracts import options
 from contracts.messages import Heartbeat
 from controller import events, quotas, releases
 from controller.actual import nudge, read_heartbeats
@@ -14,10 +16,10 @@ from controller.api import json_body, v1
 from controller.api.apps import find_app, present_app
 from controller.auth import Permission, current_identity, requires
 from controller.errors import Conflict, InvalidInput, NotFound
-from controller.models import App, AppState, HealthCheck, Process, Release, iso
+from controller.models import App, AppState, Process, Release, iso
 
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-MAX_INSTANCES = 100
+T = TypeVar("T")
+MAX_INSTANCES = options.MAX_INSTANCES
 
 
 def _redis():  # noqa: ANN202
@@ -31,6 +33,17 @@ def _whole(body: dict[str, object], key: str, low: int, high: int, what: str) ->
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise InvalidInput(f"{what} must be a whole number from {low} to {high}, not {value!r}.")
     return value
+
+
+def _option(check: Callable[[object], T], value: object) -> T | None:
+    """``value`` as ``check`` (a contracts.options function) takes it, None if not given; a
+    bad value is a 400 with the sentence the manifest and the CLI give too."""
+    if value is None:
+        return None
+    try:
+        return check(value)
+    except options.InvalidOption as e:
+        raise InvalidInput(e.message) from None
 
 
 def _changed(app: App, actor: str, type_: str, **data: object) -> None:
@@ -47,9 +60,9 @@ def scale(name: str, process_type: str):  # noqa: ANN201
     instances over (one at a time, like a deploy)."""
     app = find_app(name)
     body = json_body()
-    instances = _whole(body, "instances", 0, MAX_INSTANCES, "instances")
-    memory = _whole(body, "memory_mb", 16, 65536, "memory (MB)")
-    disk = _whole(body, "disk_mb", 64, 1024 * 1024, "disk (MB)")
+    instances = _option(options.instances, body.get("instances"))
+    memory = _option(options.memory_mb, body.get("memory_mb"))
+    disk = _option(options.disk_mb, body.get("disk_mb"))
     if instances is None and memory is None and disk is None:
         raise InvalidInput("say what to scale: instances, memory or disk.")
     process = _process(app, process_type)
@@ -220,17 +233,12 @@ def _set_health_check(app: App, spec: object) -> dict[str, object]:
     if not isinstance(spec, dict):
         raise InvalidInput("health_check must be an object.")
     process = _process(app, str(spec.get("process_type") or "web"))
-    kind = spec.get("type", process.health_check_type)
-    if kind not in HealthCheck.ALL:
-        raise InvalidInput(f"health check type must be one of {', '.join(HealthCheck.ALL)}, "
-                           f"not {kind!r}.")
-    endpoint = spec.get("endpoint", process.health_check_endpoint)
-    if not isinstance(endpoint, str) or not endpoint.startswith("/"):
-        raise InvalidInput(f"the health check endpoint must be a path starting with /, not "
-                           f"{endpoint!r}.")
-    timeout = _whole(spec, "timeout", 1, 600, "the start timeout (seconds)")
-    interval = _seconds(spec, "interval", 0.2, 600, "the check interval")
-    probe_timeout = _seconds(spec, "probe_timeout", 0.1, 60, "the check's own timeout")
+    kind = _option(options.health_check_type, spec.get("type")) or process.health_check_type
+    endpoint = _option(options.health_check_endpoint, spec.get("endpoint")) or \
+        process.health_check_endpoint
+    timeout = _option(options.start_timeout, spec.get("timeout"))
+    interval = _option(options.health_check_interval, spec.get("interval"))
+    probe_timeout = _option(options.health_check_probe_timeout, spec.get("probe_timeout"))
     process.health_check_type, process.health_check_endpoint = kind, endpoint
     if timeout is not None:
         process.start_timeout = timeout
@@ -241,17 +249,6 @@ def _set_health_check(app: App, spec: object) -> dict[str, object]:
     return {"process_type": process.type, "type": kind, "endpoint": endpoint,
             "timeout": process.start_timeout, "interval": process.health_check_interval,
             "probe_timeout": process.health_check_probe_timeout}
-
-
-def _seconds(body: dict[str, object], key: str, low: float, high: float,
-             what: str) -> float | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, int | float) or isinstance(value, bool) or \
-            not low <= value <= high:
-        raise InvalidInput(f"{what} must be from {low} to {high} seconds, not {value!r}.")
-    return float(value)
 
 
 # -- env ---------------------------------------------------------------------------------
@@ -273,10 +270,7 @@ def change_env(name: str):  # noqa: ANN201
     if not isinstance(to_set, dict) or not isinstance(to_unset, list) or \
             not all(isinstance(k, str) for k in to_unset):
         raise InvalidInput("give 'set' as an object and 'unset' as a list of names.")
-    for key, value in to_set.items():
-        if not ENV_NAME.match(key) or not isinstance(value, str):
-            raise InvalidInput(f"{key!r} is not a variable name (letters, digits, _; not "
-                               "starting with a digit), or its value is not text.")
+    _option(options.env, to_set)
     current = releases.require_current(g.db, app)
     missing = [k for k in to_unset if k not in current.env]
     if missing:

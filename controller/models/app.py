@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from contracts import options
 from controller.errors import InvalidInput
 from controller.models.base import Base, created, guid, intpk, utcnow
 from controller.models.team import Team
 
-NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-
 
 def validate_name(name: str) -> str:
-    if not NAME_RE.match(name or ""):
-        raise InvalidInput(
-            f"{name!r} is not a valid app name: use 1 to 63 lower-case letters, digits and "
-            "hyphens, starting and ending with a letter or digit (it becomes part of the URL)."
-        )
-    return name
+    """``name`` if it is a valid app name (contracts.options), else a 400 saying why."""
+    try:
+        return options.app_name(name)
+    except options.InvalidOption as e:
+        raise InvalidInput(e.message) from None
 
 
 class AppState:
@@ -75,11 +72,11 @@ class App(Base):
 
 
 class HealthCheck:
-    PORT = "port"  # the app listens on $PORT
-    HTTP = "http"  # GET endpoint answers 2xx
-    PROCESS = "process"  # the process runs
+    PORT = options.PORT  # the app listens on $PORT
+    HTTP = options.HTTP  # GET endpoint answers 2xx
+    PROCESS = options.PROCESS  # the process runs
 
-    ALL = (PORT, HTTP, PROCESS)
+    ALL = options.HEALTH_CHECK_TYPES
 
 
 class Process(Base):

@@ -60,7 +60,7 @@ def test_scale_refuses_what_does_not_fit_and_names_the_free_capacity(env):  # no
     ({}, "say what to scale"),
     ({"instances": -1}, "instances must be a whole number"),
     ({"instances": "3"}, "instances must be a whole number"),
-    ({"memory_mb": 1}, "memory (MB) must be"),
+    ({"memory_mb": 1}, "memory must be a size from 16 MB to 64 GB"),
 ])
 def test_bad_scale_is_refused(env, body, words):  # noqa: ANN001
     released(env)
