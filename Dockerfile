@@ -13,4 +13,5 @@ COPY cli cli
 COPY launcher launcher
 COPY confinement confinement
 COPY uploads uploads
+COPY logpipe logpipe
 RUN pip install --no-cache-dir '.[postgres]'
