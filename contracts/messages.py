@@ -118,6 +118,9 @@ class InstanceReport:
     memory_bytes: int | None = None
     memory_limit_bytes: int | None = None
     disk_bytes: int | None = None  # the container's writable layer
+    # Revision of the first table of its agent that included it (see contracts.revisions):
+    # 0 for a non-web instance, or one not in a table yet. Heartbeats from before have none.
+    routes_rev: int = 0
 
 
 @dataclass

@@ -1,5 +1,8 @@
 """What the health manager should do: desired state, actual state and the clock in, actions out.
 
+Actual state is the agents' instances and what the router has applied: the revision of each
+agent's route table nginx serves (see :mod:`contracts.revisions`).
+
 A pure function: no I/O, no clock of its own, so every rule is a unit test.
 
 Rules, per app:
@@ -29,6 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from contracts.messages import InstanceReport, InstanceSpec, InstanceState
+from contracts.revisions import is_routed
 
 WEB = "web"
 
@@ -172,7 +176,6 @@ LIVE = (InstanceState.STARTING, InstanceState.RUNNING)
 @dataclass(frozen=True)
 class Clock:
     now: float  # epoch seconds
-    router_synced: float = 0.0  # when the router last made nginx equal to the route table
 
 
 def plan(
@@ -182,8 +185,11 @@ def plan(
     clock: Clock,
     crashes: Mapping[CrashKey, CrashRecord] | None = None,
     new_guid: Callable[[], str] = lambda: str(uuid.uuid4()),
+    applied: Mapping[str, int] | None = None,
 ) -> list[Action]:
-    """The actions that move actual state toward desired state."""
+    """The actions that move actual state toward desired state. ``applied`` is what the
+    router serves: agent id -> revision of that agent's route table (``keys.ROUTER_APPLIED``);
+    a web instance is ready only once a table that includes it is applied."""
     by_app: dict[str, list[InstanceReport]] = {}
     for inst in actual:
         if inst.state != InstanceState.STOPPING:
@@ -196,24 +202,25 @@ def plan(
             actions += [Stop(i.agent_id, i.instance_guid, "the app was deleted") for i in insts]
     for app in desired.values():
         planner = _AppPlan(app, by_app.get(app.guid, []), placer, clock, crashes or {},
-                           new_guid)
+                           new_guid, applied or {})
         actions += planner.plan()
     return actions
 
 
-def is_ready(inst: InstanceReport, router_synced: float) -> bool:
-    """Running, passing its health check, and (for web) in the router's current config."""
+def is_ready(inst: InstanceReport, applied: Mapping[str, int]) -> bool:
+    """Running, passing its health check, and (for web) served by nginx: the router applied a
+    table of the instance's agent at least as new as the first one that included it."""
     if inst.state != InstanceState.RUNNING or not inst.ready:
         return False
-    return inst.process_type != WEB or router_synced >= inst.since
+    return inst.process_type != WEB or is_routed(inst.agent_id, inst.routes_rev, applied)
 
 
 class _AppPlan:
     def __init__(self, app: DesiredApp, insts: list[InstanceReport], placer: _Placer,
                  clock: Clock, crashes: Mapping[CrashKey, CrashRecord],
-                 new_guid: Callable[[], str]) -> None:
+                 new_guid: Callable[[], str], applied: Mapping[str, int]) -> None:
         self.app, self.insts, self.placer, self.clock = app, insts, placer, clock
-        self.crashes, self.new_guid = crashes, new_guid
+        self.crashes, self.new_guid, self.applied = crashes, new_guid, applied
         self.actions: list[Action] = []
 
     def stop(self, insts: Iterable[InstanceReport], reason: str) -> None:
@@ -253,7 +260,7 @@ class _AppPlan:
 
     def _plan_process(self, process: DesiredProcess, insts: list[InstanceReport]) -> bool:
         """Plan one process type; True when every desired index has a ready target instance."""
-        synced = self.clock.router_synced
+        applied = self.applied
         target = [i for i in insts if self._is_target(i)]
         old = [i for i in insts if not self._is_target(i)]
         for inst in target:
@@ -269,7 +276,7 @@ class _AppPlan:
         for index, group in sorted(by_index.items()):
             # The newest ready one stays: an agent that comes back after its instances were
             # replaced elsewhere loses its stale copies.
-            group.sort(key=lambda i: (is_ready(i, synced), i.state == InstanceState.RUNNING,
+            group.sort(key=lambda i: (is_ready(i, applied), i.state == InstanceState.RUNNING,
                                       i.since), reverse=True)
             if index < process.instances:
                 live[index] = group[0]
@@ -278,7 +285,7 @@ class _AppPlan:
                 self.stop(group, "the process was scaled down")
 
         old_live = [i for i in old if i.state in LIVE]
-        ready = sum(1 for i in live.values() if is_ready(i, synced))
+        ready = sum(1 for i in live.values() if is_ready(i, applied))
         spread: dict[str, int] = {}  # the target's instances per agent, for placement
         for inst in live.values():
             spread[inst.agent_id] = spread.get(inst.agent_id, 0) + 1
@@ -300,7 +307,7 @@ class _AppPlan:
 
         # Old instances go as target instances become ready, never below the desired count.
         keep = max(0, process.instances - ready)
-        old_live.sort(key=lambda i: (is_ready(i, synced), -i.index), reverse=True)
+        old_live.sort(key=lambda i: (is_ready(i, applied), -i.index), reverse=True)
         self.stop(old_live[keep:], "a newer release or generation serves")
         return ready == process.instances
 

@@ -12,13 +12,14 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import docker
 import docker.errors
 import redis
 
 from confinement.networks import NetworkError, Networks
-from contracts import keys
+from contracts import keys, revisions
 from contracts.labels import KIND_INSTANCE, LABEL_AGENT, LABEL_KIND, LABEL_OUTPUT, LABEL_PLATFORM
 from contracts.messages import Backend, Heartbeat, InstanceSpec, InstanceState
 from contracts.secretbox import SecretBoxError
@@ -55,6 +56,9 @@ class Agent:
         self.wake = threading.Event()
         self.publish_lock = threading.Lock()
         self._last_routes: dict[str, str] | None = None
+        self._revision = 0  # of the last table published (contracts.revisions)
+        # Ready web instance guid -> revision of the first table that included it.
+        self._included: dict[str, int] = {}
         self._last_beat = 0.0
         self.checker = ThreadPoolExecutor(max_workers=8, thread_name_prefix="check")
         self.logs = LogShipper(settings, docker_client, redis_client)  # output -> app log
@@ -187,9 +191,9 @@ class Agent:
                 self.instances.pop(instance_guid, None)  # it never got a container
         if creating:
             return  # start() sees STOPPING once Docker answers, and removes the container
-        removed_at = time.time()
-        self.publish()  # routes without it, before the signal
-        self._wait_for_router(removed_at)
+        revision = self.publish()  # routes without it, before the signal
+        if instance.process_type == "web":
+            self._wait_for_router(revision)
         removed = True
         if instance.container_id:
             try:
@@ -210,16 +214,27 @@ class Agent:
                  instance.process_type, instance.index, instance.release)
         self.publish(force=True)
 
-    def _wait_for_router(self, since: float, timeout: float = 5.0) -> None:
-        """Wait until the router has read the route table published at ``since``."""
+    def _wait_for_router(self, revision: int, timeout: float = 5.0) -> bool:
+        """Wait until the router serves this agent's table of ``revision`` or a newer one.
+
+        Bounded: True once it does, or when nothing is there to wait for (no router has
+        written what it applied: none runs, or Redis restarted; Redis unreachable); False
+        after ``timeout`` seconds.
+        """
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
             try:
-                synced = self.redis.get(keys.ROUTER_SYNCED)
+                applied = revisions.read_applied(self.redis)
             except redis.RedisError:
-                return
-            if synced is None or float(synced) >= since:
-                return
+                return True
+            if not applied or applied.get(self.settings.agent_id, 0) >= revision:
+                return True
+            if time.monotonic() >= deadline:
+                log.warning("the router has not applied route table revision %d of agent %s "
+                            "within %g s (it applied %s); stopping the instance anyway",
+                            revision, self.settings.agent_id, timeout,
+                            applied.get(self.settings.agent_id, "none"))
+                return False
             time.sleep(0.02)
 
     def _free_port(self) -> int:
@@ -384,9 +399,13 @@ class Agent:
                  instance.index, instance.release, state, f": {reason}" if reason else "")
         self.wake.set()
 
-    def heartbeat(self) -> Heartbeat:
+    def heartbeat(self, included: dict[str, int] | None = None) -> Heartbeat:
+        """Capacity and instances; ``included`` (instance guid -> ``routes_rev``) is the
+        routing of the table published with it (default: the last one published)."""
+        included = self._included if included is None else included
         with self.lock:
-            reports = [annotate(i.report(), self.stats.get(i.guid))
+            reports = [replace(annotate(i.report(), self.stats.get(i.guid)),
+                               routes_rev=included.get(i.guid, 0))
                        for i in self.instances.values()]
             held = [i for i in self.instances.values() if i.state != InstanceState.CRASHED]
         s = self.settings
@@ -411,31 +430,38 @@ class Agent:
                                         instance_guid=i.guid, index=i.index).to_json()
         return table
 
-    def publish(self, force: bool = False) -> None:
-        """Heartbeat and route table to Redis; routes rewritten when changed (or forced)."""
+    def publish(self, force: bool = False) -> int:
+        """Heartbeat and route table to Redis; a changed table gets the next revision (see
+        :mod:`contracts.revisions`). Returns the revision of the table now published."""
         with self.publish_lock:  # one at a time, so an older table never lands last
-            self._publish(force)
+            return self._publish(force)
 
-    def _publish(self, force: bool) -> None:
+    def _publish(self, force: bool) -> int:
         ttl_ms = int(self.settings.heartbeat_ttl * 1000)
-        beat = self.heartbeat()
         table = self.routes()
         changed = table != self._last_routes
+        revision = revisions.next_revision(self.redis, self._revision) if changed \
+            else self._revision
+        # An instance keeps the revision of the first table that had it; one that left the
+        # table (failing its health check) is routed again only by a newer one.
+        included = {guid: self._included.get(guid) or revision for guid in table}
+        beat = self.heartbeat(included)
         pipe = self.redis.pipeline()
         pipe.set(keys.agent(self.settings.agent_id), beat.to_json(), px=ttl_ms)
         route_key = keys.routes(self.settings.agent_id)
-        # Rewritten on every beat, not only on change: a restarted Redis has lost it.
+        # Rewritten on every beat, not only on change: a restarted Redis has lost it. An
+        # empty table too: its revision says the router may drop the last instance.
         pipe.delete(route_key)
-        if table:
-            pipe.hset(route_key, mapping=table)
-            pipe.pexpire(route_key, ttl_ms)
+        pipe.hset(route_key, mapping={**table, keys.REVISION_FIELD: str(revision)})
+        pipe.pexpire(route_key, ttl_ms)
         if changed:
             pipe.publish(keys.ROUTES_CHANGED, self.settings.agent_id)
         if changed or force:
             pipe.publish(keys.CONVERGE, self.settings.agent_id)
         pipe.execute()
-        self._last_routes = table
+        self._last_routes, self._revision, self._included = table, revision, included
         self._last_beat = time.monotonic()
+        return revision
 
     def run(self, stop: threading.Event) -> None:
         last_states: dict[str, str] = {}

@@ -8,6 +8,8 @@ one per ready instance). The router joins them by app guid (see :mod:`router.ren
 The loop re-reads both on each ``paas:routes-changed`` message and at least every second (to
 notice hashes that expired), renders nginx.conf and reloads nginx only when the text changed,
 and never more often than ``router_reload_interval``: a burst of changes is one reload.
+Once nginx serves what it read, the router acknowledges the revision of each agent's table
+(and of the route table) in ``paas:router-applied`` (see :mod:`contracts.revisions`).
 A missing route table keeps the routes nginx serves (at start: none); an unreadable one is
 warned about and the last one kept. Without Redis, nginx keeps serving the last good config;
 once Redis answers again (or turns out to have restarted), no backend is removed for a
@@ -25,13 +27,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import redis
 
-from contracts import keys
+from contracts import keys, revisions
 from contracts.messages import Backend
 from contracts.routing import Certificate, MappedRoute, RouteTable, read_route_table
 from contracts.secretbox import SecretBox, SecretBoxError, load_box
@@ -53,6 +56,14 @@ log = logging.getLogger("paas.router")
 
 # After the first change message, wait this long for the rest of a burst before reading.
 SETTLE = 0.02
+
+
+@dataclass
+class AgentTable:
+    """One agent's ``keys.routes`` hash as read: its revision and its valid backends."""
+
+    revision: int = 0
+    backends: list[Backend] = field(default_factory=list)
 
 
 class Router:
@@ -102,8 +113,11 @@ class Router:
         self._box: SecretBox | None = None  # opens certificates' sealed keys
         self._grace = RemovalGrace(settings.heartbeat_ttl)
         self._held = 0  # backends nginx serves that Redis no longer has (during a grace)
-        # Read time of the last table nginx was made equal to (what ROUTER_SYNCED promises).
-        self._synced_at: float | None = None
+        # Agent id -> revision of its table nginx serves (what ROUTER_APPLIED promises);
+        # the route table's revision is added when written.
+        self._acked: dict[str, int] = {}
+        self._owners: dict[str, str] = {}  # backend (canonical JSON) served -> its agent
+        self._written: dict[str, int] | None = None  # ROUTER_APPLIED as last written
         self._last_reload = float("-inf")  # monotonic time of the last nginx reload
         self.reloads = 0  # nginx configs applied (paas_router_reloads_total)
 
@@ -121,9 +135,19 @@ class Router:
 
     def read_backends(self) -> list[Backend]:
         """Every valid backend of every agent; raises ``redis.RedisError`` if Redis is away."""
-        backends: list[Backend] = []
+        return [b for table in self.read_agents().values() for b in table.backends]
+
+    def read_agents(self) -> dict[str, AgentTable]:
+        """Each agent's table: its revision and valid backends. Raises ``redis.RedisError``
+        if Redis is away."""
+        tables: dict[str, AgentTable] = {}
+        prefix = keys.routes("")
         for key in self.redis.scan_iter(match=keys.ROUTES_PATTERN, count=1000):
+            table = tables.setdefault(key[len(prefix):], AgentTable())
             for guid, raw in self.redis.hgetall(key).items():
+                if guid == keys.REVISION_FIELD:
+                    table.revision = revisions.parse_revision(raw)
+                    continue
                 try:
                     backend = Backend.from_json(raw)
                 except (ValueError, TypeError, AttributeError) as e:
@@ -133,8 +157,8 @@ class Router:
                 if problem:
                     self._warn_once(f"skipping backend {guid!r} in {key!r}: {problem}")
                     continue
-                backends.append(backend)
-        return backends
+                table.backends.append(backend)
+        return tables
 
     def read_table(self) -> RouteTable | None:
         """The route table, or None if it is missing or unreadable (then the last one is kept).
@@ -262,13 +286,15 @@ class Router:
 
     def start(self) -> None:
         """Start nginx with the current routes and backends (none if Redis is away)."""
+        agents: dict[str, AgentTable] = {}
         try:
-            table = backend_table(self.read_backends())
+            agents = self.read_agents()
             self._take_table(self.read_table())
             self._grace.redis_answered(self.read_run_id(), time.monotonic())
         except redis.RedisError as e:
             self._redis_lost(e)
-            table = {}
+            agents = {}
+        table = backend_table(b for t in agents.values() for b in t.backends)
         _passable(Path(self.nginx.runtime_dir), Path(self.settings.data_dir))
         certs = self._certificate_files()
         text = self.render(self._routes, table.values(), certs)
@@ -278,14 +304,16 @@ class Router:
         self._last_reload = time.monotonic()
         log.info("router listening on %s:%s", *self.listen)
         self._reloaded(table)
+        self._acknowledge(agents, table, set())
+        self._write_applied()
 
     def sync(self) -> bool:
         """Re-read routes and backends; reload nginx if the config changed. True if it did.
 
         Raises ``redis.RedisError`` if Redis is away; nginx then keeps its config.
         """
-        read_at = time.time()
-        read = backend_table(self.read_backends())
+        agents = self.read_agents()
+        read = backend_table(b for t in agents.values() for b in t.backends)
         route_table = self.read_table()
         run_id = self.read_run_id()  # after the reads: a restart before or during them shows
         now = time.monotonic()
@@ -296,9 +324,13 @@ class Router:
                 why,
                 self._grace.period,
             )
+            # Revisions read before may come from a counter Redis has lost: an agent whose
+            # backends are held is acknowledged again only once nginx equals its table.
+            self._acked = {}
         self._take_table(route_table)
         table = self._grace.table_to_apply(self._table, read, now)
-        self._note_held(len(table.keys() - read.keys()), now)
+        held = table.keys() - read.keys()
+        self._note_held(len(held), now)
         certs = self._certificate_files()
         # Most syncs find nothing changed: the text of the same inputs is not made again
         # (100 apps take milliseconds to render, every second).
@@ -310,19 +342,20 @@ class Router:
             self._rendered = (inputs, text)
         reloaded = False
         if text == self._applied:
+            self._acknowledge(agents, table, held)
             self._table = table
         elif text != self._rejected:
             self._last_reload = time.monotonic()
             if not self.nginx.apply(text):
                 self._rejected = text
+                self._write_applied()  # what nginx still serves, as acknowledged before
                 return False
             self._prune_certificates(certs)
+            self._acknowledge(agents, table, held)
             self._applied, self._rejected, self._table = text, None, table
             self._reloaded(table)
             reloaded = True
-        if not self._held:
-            self._synced_at = read_at
-        self._synced()
+        self._write_applied()
         return reloaded
 
     def _note_held(self, held: int, now: float) -> None:
@@ -333,18 +366,41 @@ class Router:
                 log.info("grace over; backends no longer in Redis are removed")
         self._held = held
 
-    def _synced(self) -> None:
-        """Write ROUTER_SYNCED on every sync (Redis may have restarted without it).
+    def _acknowledge(self, agents: dict[str, AgentTable], table: BackendTable,
+                     held: Iterable[str]) -> None:
+        """nginx now serves ``table``: acknowledge each agent's revision read, but for an
+        agent with held backends (nginx serves more of it than its table) keep what was
+        acknowledged before, if anything."""
+        owners = {b.to_json(): agent for agent, t in agents.items() for b in t.backends}
+        held_by = {self._owners.get(key) for key in held}
+        if None in held_by:  # a held backend of no known agent: acknowledge nothing new
+            acked = dict(self._acked)
+        else:
+            acked = {a: t.revision for a, t in agents.items() if a not in held_by}
+            acked.update({a: self._acked[a] for a in held_by if a in self._acked})
+        self._acked = {a: r for a, r in acked.items() if r}
+        self._owners = {key: owners.get(key) or self._owners[key] for key in table
+                        if key in owners or key in self._owners}
 
-        While removals are held nginx is not equal to the table read, so the time written
-        stays that of the last sync that was.
-        """
-        if self._synced_at is None:
-            return
+    def _write_applied(self) -> None:
+        """Write ROUTER_APPLIED on every sync (Redis may have restarted without it), and
+        publish on CONVERGE when it changed, so the health manager sees it at once."""
+        applied = dict(self._acked)
+        if self._revision:
+            applied[keys.APPLIED_ROUTE_TABLE] = self._revision
         try:
-            self.redis.set(keys.ROUTER_SYNCED, repr(self._synced_at))
+            pipe = self.redis.pipeline()
+            pipe.delete(keys.ROUTER_APPLIED)
+            if applied:
+                pipe.hset(keys.ROUTER_APPLIED, mapping={k: str(v) for k, v in applied.items()})
+            if applied != self._written:
+                pipe.publish(keys.CONVERGE, "router")
+            pipe.execute()
         except redis.RedisError as e:
-            log.warning("could not record the router's sync time in Redis: %s", e)
+            log.warning("could not record the route table revisions nginx serves in Redis: %s",
+                        e)
+            return
+        self._written = applied
 
     def run(self, stop_event: threading.Event) -> None:
         """Start nginx, follow the route table until ``stop_event`` is set, stop nginx."""

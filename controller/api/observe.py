@@ -11,7 +11,7 @@ import redis
 from flask import current_app, g, jsonify, request
 from sqlalchemy import select, text
 
-from contracts import keys
+from contracts import keys, revisions
 from contracts.messages import STAGING_QUEUE, Heartbeat, agent_queue
 from controller.accounts import find_team
 from controller.actual import read_heartbeats
@@ -246,7 +246,7 @@ def _decoded(raw: bytes | str | None) -> str | None:
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
-def _router(client: Any, now: float) -> dict[str, object] | None:
+def _router(client: Any, now: float, agent_ids: list[str]) -> dict[str, object] | None:
     raw = client.get(keys.ROUTER_STATUS)
     if not raw:
         return None
@@ -256,12 +256,13 @@ def _router(client: Any, now: float) -> dict[str, object] | None:
         return {"error": "the router status in Redis is not JSON"}
     if isinstance(status.get("reloaded_at"), int | float):
         status["last_reload_age"] = round(now - status["reloaded_at"], 1)
-    synced = _decoded(client.get(keys.ROUTER_SYNCED))
-    if synced:
-        try:
-            status["synced_age"] = round(now - float(synced), 1)
-        except ValueError:
-            pass
+    # The revision of each agent's route table nginx serves, and the agents whose newest
+    # table it does not serve yet (a change in flight, or a router that stopped following).
+    applied = revisions.read_applied(client)
+    status["route_table_revision"] = applied.pop(keys.APPLIED_ROUTE_TABLE, None)
+    status["applied"] = applied
+    status["behind"] = [a for a in agent_ids if revisions.parse_revision(
+        client.hget(keys.routes(a), keys.REVISION_FIELD)) > applied.get(a, 0)]
     return status
 
 
@@ -292,7 +293,7 @@ def status():  # noqa: ANN201
             body["agents"] = [present_agent(b, now, settings) for b in beats]
             body["queues"] = _queues(client, [b.agent_id for b in beats])
             body["unacked"] = int(client.hlen("unacked"))  # delivered, not yet done
-            body["router"] = _router(client, now)
+            body["router"] = _router(client, now, [b.agent_id for b in beats])
             body["health_manager"] = _health_manager(client)
         except redis.RedisError as e:
             body["redis"] = {"ok": False, "error": f"{type(e).__name__}: {e}"}

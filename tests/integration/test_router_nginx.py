@@ -24,7 +24,7 @@ import pytest
 import redis
 import requests
 
-from contracts import keys
+from contracts import keys, revisions
 from contracts.messages import Backend
 from contracts.routing import (
     LEAST_CONNECTIONS,
@@ -61,7 +61,8 @@ class Platform:
         self.routes: dict[str, MappedRoute] = {}
         self.certificates: list[Certificate] = []
         self.servers: list[AppServer] = []
-        self.changed_at = 0.0  # when the last change was written (epoch seconds)
+        self.table_revision = 0  # of the last route table written
+        self.agent_revision = 0  # of the agent's last backend table
         self._lock = threading.Lock()
 
     # -- the controller's side
@@ -83,8 +84,8 @@ class Platform:
             self._write()
 
     def _write(self) -> None:
-        self.changed_at = time.time()
-        write_route_table(self.redis, RouteTable(revision=time.time_ns(),
+        self.table_revision = time.time_ns()
+        write_route_table(self.redis, RouteTable(revision=self.table_revision,
                                                  routes=list(self.routes.values()),
                                                  certificates=list(self.certificates)))
 
@@ -98,14 +99,21 @@ class Platform:
     def register(self, app: str, server: AppServer, index: int = 0) -> None:
         backend = Backend(backend=server.address, app_guid=f"guid-{app}", app_name=app,
                           instance_guid=f"inst-{server.name}", index=index)
-        self.changed_at = time.time()
-        self.redis.hset(keys.routes(AGENT), backend.instance_guid, backend.to_json())
-        self.redis.publish(keys.ROUTES_CHANGED, AGENT)
+        self._change_table(lambda pipe: pipe.hset(keys.routes(AGENT), backend.instance_guid,
+                                                  backend.to_json()))
 
     def deregister(self, server: AppServer) -> None:
-        self.changed_at = time.time()
-        self.redis.hdel(keys.routes(AGENT), f"inst-{server.name}")
-        self.redis.publish(keys.ROUTES_CHANGED, AGENT)
+        self._change_table(lambda pipe: pipe.hdel(keys.routes(AGENT), f"inst-{server.name}"))
+
+    def _change_table(self, change: Any) -> None:
+        """Change the agent's table with its next revision, as an agent does."""
+        with self._lock:
+            self.agent_revision = revisions.next_revision(self.redis, self.agent_revision)
+            pipe = self.redis.pipeline()
+            change(pipe)
+            pipe.hset(keys.routes(AGENT), keys.REVISION_FIELD, str(self.agent_revision))
+            pipe.publish(keys.ROUTES_CHANGED, AGENT)
+            pipe.execute()
 
     # -- a client
     def get(self, host: str, path: str = "/", session: Any = requests, **kw: Any,
@@ -130,10 +138,14 @@ class Platform:
 
 
     def wait_synced(self, timeout: float = 5.0) -> None:
-        """Wait until ROUTER_SYNCED (what agents wait for) passes the last change: nginx then
-        serves it, and old workers take no new connection."""
+        """Wait until the router acknowledges the last revisions written (what agents wait
+        for): nginx then serves them, and old workers take no new connection."""
         deadline = time.monotonic() + timeout
-        while float(self.redis.get(keys.ROUTER_SYNCED) or 0) < self.changed_at:
+        while True:
+            applied = revisions.read_applied(self.redis)
+            if applied.get(AGENT, 0) >= self.agent_revision and \
+                    applied.get(keys.APPLIED_ROUTE_TABLE, 0) >= self.table_revision:
+                return
             assert time.monotonic() < deadline, "the router did not sync in time"
             time.sleep(0.01)
 
@@ -185,7 +197,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     p = Platform(client, router, port, https_port)
     try:
         deadline = time.monotonic() + 10
-        while client.get(keys.ROUTER_SYNCED) is None:
+        while client.get(keys.ROUTER_STATUS) is None:
             assert time.monotonic() < deadline and thread.is_alive(), "the router did not start"
             time.sleep(0.05)
         yield p
@@ -505,7 +517,7 @@ def test_https_with_a_certificate_and_the_redirect(
 
 
 def test_a_route_change_reaches_nginx_within_a_second(platform: Platform) -> None:
-    """From the controller's write to the router's ROUTER_SYNCED and nginx answering."""
+    """From the controller's write to the router's acknowledgement and nginx answering."""
     platform.start_instance("fast")
     platform.wait_synced()
     platform.map(route("fast.localhost", "fast"))

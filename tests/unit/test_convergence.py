@@ -1,13 +1,17 @@
-"""The health manager's decisions, as a pure function of desired state, actual state and clock."""
+"""The health manager's decisions, as a pure function of desired state, actual state (the
+agents' instances and the route table revisions the router applied) and clock."""
 
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 
 from contracts.messages import InstanceReport, InstanceState
+from controller import convergence
 from controller.convergence import (
+    Action,
     AgentCapacity,
     Clock,
     Crashed,
@@ -21,12 +25,17 @@ from controller.convergence import (
     Start,
     Stop,
     Unplaceable,
-    plan,
+    is_ready,
 )
 
 AGENTS = [AgentCapacity("a1", 4096, 0), AgentCapacity("a2", 4096, 0)]
-NOW = Clock(now=1000.0, router_synced=1000.0)
+NOW = Clock(now=1000.0)
+APPLIED = {"a1": 10, "a2": 10}  # the router serves each agent's route table of revision 10
 RUNNING, STARTING, CRASHED = InstanceState.RUNNING, InstanceState.STARTING, InstanceState.CRASHED
+
+
+def plan(*args: Any, applied: dict[str, int] = APPLIED, **kw: Any) -> list[Action]:
+    return convergence.plan(*args, applied=applied, **kw)
 
 
 def app(instances: int = 1, version: int = 1, status: str = "DEPLOYED", started: bool = True,
@@ -48,12 +57,17 @@ _guids = itertools.count()
 def inst(index: int = 0, release: int = 1, state: str = RUNNING, agent: str = "a1",
          app_guid: str = "app-1", reason: str | None = None, since: float = 900.0,
          generation: int = 0, ready: bool = True, process_type: str = "web",
-         started_at: float = 0.0, exit_code: int | None = None) -> InstanceReport:
+         started_at: float = 0.0, exit_code: int | None = None,
+         routes_rev: int | None = None) -> InstanceReport:
+    """An instance as its agent reports it; a web one first in its agent's table of revision
+    ``routes_rev`` (default 7, which the router applied)."""
+    if routes_rev is None:
+        routes_rev = 7 if process_type == "web" and state == RUNNING and ready else 0
     return InstanceReport(
         instance_guid=f"i{next(_guids)}", app_guid=app_guid, app_name="web", release=release,
         process_type=process_type, index=index, state=state, host_port=1, since=since,
         agent_id=agent, reason=reason, generation=generation, ready=ready,
-        started_at=started_at or since - 10, exit_code=exit_code)
+        started_at=started_at or since - 10, exit_code=exit_code, routes_rev=routes_rev)
 
 
 def guids():  # noqa: ANN201
@@ -181,7 +195,7 @@ def test_release_is_deployed_once_every_index_is_ready_and_routed():
 
 
 def test_not_deployed_before_the_router_has_the_new_instance():
-    new = inst(0, since=1001.0)  # running since after the router last synced
+    new = inst(0, routes_rev=11)  # first in a table newer than the router applied
     assert plan([app(status="DEPLOYING")], [new], AGENTS, NOW) == []
 
 
@@ -191,7 +205,7 @@ def test_not_deployed_while_an_instance_fails_its_health_check():
 
 def test_workers_count_as_ready_when_running_without_routes():
     actions = plan([app(status="DEPLOYING", workers=1)],
-                   [inst(0), inst(0, process_type="worker", since=1001.0)], AGENTS, NOW)
+                   [inst(0), inst(0, process_type="worker")], AGENTS, NOW)
     assert actions == [ReleaseDeployed("app-1", 1)]
 
 
@@ -236,8 +250,30 @@ def test_rolling_deploy_waits_while_the_new_instance_starts():
 
 def test_rolling_deploy_waits_until_the_new_instance_is_routed():
     old = [inst(i, release=1) for i in range(3)]
-    actual = [*old, inst(0, release=2, since=1001.0)]
+    actual = [*old, inst(0, release=2, routes_rev=11)]
     assert plan([rollout()], actual, AGENTS, NOW) == []
+    # The router acknowledges a1's table of revision 11: the rollout moves on.
+    actions = plan([rollout()], actual, AGENTS, NOW, applied={"a1": 11, "a2": 10})
+    assert [s.spec.index for s in starts(actions)] == [1]
+    assert stopped(actions) == {old[2].instance_guid}
+
+
+def test_a_web_instance_is_ready_once_the_router_applied_a_table_of_its_agent_with_it():
+    web = inst(0, agent="a1", routes_rev=11)
+    assert not is_ready(web, {"a1": 10, "a2": 99})  # another agent's revision says nothing
+    assert is_ready(web, {"a1": 11}) and is_ready(web, {"a1": 12})
+    assert not is_ready(web, {})  # no router has acknowledged anything (Redis restarted)
+    assert not is_ready(inst(0, routes_rev=0), {"a1": 99})  # in no table yet
+    assert not is_ready(inst(0, ready=False, routes_rev=3), {"a1": 99})  # out of the table
+    assert is_ready(inst(0, process_type="worker"), {})  # not routed, so never waits
+
+
+def test_a_release_stays_deploying_while_the_router_has_not_applied_its_agents_tables():
+    new = [inst(0, agent="a1", routes_rev=12), inst(1, agent="a2", routes_rev=12)]
+    desired = [app(instances=2, status="DEPLOYING")]
+    assert plan(desired, new, AGENTS, NOW, applied={"a1": 12, "a2": 11}) == []
+    assert plan(desired, new, AGENTS, NOW, applied={"a1": 12, "a2": 12}) == [
+        ReleaseDeployed("app-1", 1)]
 
 
 def test_rolling_deploy_stops_one_old_and_starts_the_next_once_one_new_is_ready():
@@ -288,7 +324,8 @@ def test_a_restart_evens_the_spread_over_an_agent_that_came_back():
     actual = [inst(0, agent="a1"), inst(1, agent="a1"), inst(2, agent="a2")]
     desired = app(instances=3, generation=1)
     for _step in range(20):
-        actions = plan([desired], actual, agents, NOW, new_guid=guids())
+        actions = plan([desired], actual, agents, NOW, new_guid=guids(),
+                       applied={**APPLIED, "a3": 10})
         gone = stopped(actions)
         actual = [i for i in actual if i.instance_guid not in gone]
         actual += [inst(s.spec.index, agent=s.agent_id, generation=1) for s in starts(actions)]
@@ -338,7 +375,7 @@ def test_fourth_crash_in_a_row_waits_30_seconds():
 def test_backing_off_index_is_not_started_until_its_time():
     records = {("app-1", "web", 0): CrashRecord(4, 995.0, "gone", 1030.0)}
     assert plan([app()], [], AGENTS, NOW, records) == []
-    later = Clock(now=1030.0, router_synced=1030.0)
+    later = Clock(now=1030.0)
     assert kinds(plan([app()], [], AGENTS, later, records)) == ["Start"]
 
 

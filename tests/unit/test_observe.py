@@ -125,7 +125,7 @@ def test_an_apps_instances_carry_their_resource_use(env):  # noqa: ANN001
                           process_type="web", index=0, state="RUNNING", host_port=61000,
                           since=time.time(), started_at=time.time() - 60, cpu_percent=12.5,
                           memory_bytes=50 * MiB, memory_limit_bytes=256 * MiB,
-                          disk_bytes=3 * MiB)
+                          disk_bytes=3 * MiB, routes_rev=4)
     beat = Heartbeat(agent_id="a1", address="127.0.0.1", sent_at=time.time(), memory_mb=1024,
                      memory_used_mb=256, instances=[inst])
     env.redis.set(keys.agent("a1"), beat.to_json())
@@ -133,6 +133,9 @@ def test_an_apps_instances_carry_their_resource_use(env):  # noqa: ANN001
     assert shown["cpu_percent"] == 12.5 and shown["memory_bytes"] == 50 * MiB
     assert shown["memory_limit_bytes"] == 256 * MiB and shown["disk_bytes"] == 3 * MiB
     assert shown["agent"] == "a1" and shown["started_at"] > 0
+    assert shown["routed"] is False  # the router has not applied a1's table with it yet
+    env.redis.hset(keys.ROUTER_APPLIED, "a1", "4")
+    assert env.client.get("/v1/apps/myapp").json["instances"][0]["routed"] is True
 
 
 # -- status ------------------------------------------------------------------------------
@@ -154,6 +157,10 @@ def test_status_shows_agents_queues_router_and_the_health_manager(env):  # noqa:
     env.redis.set(keys.ROUTER_STATUS, json.dumps({"reloaded_at": now - 5, "routes": 3,
                                                    "hosts": 2}))
     env.redis.set(keys.HEALTH_LOCK, "manager-1")
+    env.redis.hset(keys.routes("a1"), keys.REVISION_FIELD, "5")
+    env.redis.hset(keys.routes("a2"), keys.REVISION_FIELD, "3")
+    for field, revision in (("a1", "5"), ("a2", "2"), (keys.APPLIED_ROUTE_TABLE, "77")):
+        env.redis.hset(keys.ROUTER_APPLIED, field, revision)
     body = env.client.get("/v1/status").json
     assert body["redis"]["ok"] and body["database"]["ok"]
     agents = {a["id"]: a for a in body["agents"]}
@@ -166,6 +173,9 @@ def test_status_shows_agents_queues_router_and_the_health_manager(env):  # noqa:
     assert queues == {"staging": 2, "agent.a1": 1, "agent.a2": 0}
     assert body["unacked"] == 1
     assert body["router"]["routes"] == 3 and 4 < body["router"]["last_reload_age"] < 10
+    assert body["router"]["applied"] == {"a1": 5, "a2": 2}
+    assert body["router"]["route_table_revision"] == 77
+    assert body["router"]["behind"] == ["a2"]  # nginx does not serve its newest table yet
     assert body["health_manager"]["holder"] == "manager-1"
     assert body["ok"] is False  # agent a2 is late
 

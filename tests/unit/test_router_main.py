@@ -50,6 +50,7 @@ class FakeRedis:
         self.hashes: dict[str, dict[str, str]] = {}
         self.values: dict[str, str] = {}
         self.subscribers: list[FakePubSub] = []
+        self.published: list[tuple[str, str]] = []
         self.down = False
         self.run_id = "run-1"
 
@@ -83,15 +84,39 @@ class FakeRedis:
         self.check()
         self.values[key] = value
 
+    def delete(self, key: str) -> None:
+        self.check()
+        self.hashes.pop(key, None)
+        self.values.pop(key, None)
+
+    def hset(self, key: str, mapping: dict[str, str]) -> None:
+        self.check()
+        self.hashes.setdefault(key, {}).update(mapping)
+
+    def pipeline(self) -> FakePipeline:
+        return FakePipeline(self)
+
     def pubsub(self, ignore_subscribe_messages: bool = False) -> FakePubSub:
         return FakePubSub(self)
 
     def publish(self, channel: str, data: str) -> None:
+        self.published.append((channel, data))
         for sub in self.subscribers:
             sub.messages.append(data)
 
     def add(self, agent: str, backend: Backend) -> None:
         self.hashes.setdefault(keys.routes(agent), {})[backend.instance_guid] = backend.to_json()
+
+    def publish_table(self, agent: str, revision: int, *backends: Backend) -> None:
+        """What an agent does: rewrite its whole table with its revision."""
+        self.hashes[keys.routes(agent)] = {
+            keys.REVISION_FIELD: str(revision), **{b.instance_guid: b.to_json() for b in backends}}
+
+    def applied(self) -> dict[str, str]:
+        return dict(self.hashes.get(keys.ROUTER_APPLIED, {}))
+
+    def converges(self) -> int:
+        return sum(1 for channel, _ in self.published if channel == keys.CONVERGE)
 
     def map(self, *routes: MappedRoute, certificates: list[Certificate] | None = None) -> None:
         """What the controller does: write the whole route table."""
@@ -106,6 +131,23 @@ class FakeRedis:
         routes.setdefault(host, mapped(host))
         self.map(*routes.values(), certificates=table.certificates)
         self.add(agent, backend(host, port, guid))
+
+
+class FakePipeline:
+    """Queued calls run at ``execute`` (all or, with Redis down, none)."""
+
+    def __init__(self, server: FakeRedis) -> None:
+        self.server = server
+        self.calls: list[Callable[[], None]] = []
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        method = getattr(self.server, name)
+        return lambda *a, **kw: self.calls.append(lambda: method(*a, **kw))
+
+    def execute(self) -> None:
+        self.server.check()
+        for call in self.calls:
+            call()
 
 
 class FakeNginx:
@@ -464,26 +506,89 @@ def test_after_an_outage_nothing_is_removed_for_the_grace_period(fakes: tuple) -
     assert "server 127.0.0.1:61001;" not in nginx.live
 
 
-def test_router_synced_is_written_again_after_a_restart_and_never_runs_ahead(
+def test_each_agents_revision_is_acknowledged_once_nginx_serves_its_table(
+    fakes: tuple,
+) -> None:
+    router, server, nginx = fakes
+    server.map(mapped("a.localhost"), mapped("b.localhost"))
+    server.publish_table("agent-a", 3, backend("a.localhost", 61001))
+    server.publish_table("agent-b", 5, backend("b.localhost", 61002, guid="g2"))
+    router.start()
+    revision = json.loads(server.values[keys.ROUTE_TABLE])["revision"]
+    assert server.applied() == {"agent-a": "3", "agent-b": "5",
+                                keys.APPLIED_ROUTE_TABLE: str(revision)}
+    assert server.converges() == 1  # the health manager looks at once
+
+    assert router.sync() is False
+    assert server.converges() == 1  # nothing new acknowledged: no wake-up
+
+    server.publish_table("agent-a", 7)  # its last instance stops: an empty table
+    assert router.sync() is True
+    assert "server 127.0.0.1:61001;" not in nginx.live
+    assert server.applied()["agent-a"] == "7" and server.applied()["agent-b"] == "5"
+    assert server.converges() == 2
+
+    del server.hashes[keys.routes("agent-b")]  # its heartbeat TTL ran out
+    router.sync()
+    assert "agent-b" not in server.applied()
+
+
+def test_a_config_nginx_rejects_is_not_acknowledged(fakes: tuple, monkeypatch) -> None:
+    router, server, nginx = fakes
+    server.serve("agent-a", "a.localhost", 61001)
+    server.publish_table("agent-a", 3, backend("a.localhost", 61001))
+    router.start()
+    render = router.render
+    monkeypatch.setattr(router, "render", lambda *a: "REJECT" if len(list(a[1])) > 1
+                        else render(*a))
+    server.publish_table("agent-a", 4, backend("a.localhost", 61001),
+                         backend("a.localhost", 61002, guid="g2"))
+    assert router.sync() is False
+    assert router.sync() is False
+    assert server.applied()["agent-a"] == "3"  # nginx still serves revision 3
+    server.publish_table("agent-a", 5, backend("a.localhost", 61001))
+    assert router.sync() is False  # the same text as served: nothing to reload
+    assert server.applied()["agent-a"] == "5"
+
+
+def test_after_a_redis_restart_an_agent_with_held_backends_is_acknowledged_only_in_full(
     fakes: tuple,
 ) -> None:
     router, server, nginx = fakes
     server.serve("agent-a", "a.localhost", 61001)
     server.serve("agent-a", "c.localhost", 61003, guid="g3")
+    server.serve("agent-b", "b.localhost", 61002, guid="g2")
+    server.publish_table("agent-a", 8, backend("a.localhost", 61001),
+                         backend("c.localhost", 61003, guid="g3"))
+    server.publish_table("agent-b", 9, backend("b.localhost", 61002, guid="g2"))
     router.start()
     router.sync()
-    before = float(server.values[keys.ROUTER_SYNCED])
+    assert server.applied()["agent-a"] == "8"
 
-    server.restart()
-    server.map(*(mapped(f"{h}.localhost") for h in "ac"))
-    server.serve("agent-a", "a.localhost", 61001)  # c.localhost is held, not in Redis
+    server.restart()  # the counter is gone too: agents go on from their last revision
+    server.map(*(mapped(f"{h}.localhost") for h in "abc"))
+    server.publish_table("agent-a", 10, backend("a.localhost", 61001))  # c is held
+    server.publish_table("agent-b", 9, backend("b.localhost", 61002, guid="g2"))
     router.sync()
-    # nginx still routes c.localhost, so it is not equal to any table read since the restart
-    assert float(server.values[keys.ROUTER_SYNCED]) == before
+    assert "server 127.0.0.1:61003;" in nginx.live
+    # nginx serves more of agent-a than any table read since the restart: no entry, so its
+    # stop waits (bounded) and its instances are not counted as routed meanwhile.
+    assert "agent-a" not in server.applied() and server.applied()["agent-b"] == "9"
 
-    server.serve("agent-a", "c.localhost", 61003, guid="g3")  # republished in full
+    grace_over(router)
     router.sync()
-    assert float(server.values[keys.ROUTER_SYNCED]) > before
+    assert "server 127.0.0.1:61003;" not in nginx.live
+    assert server.applied()["agent-a"] == "10"
+
+
+def test_applied_revisions_are_written_again_after_redis_lost_them(fakes: tuple) -> None:
+    router, server, nginx = fakes
+    server.serve("agent-a", "a.localhost", 61001)
+    server.publish_table("agent-a", 3, backend("a.localhost", 61001))
+    router.start()
+    del server.hashes[keys.ROUTER_APPLIED]
+    router.sync()
+    assert server.applied()["agent-a"] == "3"
 
 
 def test_redis_away_at_start_then_back(fakes: tuple) -> None:
@@ -495,4 +600,4 @@ def test_redis_away_at_start_then_back(fakes: tuple) -> None:
     server.serve("agent-a", "a.localhost", 61001)
     assert router.sync() is True
     assert "server 127.0.0.1:61001;" in nginx.live
-    assert keys.ROUTER_SYNCED in server.values
+    assert keys.APPLIED_ROUTE_TABLE in server.applied()
