@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterator
+import re
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import click
 import requests
+import urllib3
 
 from cli.config import Config
 
@@ -18,6 +22,103 @@ class ApiError(click.ClickException):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+# Following an event stream: the server sends ": ping" every 10 s of quiet, so a connection
+# silent for longer has died; a dropped one is taken up again from the last event received.
+STREAM_READ_TIMEOUT = 35.0
+STREAM_TRIES = 4  # reconnections in a row before giving up
+STREAM_BACKOFF_MAX = 5.0
+COMMENT = ":"  # the type of the events that stand for comment lines (``events(comments=True)``)
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One server-sent event: its id (the stream position), type and JSON data."""
+
+    id: str | None
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class SseParser:
+    """Server-sent events, fed one line at a time (the WHATWG event-stream rules): ``id``,
+    ``event``, ``data`` (several lines are joined by newlines), ``retry`` (milliseconds) and
+    comment lines; a blank line ends an event."""
+
+    def __init__(self) -> None:
+        self.last_id: str | None = None
+        self.retry_ms: int | None = None
+        self._type = ""
+        self._data: list[str] = []
+
+    def reset(self) -> None:
+        """A new connection: a half-received event is forgotten (the id and retry stay)."""
+        self._type, self._data = "", []
+
+    def feed(self, line: str) -> StreamEvent | None:
+        """The event this line completes, a comment as an event of type ``COMMENT``, or
+        None."""
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):
+            return StreamEvent(self.last_id, COMMENT, {"text": line[1:].strip()})
+        name, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if name == "event":
+            self._type = value
+        elif name == "data":
+            self._data.append(value)
+        elif name == "id" and "\0" not in value:
+            self.last_id = value
+        elif name == "retry" and value.isdigit():
+            self.retry_ms = int(value)
+        return None  # unknown fields are ignored
+
+    def _dispatch(self) -> StreamEvent | None:
+        type_, data = self._type or "message", self._data
+        self.reset()
+        if not data:
+            return None
+        text = "\n".join(data)
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        return StreamEvent(self.last_id, type_,
+                           parsed if isinstance(parsed, dict) else {"text": text})
+
+
+_EOL = re.compile(rb"\r\n|\r|\n")
+
+
+def split_lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """The lines of a byte stream cut anywhere (CRLF, LF or CR ends a line; a CR at the end of
+    a chunk waits for the next, which may start with its LF)."""
+    pending = b""
+    first = True
+    for chunk in chunks:
+        pending += chunk
+        start = 0
+        for end in _EOL.finditer(pending):
+            if end.group() == b"\r" and end.end() == len(pending):
+                break
+            line = pending[start:end.start()].decode("utf-8", "replace")
+            if first:
+                line, first = line.removeprefix("\ufeff"), False
+            yield line
+            start = end.end()
+        pending = pending[start:]
+
+
+def _chunks(response: requests.Response) -> Iterator[bytes]:
+    """The body as it arrives (chunked or not): never waits for more than is there."""
+    while True:
+        chunk = response.raw.read1(65536)
+        if not chunk:
+            return
+        yield chunk
 
 
 class Client:
@@ -79,6 +180,69 @@ class Client:
                            f"the output ({e}); 'paas app NAME' shows where things stand.") from e
         finally:
             response.close()
+
+    def events(self, path: str, last_event_id: str | None = None, *,
+               deadline: float | None = None, comments: bool = False,
+               ) -> Iterator[StreamEvent]:
+        """The server-sent events at ``path``, after ``last_event_id`` (None: from now on).
+
+        A dropped connection is opened again with ``Last-Event-ID`` (the last event received),
+        after the server's ``retry`` time, doubling, a few times in a row at most; then an
+        ApiError says so. The stream ends only when ``deadline`` (``time.monotonic()``) has
+        passed while it waited; a caller that has what it waited for stops iterating.
+        ``comments``: also yield comment lines (the server's pings), as events of type
+        ``COMMENT``, so a caller may look at the clock or the state between events.
+        """
+        parser = SseParser()
+        parser.last_id = last_event_id
+        failures = 0
+        while True:
+            read_timeout = STREAM_READ_TIMEOUT
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                read_timeout = min(read_timeout, left + 0.05)
+            headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+            if parser.last_id:
+                headers["Last-Event-ID"] = parser.last_id
+            try:
+                response = self.request("GET", path, stream=True, headers=headers,
+                                        timeout=(10, read_timeout))
+            except ApiError as e:
+                if e.status is not None and e.status < 500 and e.status != 429:
+                    raise  # not found, forbidden...: asking again will not help
+                reason = e.message
+            else:
+                parser.reset()
+                try:
+                    for line in split_lines(_chunks(response)):
+                        event = parser.feed(line)
+                        if event is not None and (event.type != COMMENT or comments):
+                            failures = 0
+                            yield event
+                        if deadline is not None and time.monotonic() >= deadline:
+                            return
+                    reason = "the controller ended the stream"
+                except (requests.RequestException, urllib3.exceptions.HTTPError,
+                        OSError) as e:
+                    reason = f"the connection to the controller broke ({type(e).__name__})"
+                finally:
+                    response.close()
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            failures += 1
+            if failures > STREAM_TRIES:
+                app = re.fullmatch(r"/apps/([^/?]+)/stream", path)
+                look = f"'paas app {app.group(1)}'" if app else "'paas apps'"
+                raise ApiError(f"lost the controller's event stream ({reason}) and could not "
+                               f"get it back in {STREAM_TRIES} tries; what you started goes on "
+                               f"without you watching: {look} shows where it stands.")
+            wait = min((parser.retry_ms or 1000) / 1000 * 2 ** (failures - 1),
+                       STREAM_BACKOFF_MAX)
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - time.monotonic()))
+            time.sleep(wait)
 
 
 def sent_in_the_clear(target: str) -> bool:

@@ -13,11 +13,11 @@ from typing import BinaryIO
 from urllib.parse import quote, urlsplit
 
 import click
-import requests
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
+from cli import follow
 from cli import manifest as manifest_mod
 from cli.client import ApiError, Client
 from cli.config import Config
@@ -183,35 +183,32 @@ def push(name: str | None, path: Path | None, manifest_path: Path | None, comman
 
 
 def _follow(api: Client, name: str, pushed: dict, wait_timeout: float, started: float) -> None:
-    """Stream a build's output, then wait until its release serves; print the app."""
+    """Stream a build's output, then follow the app's events until its release serves (the
+    router sends it the app's traffic); print the app."""
     build = pushed["build"]
-    result: dict[str, object] = {}
-    for line in api.lines(f"/builds/{build['guid']}/log"):
-        if line["type"] == "log":
-            click.echo(f"   {line['text']}")
-        elif line["type"] == "result":
-            result = line
-    if not result:  # the stream ended early: ask for the build's state instead
-        result = _wait_for_build(api, build["guid"])
-    if result.get("state") != "SUCCEEDED":
-        raise click.ClickException(f"staging failed: {result.get('error') or 'unknown error'}")
-    version = int(result["release"])  # type: ignore[arg-type]
-    console.print(f"Release {version}: starting instances")
-    release = _wait_for_release(api, name, version, wait_timeout)
-    if release["status"] == "FAILED":
-        serving = "the previous release keeps serving" if pushed["app"].get("release") \
-            else "nothing is serving"
-        raise click.ClickException(
-            f"release {version} did not start ({serving}): {release['error']}")
-    app = _wait_for_cutover(api, name, version)
+    position = follow.since(pushed)
+    with follow.interruptible(name):
+        result: dict[str, object] = {}
+        for line in api.lines(f"/builds/{build['guid']}/log"):
+            if line["type"] == "log":
+                click.echo(f"   {line['text']}")
+            elif line["type"] == "result":
+                result = line
+        if not result:  # the log ended early: its outcome comes with the app's events
+            result, position = follow.build_result(api, name, position, build["guid"])
+        if result.get("state") != "SUCCEEDED":
+            raise click.ClickException(
+                f"staging failed: {result.get('error') or 'unknown error'}")
+        version = int(result["release"])  # type: ignore[arg-type]
+        console.print(f"Release {version}: starting instances")
+        app = follow.release_serves(api, name, position, version, wait_timeout,
+                                    f"release {version} did not start ({{serving}})")
     took = f"(in {time.monotonic() - started:.1f} s)"
+    _print_app(app)
     if not app["urls"]:
-        _print_app(app)
         console.print(f"\n[bold green]{name}[/] is running, with no route {took}: "
                       f"'paas map-route {name} DOMAIN --hostname NAME' gives it one.")
         return
-    _wait_for_route(app["urls"][0])
-    _print_app(app)
     console.print(f"\n[bold green]{name}[/] is running at [bold]{app['urls'][0]}[/] {took}")
 
 
@@ -327,75 +324,6 @@ class _upload_progress:  # noqa: N801  (a context manager used like a function)
     def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
             self.progress.stop()
-
-
-def _wait_for_build(api: Client, guid: str, timeout: float = 1200) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        build = api.get(f"/builds/{guid}")
-        if build["state"] != "STAGING":
-            return build
-        time.sleep(1)
-    raise click.ClickException(f"build {guid} was still staging after {timeout:.0f} s.")
-
-
-def _wait_for_release(api: Client, name: str, version: int, timeout: float) -> dict:
-    look_at = time.monotonic() + 3
-    deadline = time.monotonic() + timeout
-    told: set[str] = set()
-    while True:
-        release = api.get(f"/apps/{name}/releases/{version}")
-        if release["status"] in ("DEPLOYED", "FAILED", "SUPERSEDED"):
-            return release
-        if time.monotonic() > look_at:
-            look_at = time.monotonic() + 2
-            # Slow: say what it waits for (no room on any agent, a crash back-off).
-            for inst in api.get(f"/apps/{name}").get("instances", []):
-                if inst["state"] in ("PENDING", "CRASHED") and inst["reason"] not in told:
-                    told.add(inst["reason"])
-                    console.print(f"   [yellow]{inst['process_type']} #{inst['index']} "
-                                  f"{inst['state'].lower()}:[/] {inst['reason']}")
-        if time.monotonic() > deadline:
-            raise click.ClickException(
-                f"release {version} was not serving after {timeout:.0f} s; "
-                f"'paas app {name}' shows its instances.")
-        time.sleep(0.1)
-
-
-def _wait_for_cutover(api: Client, name: str, version: int, timeout: float = 30.0) -> dict:
-    """Wait until the router sends the app's traffic to the new release's instances and no
-    instance of an older release is left, so the URL serves the new one."""
-    deadline = time.monotonic() + timeout
-    while True:
-        app = api.get(f"/apps/{name}")
-        instances = app.get("instances", [])
-        old = [i for i in instances if i["release"] != version]
-        unrouted = [i for i in instances if i["release"] == version
-                    and i["process_type"] == "web" and not i.get("routed")]
-        if (not old and not unrouted) or time.monotonic() > deadline:
-            return app
-        time.sleep(0.05)
-
-
-def _wait_for_route(url: str, timeout: float = 5.0) -> None:
-    """Wait (briefly) until the router sends the app's host to the app."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.scheme != "http" or "*" in host:  # a name the probe cannot reach by IP
-        return
-    connect = url
-    if host.endswith(".localhost"):  # not every resolver knows *.localhost is loopback
-        connect = url.replace(host, "127.0.0.1", 1)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            r = requests.get(connect, headers={"Host": parts.netloc}, timeout=2,
-                             allow_redirects=False)
-            if "X-Paas-Router-Error" not in r.headers:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.05)
 
 
 def parse_memory(text: str) -> int:

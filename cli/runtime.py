@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import click
 from rich.table import Table
 
-from cli.client import Client
-from cli.main import (
-    _print_app,
-    _wait_for_cutover,
-    _wait_for_release,
-    client,
-    console,
-    main,
-)
+from cli import follow
+from cli.client import COMMENT, Client
+from cli.main import _print_app, client, console, main
 from cli.options import (
     DISK,
     ENDPOINT,
@@ -27,6 +22,14 @@ from cli.options import (
     PROBE_TIMEOUT,
     START_TIMEOUT,
 )
+from contracts.appevents import (
+    APP_DELETED,
+    APP_ROUTED,
+    INSTANCE_CRASHED,
+    INSTANCE_RUNNING,
+    INSTANCE_STOPPED,
+    RELEASE_DEPLOYED,
+)
 
 
 def waiting(command):  # noqa: ANN001, ANN201
@@ -37,41 +40,63 @@ def waiting(command):  # noqa: ANN001, ANN201
                         help="Wait until the instances run.")(command)
 
 
-def _wait_for_rollout(api: Client, name: str, timeout: float) -> dict:
-    """Wait until every instance runs the app's current release and generation."""
+# Events after which the app may have rolled out (a comment is the server's ping: a look at
+# the app after 10 s of quiet).
+_MAY_BE_DONE = (INSTANCE_RUNNING, INSTANCE_STOPPED, INSTANCE_CRASHED, APP_ROUTED,
+                RELEASE_DEPLOYED, COMMENT)
+
+
+def rolled_out(app: dict[str, Any]) -> bool:
+    """Every instance the app wants runs its current release and generation (web ones with
+    the router sending them traffic), and no other instance is left."""
+    release = (app.get("release") or {}).get("version")
+    want = sum(p["instances"] for p in app["processes"]) if app["state"] == "STARTED" else 0
+    insts = app.get("instances", [])
+    current = [i for i in insts if i["release"] == release
+               and i["generation"] == app["generation"] and i["state"] == "RUNNING"
+               and (i["routed"] or i["process_type"] != "web")]
+    return len(current) == want == len(insts)
+
+
+def _wait_for_rollout(api: Client, name: str, answer: dict[str, Any], timeout: float) -> dict:
+    """Follow the app's events from the change ``answer`` is the API's answer to, until every
+    instance runs the app's current release and generation (:func:`rolled_out`, looked up
+    when an instance event says it may be so); the app then."""
     deadline = time.monotonic() + timeout
-    while True:
+    tell = follow.Teller()
+    with follow.interruptible(name):
         app = api.get(f"/apps/{name}")
-        release = (app.get("release") or {}).get("version")
-        want = {p["type"]: p["instances"] for p in app["processes"]} \
-            if app["state"] == "STARTED" else {}
-        insts = app.get("instances", [])
-        current = [i for i in insts if i["release"] == release
-                   and i["generation"] == app["generation"] and i["state"] == "RUNNING"
-                   and (i["routed"] or i["process_type"] != "web")]
-        others = [i for i in insts if i not in current]
-        if len(current) == sum(want.values()) and not others:
+        if rolled_out(app):
             return app
-        if time.monotonic() > deadline:
-            _print_app(app)
-            raise click.ClickException(
-                f"the instances were not all replaced after {timeout:.0f} s: 'paas app {name}' "
-                "shows them; crashed ones say why.")
-        time.sleep(0.1)
+        for event in api.events(follow.stream_path(name), follow.since(answer),
+                                deadline=deadline, comments=True):
+            tell(event)
+            if event.type == APP_DELETED:
+                raise click.ClickException(f"{name} was deleted while its instances started.")
+            if event.type == INSTANCE_RUNNING:
+                data = event.data
+                console.print(f"   {data.get('process_type', 'web')} #{data.get('index', '?')} "
+                              f"running (release {data.get('release', '?')})")
+            if event.type in _MAY_BE_DONE:
+                app = api.get(f"/apps/{name}")
+                if rolled_out(app):
+                    return app
+    _print_app(app)
+    raise click.ClickException(
+        f"the instances were not all replaced after {timeout:.0f} s: 'paas app {name}' "
+        "shows them; crashed ones say why.")
 
 
-def _roll(api: Client, name: str, release: dict, wait: bool, timeout: float) -> None:
+def _roll(api: Client, name: str, answer: dict[str, Any], wait: bool, timeout: float) -> None:
     """Follow a new release (env change, rollback) until it serves or fails."""
-    version = release["version"]
-    console.print(f"Release {version} ({release.get('description') or 'new release'}): "
-                  "rolling out")
+    version = answer["release"]["version"]
+    console.print(f"Release {version} ({answer['release'].get('description') or 'new release'}"
+                  "): rolling out")
     if not wait:
         return
-    status = _wait_for_release(api, name, version, timeout)
-    if status["status"] == "FAILED":
-        raise click.ClickException(f"release {version} did not start, so the previous release "
-                                   f"keeps serving: {status['error']}")
-    _wait_for_cutover(api, name, version)  # as a push does: no old instance answers after
+    with follow.interruptible(name):
+        follow.release_serves(api, name, follow.since(answer), version, timeout,
+                              f"release {version} did not start, so {{serving}}")
     console.print(f"Release {version} serves.")
 
 
@@ -100,12 +125,12 @@ def scale(name: str, instances: int | None, memory: int | None, disk: int | None
     if not body:
         raise click.UsageError("say what to scale: -i INSTANCES, -m MEMORY or -k DISK.")
     api = client()
-    app = api.post(f"/apps/{name}/processes/{process_type}/scale", json=body)
-    proc = next(p for p in app["processes"] if p["type"] == process_type)
+    answer = api.post(f"/apps/{name}/processes/{process_type}/scale", json=body)
+    proc = next(p for p in answer["processes"] if p["type"] == process_type)
     console.print(f"Scaled {name}/{process_type} to {proc['instances']} x "
                   f"{proc['memory_mb']} MB memory, {proc['disk_mb']} MB disk")
     if wait:
-        _print_app(_wait_for_rollout(api, name, wait_timeout))
+        _print_app(_wait_for_rollout(api, name, answer, wait_timeout))
 
 
 @main.command()
@@ -114,10 +139,10 @@ def scale(name: str, instances: int | None, memory: int | None, disk: int | None
 def restart(name: str, wait: bool, wait_timeout: float) -> None:
     """Replace every instance with a fresh one, one at a time (no downtime)."""
     api = client()
-    api.post(f"/apps/{name}/restart")
+    answer = api.post(f"/apps/{name}/restart")
     console.print(f"Restarting {name}, one instance at a time")
     if wait:
-        _print_app(_wait_for_rollout(api, name, wait_timeout))
+        _print_app(_wait_for_rollout(api, name, answer, wait_timeout))
 
 
 @main.command()
@@ -126,14 +151,14 @@ def restart(name: str, wait: bool, wait_timeout: float) -> None:
 def rebalance(name: str, wait: bool, wait_timeout: float) -> None:
     """Even out an app's instances over the agents (after one came back), without downtime."""
     api = client()
-    app = api.post(f"/apps/{name}/rebalance")
-    spread = ", ".join(f"{agent}: {n}" for agent, n in sorted(app["spread"].items()))
-    if not app["rebalancing"]:
+    answer = api.post(f"/apps/{name}/rebalance")
+    spread = ", ".join(f"{agent}: {n}" for agent, n in sorted(answer["spread"].items()))
+    if not answer["rebalancing"]:
         console.print(f"{name} is spread evenly already ({spread or 'no agents'}).")
         return
     console.print(f"Rebalancing {name} ({spread}), one instance at a time")
     if wait:
-        _print_app(_wait_for_rollout(api, name, wait_timeout))
+        _print_app(_wait_for_rollout(api, name, answer, wait_timeout))
 
 
 @main.command()
@@ -150,10 +175,10 @@ def stop(name: str) -> None:
 def start(name: str, wait: bool, wait_timeout: float) -> None:
     """Start a stopped app."""
     api = client()
-    api.post(f"/apps/{name}/start")
+    answer = api.post(f"/apps/{name}/start")
     console.print(f"Starting {name}")
     if wait:
-        _print_app(_wait_for_rollout(api, name, wait_timeout))
+        _print_app(_wait_for_rollout(api, name, answer, wait_timeout))
 
 
 @main.command("env")
@@ -180,7 +205,7 @@ def set_env(name: str, key: str, value: str, wait: bool, wait_timeout: float) ->
     if not result["changed"]:
         console.print(f"{key} already has that value: nothing to do.")
         return
-    _roll(api, name, result["release"], wait, wait_timeout)
+    _roll(api, name, result, wait, wait_timeout)
 
 
 @main.command("unset-env")
@@ -191,7 +216,7 @@ def unset_env(name: str, key: str, wait: bool, wait_timeout: float) -> None:
     """Remove an environment variable: a new release, rolled out without downtime."""
     api = client()
     result = api.patch(f"/apps/{name}/env", json={"unset": [key]})
-    _roll(api, name, result["release"], wait, wait_timeout)
+    _roll(api, name, result, wait, wait_timeout)
 
 
 @main.command()
@@ -219,8 +244,7 @@ def rollback(name: str, version: int | None, wait: bool, wait_timeout: float) ->
     """Run an earlier release's droplet, env and commands again, as a new release."""
     api = client()
     body = {"version": version} if version else {}
-    release = api.post(f"/apps/{name}/rollback", json=body)["release"]
-    _roll(api, name, release, wait, wait_timeout)
+    _roll(api, name, api.post(f"/apps/{name}/rollback", json=body), wait, wait_timeout)
 
 
 @main.command()
