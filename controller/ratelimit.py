@@ -221,6 +221,7 @@ def init_app(app: Flask) -> None:
     per_address = RateLimiter(settings.api_rate_per_second * ADDRESS_SHARE,
                               settings.api_rate_burst * ADDRESS_SHARE)
     app.extensions["paas.ratelimit"] = limiter
+    app.extensions["paas.ratelimit.address"] = per_address
 
     @app.before_request
     def _rate() -> None:

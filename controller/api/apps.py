@@ -90,7 +90,8 @@ def lookup_app(name: str) -> App | None:
     A request that changes something answers with ``stream_id``, the app's event stream as
     it was before the change: following it from there shows the change's own events."""
     app = _lookup_app(name)
-    if request.method not in ("GET", "HEAD") and "stream_from" not in g:
+    if request.method not in ("GET", "HEAD") and "stream_from" not in g and \
+            request.endpoint != "v1.resource_match":  # a question, not a change
         g.stream_from = appstream.position(_redis(), app.guid) if app is not None else "0"
     return app
 

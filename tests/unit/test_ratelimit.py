@@ -84,6 +84,8 @@ def limited(tmp_path: Path) -> Iterator[tuple[FlaskClient, str]]:
     migrate(settings)
     token = ensure_admin_token(settings)
     app = create_app(settings, TESTING=True, REDIS=FakeRedis(), CELERY=FakeCelery())
+    for name in ("paas.ratelimit", "paas.ratelimit.address"):  # no refill while it runs,
+        app.extensions[name].clock = lambda: 1000.0  # however slow the machine is
     yield app.test_client(), token
     app.extensions["paas.engine"].dispose()
 
