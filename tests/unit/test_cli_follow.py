@@ -293,11 +293,13 @@ def pushed(fake: Fake) -> Fake:
 
 
 def paas(*args: str) -> Result:
+    """The CLI (the tests that wait give it --wait-timeout 10: a broken one fails, not hangs)."""
     return CliRunner().invoke(main, list(args))
 
 
 def restage(fake: Fake, *, log: list[dict[str, Any]] = LOG, app: dict[str, Any] = APP,
-            before: dict[str, Any] | None = None, args: tuple[str, ...] = ()) -> Result:
+            before: dict[str, Any] | None = None,
+            args: tuple[str, ...] = ("--wait-timeout", "10")) -> Result:
     """``paas restage web``; its answer's ``stream_id`` is the position of the earlier
     release's event that ``pushed`` added, before the change's."""
     fake.answer("POST", "/apps/web/restage", {
@@ -338,7 +340,7 @@ def test_push_uploads_then_follows_the_same_way(pushed: Fake, tmp_path: Path):
     pushed.answer("GET", "/apps/web", APP)
     pushed.add("build.succeeded", build="b2", release=2, buildpack="python")
     pushed.add("app.routed", release=2, generation=1, urls=APP["urls"])
-    result = paas("push", "web", "-p", str(folder))
+    result = paas("push", "web", "-p", str(folder), "--wait-timeout", "10")
     assert result.exit_code == 0, result.output
     assert result.output.startswith("Pushing web (1 files, upload ")
     assert "Release 2: starting instances" in result.output
@@ -437,7 +439,7 @@ def test_set_env_follows_its_release_until_it_serves(fake: Fake):
     fake.add("app.env_changed", names=["GREETING"], release=3)
     fake.add("release.deployed", release=3)
     fake.add("app.routed", release=3, generation=1, urls=APP["urls"])
-    result = paas("set-env", "web", "GREETING", "hello")
+    result = paas("set-env", "web", "GREETING", "hello", "--wait-timeout", "10")
     assert result.exit_code == 0, result.output
     assert result.output.splitlines() == ["Release 3 (set GREETING): rolling out",
                                           "Release 3 serves."]
@@ -471,7 +473,7 @@ def test_scale_waits_until_every_wanted_instance_runs_and_is_routed(fake: Fake):
     fake.answer("GET", "/apps/web", lambda: next(states))
     fake.add("instance.running", process_type="web", index=1, release=2)
     fake.add("instance.running", process_type="web", index=2, release=2)
-    result = paas("scale", "web", "-i", "3")
+    result = paas("scale", "web", "-i", "3", "--wait-timeout", "10")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[:3] == ["Scaled web/web to 3 x 256 MB memory, 1024 MB disk",
@@ -486,3 +488,52 @@ def test_scale_no_wait_follows_nothing(fake: Fake):
     result = paas("scale", "web", "-i", "2", "--no-wait")
     assert result.exit_code == 0, result.output
     assert fake.resumed_from == [] and ("GET", "/v1/apps/web") not in fake.seen
+
+
+def test_a_rollback_whose_release_fails_says_so_and_what_serves(fake: Fake):
+    fake.answer("POST", "/apps/web/rollback", {
+        "release": {"version": 4, "description": "rollback to 1"}, "stream_id": "0"})
+    fake.add("release.failed", release=4, reason="web #0 exited with code 3", serving=3)
+    result = paas("rollback", "web", "--to", "1", "--wait-timeout", "10")
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        "Release 4 (rollback to 1): rolling out",
+        "Error: release 4 did not start, so the previous release keeps serving: web #0 exited "
+        "with code 3"]
+
+
+def test_a_restart_that_never_rolls_out_shows_the_app_and_says_so(fake: Fake):
+    fake.answer("POST", "/apps/web/restart", {**APP, "generation": 2, "stream_id": "0"})
+    fake.answer("GET", "/apps/web", {**APP, "generation": 2})  # its instance is generation 1
+    fake.add("instance.crashed", process_type="web", index=0, release=2, generation=2,
+             reason="exited with code 1")
+    result = paas("restart", "web", "--wait-timeout", "1")
+    assert result.exit_code == 1
+    assert "   web #0 crashed: exited with code 1" in result.output
+    assert "web  state: STARTED" in result.output  # the app as it was when the time ran out
+    assert result.output.splitlines()[-1] == (
+        "Error: the instances were not all replaced after 1 s: 'paas app web' shows them; "
+        "crashed ones say why.")
+
+
+def test_an_app_deleted_while_followed_ends_the_wait(fake: Fake):
+    fake.answer("POST", "/apps/web/start", {**APP, "stream_id": "0"})
+    fake.answer("GET", "/apps/web", {**APP, "instances": []})
+    fake.add("app.deleted")
+    result = paas("start", "web", "--wait-timeout", "10")
+    assert result.exit_code == 1
+    assert "Error: web was deleted while its instances started." in result.output
+
+
+def test_a_first_push_whose_build_failed_and_took_its_app_asks_the_build(fake: Fake):
+    # The log ended without its result, and the app (with its stream) is gone: one look at
+    # the build says why.
+    fake.answer("POST", "/apps/web/restage", {"build": {"guid": "b2"}, "app": {},
+                                              "stream_id": "0"})
+    fake.lines["/v1/builds/b2/log"] = [{"type": "log", "text": "-----> Installing"}]
+    fake.stream_status = 404
+    fake.answer("GET", "/builds/b2", {"guid": "b2", "state": "FAILED",
+                                      "error": "pip install failed"})
+    result = paas("restage", "web", "--wait-timeout", "10")
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1] == "Error: staging failed: pip install failed"
