@@ -8,6 +8,7 @@ import re
 from sqlalchemy import Boolean, DateTime, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from contracts import options
 from contracts.routing import BALANCING, ROUND_ROBIN
 from controller.errors import InvalidInput
 from controller.models.app import App
@@ -17,7 +18,6 @@ from controller.models.team import Team
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 DOMAIN_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
-HOSTNAME_RE = re.compile(rf"^(?:\*|{_LABEL})$")
 # Path segments of unreserved characters (RFC 3986) only: nothing nginx would read as syntax.
 PATH_RE = re.compile(r"^(?:/[A-Za-z0-9._~-]+)+$")
 WILDCARD = "*"
@@ -32,11 +32,11 @@ def validate_domain(name: str) -> str:
 
 
 def validate_hostname(hostname: str | None) -> str:
-    hostname = (hostname or "").strip().lower()
-    if hostname and not HOSTNAME_RE.match(hostname):
-        raise InvalidInput(f"{hostname!r} is not a hostname: use one DNS label (letters, "
-                           "digits, hyphens) or '*' for every name under the domain.")
-    return hostname
+    """A route's host name as contracts.options defines it (lower-cased); a 400 if bad."""
+    try:
+        return options.hostname(hostname)
+    except options.InvalidOption as e:
+        raise InvalidInput(e.message) from None
 
 
 def validate_path(path: str | None) -> str:

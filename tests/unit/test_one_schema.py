@@ -314,3 +314,18 @@ def test_migration_0007_down_puts_the_actor_back(at_0006: Any) -> None:
     assert "actor" not in columns
     command.upgrade(cfg, "head")
     assert [r[2] for r in _builds(engine, box)] == ["ci", None]
+
+
+def test_manifest_processes_reach_the_api_in_its_words(tmp_path: Path) -> None:
+    from cli.main import _push_options
+
+    path = tmp_path / "manifest.yml"
+    path.write_text("applications:\n- name: a\n  memory: 1G\n  processes:\n  - type: worker\n"
+                    "    memory: 512M\n    disk_quota: 2G\n    command: default\n"
+                    "    health-check-type: none\n    timeout: 30\n")
+    sent = _push_options(load_manifest(path, None), None, 3, None, None)
+    read = PushOptions.from_json(json.loads(json.dumps(sent)))
+    assert (read.instances, read.memory_mb) == (3, 1024)  # the flag wins over the manifest
+    assert read.processes == [ProcessOptions(
+        type="worker", memory_mb=512, disk_mb=2048, command=None, command_given=True,
+        health_check_type="process", timeout=30)]
