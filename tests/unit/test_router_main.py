@@ -26,9 +26,11 @@ class FakePubSub:
     def __init__(self, server: FakeRedis) -> None:
         self.server = server
         self.messages: collections.deque[str] = collections.deque()
+        self.channels: set[str] = set()
 
     def subscribe(self, channel: str) -> None:
         self.server.check()
+        self.channels.add(channel)
         self.server.subscribers.append(self)
 
     def get_message(self, timeout: float = 0.0) -> dict[str, str] | None:
@@ -102,7 +104,8 @@ class FakeRedis:
     def publish(self, channel: str, data: str) -> None:
         self.published.append((channel, data))
         for sub in self.subscribers:
-            sub.messages.append(data)
+            if channel in sub.channels:
+                sub.messages.append(data)
 
     def add(self, agent: str, backend: Backend) -> None:
         self.hashes.setdefault(keys.routes(agent), {})[backend.instance_guid] = backend.to_json()
