@@ -88,7 +88,7 @@ class Settings:
     staging_output_bytes: int = 4 * 1024 * 1024  # build output shown; the rest is counted
     # Built-in buildpacks may skip the staging container when nothing needs installing.
     staging_fast_path: bool = True
-    # Hostile uploads (uploads/, buildpacks/stager.py). The interpreter that runs built-in
+    # Hostile uploads (uploads/, buildpacks/stager/staging.py). The interpreter that runs built-in
     # buildpacks' fast path on the stager host, isolated (-I, empty HOME); empty: the
     # stager's own. The largest app part or layer a staging container may hand back.
     staging_fast_path_python: str = ""

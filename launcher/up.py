@@ -44,7 +44,7 @@ AGENT = "agent"
 SERVICES: dict[str, str] = {
     "controller": "controller.serve",
     "health": "controller.health",
-    "stager": "buildpacks.worker",
+    "stager": "buildpacks.stager",
     AGENT: "dea_agent.main",
     "router": "router.main",
 }

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from buildpacks.stager import Droplet, Layer, Stager
+from buildpacks.stager.staging import Droplet, Layer, Stager
 from contracts import blobstore, keys
 from contracts.blobstore import BlobKeyError, BlobRoot
 from contracts.messages import StageRequest

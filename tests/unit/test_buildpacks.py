@@ -441,14 +441,14 @@ def test_fast_compile_uses_a_stored_layer_without_a_container(tmp_path):  # noqa
 ])
 def test_layer_lines_a_buildpack_writes_are_checked(text, words):  # noqa: ANN001
     from buildpacks.errors import StagingError
-    from buildpacks.stager import parse_layers
+    from buildpacks.stager.staging import parse_layers
 
     with pytest.raises(StagingError, match=words):
         parse_layers(text)
 
 
 def test_layer_lines_are_normalised():
-    from buildpacks.stager import parse_layers
+    from buildpacks.stager.staging import parse_layers
 
     assert parse_layers("/.venv/ abc\nnode_modules\n\n") == [(".venv", "abc"),
                                                              ("node_modules", "")]

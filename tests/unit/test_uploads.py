@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 import uploads
 from buildpacks import custom
 from buildpacks.errors import NoBuildpack, StagingError
-from buildpacks.stager import (
+from buildpacks.stager.staging import (
     MAX_RELEASE_BYTES,
     _bounded_lines,
     _copy_single_file,

@@ -1,4 +1,5 @@
-"""``paas-stager``: the Celery worker on queue ``staging``."""
+"""The stager process (``python -m buildpacks.stager``, ``paas-stager``): the Celery worker
+on queue ``staging``, staging each build with :class:`buildpacks.stager.staging.Stager`."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def create_worker_app(settings: Settings, metrics_registry: Any = None) -> Celer
     ``prometheus_client`` registry) when given."""
     from prometheus_client import Histogram
 
-    from buildpacks.stager import Stager
+    from buildpacks.stager.staging import Stager
 
     app = make_celery(settings, "paas-stager")
     state: dict[str, Stager] = {}
