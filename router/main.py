@@ -113,8 +113,8 @@ class Router:
         self._box: SecretBox | None = None  # opens certificates' sealed keys
         self._grace = RemovalGrace(settings.heartbeat_ttl)
         self._held = 0  # backends nginx serves that Redis no longer has (during a grace)
-        # Agent id -> revision of its table nginx serves (what ROUTER_APPLIED promises);
-        # the route table's revision is added when written.
+        # Agent id (and APPLIED_ROUTE_TABLE) -> revision of the table nginx serves: what
+        # ROUTER_APPLIED promises.
         self._acked: dict[str, int] = {}
         self._owners: dict[str, str] = {}  # backend (canonical JSON) served -> its agent
         self._written: dict[str, int] | None = None  # ROUTER_APPLIED as last written
@@ -368,9 +368,9 @@ class Router:
 
     def _acknowledge(self, agents: dict[str, AgentTable], table: BackendTable,
                      held: Iterable[str]) -> None:
-        """nginx now serves ``table``: acknowledge each agent's revision read, but for an
-        agent with held backends (nginx serves more of it than its table) keep what was
-        acknowledged before, if anything."""
+        """nginx now serves ``table`` and the routes read: acknowledge the route table's
+        revision and each agent's revision read, but for an agent with held backends (nginx
+        serves more of it than its table) keep what was acknowledged before, if anything."""
         owners = {b.to_json(): agent for agent, t in agents.items() for b in t.backends}
         held_by = {self._owners.get(key) for key in held}
         if None in held_by:  # a held backend of no known agent: acknowledge nothing new
@@ -378,6 +378,7 @@ class Router:
         else:
             acked = {a: t.revision for a, t in agents.items() if a not in held_by}
             acked.update({a: self._acked[a] for a in held_by if a in self._acked})
+        acked[keys.APPLIED_ROUTE_TABLE] = self._revision or 0
         self._acked = {a: r for a, r in acked.items() if r}
         self._owners = {key: owners.get(key) or self._owners[key] for key in table
                         if key in owners or key in self._owners}
@@ -386,8 +387,6 @@ class Router:
         """Write ROUTER_APPLIED on every sync (Redis may have restarted without it), and
         publish on CONVERGE when it changed, so the health manager sees it at once."""
         applied = dict(self._acked)
-        if self._revision:
-            applied[keys.APPLIED_ROUTE_TABLE] = self._revision
         try:
             pipe = self.redis.pipeline()
             pipe.delete(keys.ROUTER_APPLIED)

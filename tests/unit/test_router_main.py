@@ -544,14 +544,19 @@ def test_a_config_nginx_rejects_is_not_acknowledged(fakes: tuple, monkeypatch) -
     render = router.render
     monkeypatch.setattr(router, "render", lambda *a: "REJECT" if len(list(a[1])) > 1
                         else render(*a))
+    served = server.applied()[keys.APPLIED_ROUTE_TABLE]
     server.publish_table("agent-a", 4, backend("a.localhost", 61001),
                          backend("a.localhost", 61002, guid="g2"))
+    server.map(mapped("a.localhost"), mapped("b.localhost"))
     assert router.sync() is False
     assert router.sync() is False
     assert server.applied()["agent-a"] == "3"  # nginx still serves revision 3
+    assert server.applied()[keys.APPLIED_ROUTE_TABLE] == served  # and the old route table
     server.publish_table("agent-a", 5, backend("a.localhost", 61001))
-    assert router.sync() is False  # the same text as served: nothing to reload
+    assert router.sync() is True  # nginx accepts this one
     assert server.applied()["agent-a"] == "5"
+    assert server.applied()[keys.APPLIED_ROUTE_TABLE] == str(
+        json.loads(server.values[keys.ROUTE_TABLE])["revision"]) != served
 
 
 def test_after_a_redis_restart_an_agent_with_held_backends_is_acknowledged_only_in_full(
