@@ -219,8 +219,7 @@ class HealthManager:
             self.routed_told = {k.decode(): v.decode() for k, v in
                                 self.redis.hgetall(keys.APP_ROUTED).items()}
         routed = watch.routed_rollouts(desired, actual, ready)
-        more, marks = watch.routed_events(desired, routed, self.routed_told)
-        gone = self.routed_told.keys() - {a.guid for a in desired}
+        more, marks, gone = watch.routed_events(desired, routed, self.routed_told)
         if marks:
             self.redis.hset(keys.APP_ROUTED, mapping=marks)
         if gone:

@@ -74,9 +74,10 @@ def instance_events(before: Mapping[str, Seen], now: Iterable[InstanceReport],
 
 
 def routed_rollouts(desired: Iterable[DesiredApp], actual: Iterable[InstanceReport],
-                    ready: Callable[[InstanceReport], bool]) -> dict[str, tuple[int, int]]:
+                    ready: Callable[[InstanceReport], bool]) -> dict[str, tuple[int, int, int]]:
     """Apps whose web traffic the router sends only to ready instances of their current
-    release and generation, as many as desired: app guid -> (release, generation).
+    release and generation, as many as desired: app guid -> (release, generation, web
+    instances).
 
     ``ready`` says whether an instance is running, healthy and in the route table the
     router has applied (:func:`controller.convergence.is_ready`)."""
@@ -94,24 +95,28 @@ def routed_rollouts(desired: Iterable[DesiredApp], actual: Iterable[InstanceRepo
                               i.generation != app.generation for i in insts):
             continue  # an older release or generation may still get requests
         if sum(1 for i in insts if ready(i)) >= wanted:
-            found[app.guid] = (app.release.version, app.generation)
+            found[app.guid] = (app.release.version, app.generation, wanted)
     return found
 
 
-def routed_events(desired: Iterable[DesiredApp], routed: Mapping[str, tuple[int, int]],
-                  told: Mapping[str, str]) -> tuple[AppEvents, dict[str, str]]:
-    """``app.routed`` for each rollout in ``routed`` not told yet (``told``: app guid ->
-    "release/generation" as last told), and the new marks to keep."""
+def routed_events(desired: Iterable[DesiredApp], routed: Mapping[str, tuple[int, int, int]],
+                  told: Mapping[str, str]) -> tuple[AppEvents, dict[str, str], set[str]]:
+    """``app.routed`` for each app in ``routed`` whose rollout (release, generation and
+    number of web instances) was not told yet; ``told``: app guid -> the mark last told.
+
+    Returns the events, the marks to keep, and the apps whose mark goes: those no longer
+    routed (stopped, crashed below their count, rolling out), so the next time the router
+    serves them is told again (a start, or a scale, with the same release)."""
     names = {a.guid: a for a in desired}
     found: AppEvents = []
     marks: dict[str, str] = {}
-    for guid, (version, generation) in routed.items():
-        mark = f"{version}/{generation}"
+    for guid, (version, generation, instances) in routed.items():
+        mark = f"{version}/{generation}/{instances}"
         if told.get(guid) == mark:
             continue
         marks[guid] = mark
         app = names[guid]
         found.append((guid, AppEvent(APP_ROUTED, {
             "app": app.name, "by": "health", "release": version, "generation": generation,
-            "urls": list(app.routes)})))
-    return found, marks
+            "instances": instances, "urls": list(app.routes)})))
+    return found, marks, set(told) - set(routed)

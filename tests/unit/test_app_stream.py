@@ -71,23 +71,31 @@ def test_a_rollout_is_routed_once_its_instances_alone_serve() -> None:
     assert routed_rollouts([app], [new[0], replace(new[1], ready=False)], ready) == {}
     # A crashed old one gets no traffic: it does not hold the rollout back.
     routed = routed_rollouts([app], [*new, report("o1", "CRASHED", release=1)], ready)
-    assert routed == {"app-1": (2, 0)}
+    assert routed == {"app-1": (2, 0, 2)}
     # An app without routes, stopped, or scaled to 0 is never "routed".
     assert routed_rollouts([desired(routes=())], new, ready) == {}
     assert routed_rollouts([replace(app, started=False)], new, ready) == {}
     assert routed_rollouts([desired(instances=0, version=2)], new, ready) == {}
 
 
-def test_routed_is_told_once_per_release_and_generation() -> None:
+def test_routed_is_told_once_per_rollout_and_again_after_a_gap() -> None:
     app = desired(version=2)
-    found, marks = routed_events([app], {"app-1": (2, 0)}, {})
+    found, marks, gone = routed_events([app], {"app-1": (2, 0, 2)}, {})
     [(guid, event)] = found
     assert guid == "app-1" and event.type == "app.routed"
     assert event.data["release"] == 2 and event.data["urls"] == ["http://shop.localhost"]
-    assert marks == {"app-1": "2/0"}
-    assert routed_events([app], {"app-1": (2, 0)}, marks) == ([], {})
-    found, marks = routed_events([app], {"app-1": (2, 1)}, marks)  # a restart
-    assert [e.data["generation"] for _g, e in found] == [1] and marks == {"app-1": "2/1"}
+    assert event.data["instances"] == 2
+    assert marks == {"app-1": "2/0/2"} and gone == set()
+    assert routed_events([app], {"app-1": (2, 0, 2)}, marks) == ([], {}, set())
+    found, marks, _ = routed_events([app], {"app-1": (2, 1, 2)}, marks)  # a restart
+    assert [e.data["generation"] for _g, e in found] == [1] and marks == {"app-1": "2/1/2"}
+    # Scaled to 3: told when the third is routed too.
+    found, marks, _ = routed_events([app], {"app-1": (2, 1, 3)}, marks)
+    assert [e.data["instances"] for _g, e in found] == [3]
+    # Stopped (or below its count): the mark goes, so a start is told again.
+    assert routed_events([app], {}, marks) == ([], {}, {"app-1"})
+    found, _, _ = routed_events([app], {"app-1": (2, 1, 3)}, {})
+    assert len(found) == 1
 
 
 # -- the API: events published when a change commits, served as server-sent events -------
