@@ -11,7 +11,7 @@ import pytest
 from contracts.messages import InstanceReport, StageResult
 from controller.api import stream as stream_api
 from controller.convergence import DesiredApp, DesiredProcess, DesiredRelease
-from controller.watch import instance_events, routed_events, routed_rollouts
+from controller.health.watch import instance_events, routed_events, routed_rollouts
 from tests.unit.test_controller_api import _settle, package, push
 from tests.unit.test_tasks import StreamRedis
 

@@ -15,7 +15,7 @@ from contracts import keys
 from contracts.routing import RouteTable, read_route_table, write_route_table
 from contracts.secretbox import load_box
 from controller import routing
-from controller.health import HealthManager
+from controller.health.manager import HealthManager
 from tests.unit.fakes import FakeCelery
 from tests.unit.test_controller_api import package, push
 from tests.unit.test_observe import developer

@@ -1,16 +1,16 @@
-"""``paas-health``: the health manager. Converges desired state (SQL) to actual (heartbeats).
+"""The health manager: converges desired state (SQL) to actual (heartbeats).
 
 One is active at a time (a Redis lock); a second one started waits as a hot standby. Each
 tick it settles finished builds, asks :func:`controller.convergence.plan` what to do, and
-does it: start and stop tasks to agents, release status changes in the database. It ticks
-every ``health_interval`` seconds and at once when anything publishes on ``CONVERGE``.
+does it: start and stop tasks to agents, release status changes in the database; then it
+tells the apps' streams what it saw happen (:mod:`controller.health.watch`). It ticks every
+``health_interval`` seconds and at once when anything publishes on ``CONVERGE``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import signal
 import threading
 import time
 import uuid
@@ -24,9 +24,7 @@ from sqlalchemy.orm import Session, joinedload, selectinload, sessionmaker
 
 import logpipe
 from contracts import keys, revisions
-from contracts import settings as settings_mod
 from contracts.appevents import INSTANCE_PENDING, AppEvent
-from contracts.celery_app import make_celery
 from contracts.messages import (
     START_INSTANCE_TASK,
     STOP_INSTANCE_TASK,
@@ -38,7 +36,7 @@ from contracts.messages import (
 )
 from contracts.secretbox import load_box
 from contracts.settings import Settings
-from controller import accounts, appstream, events, gc, routing, staging, watch
+from controller import accounts, appstream, events, routing, staging
 from controller.actual import read_heartbeats
 from controller.convergence import (
     Action,
@@ -60,7 +58,7 @@ from controller.convergence import (
     is_ready,
     plan,
 )
-from controller.db import make_engine, make_sessionmaker
+from controller.health import watch
 from controller.metrics import HealthMetrics
 from controller.models import (
     App,
@@ -71,7 +69,6 @@ from controller.models import (
     ReleaseStatus,
     Route,
 )
-from controller.models.sealed import use_secret_box
 
 log = logging.getLogger("paas.health")
 # A start not seen in any heartbeat after this long is forgotten (and so tried again). Long
@@ -210,7 +207,7 @@ class HealthManager:
     def _tell_streams(self, desired: list[DesiredApp], actual: list[InstanceReport],
                       ready: Callable[[InstanceReport], bool]) -> None:
         """Publish what happened to instances since the last tick, and rollouts the router
-        now serves, on their apps' streams (see :mod:`controller.watch`)."""
+        now serves, on their apps' streams (see :mod:`controller.health.watch`)."""
         found, seen = watch.instance_events(self.seen or {}, actual)
         if self.seen is None:
             found = []  # just became the active manager: take over what is, silently
@@ -483,30 +480,3 @@ class HealthManager:
                         wake.set()
             except redis.RedisError:
                 stop.wait(1.0)
-
-
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    settings = settings_mod.load()
-    engine = use_secret_box(make_engine(settings.sqlalchemy_url), load_box(settings))
-    sessions = make_sessionmaker(engine)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
-    manager = HealthManager(settings, sessions, client, make_celery(settings))
-    if settings.metrics_port_health:
-        from prometheus_client import REGISTRY, start_http_server
-
-        manager.metrics = HealthMetrics(REGISTRY)
-        start_http_server(settings.metrics_port_health, addr=settings.metrics_host)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    if settings.gc_interval_seconds > 0:  # garbage collection, by the active manager only
-        threading.Thread(target=gc.run_every, daemon=True, args=(
-            settings, sessions, stop,
-            lambda: client.get(keys.HEALTH_LOCK) == manager.identity.encode())).start()
-    manager.run(stop)
-
-
-
-if __name__ == "__main__":
-    main()
