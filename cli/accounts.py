@@ -12,9 +12,9 @@ from urllib.parse import quote
 import click
 from rich.table import Table
 
+from cli.base import client, console, main, parse_memory, print_table
 from cli.client import ApiError, Client
 from cli.config import Config
-from cli.main import client, console, main, parse_memory, print_table
 
 ROLES = ("viewer", "developer", "manager")
 SCOPES = ("read", "deploy", "admin")

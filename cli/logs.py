@@ -15,8 +15,8 @@ from typing import Any
 import click
 import requests
 
+from cli.base import client, main
 from cli.client import ApiError, Client
-from cli.main import client, main
 from logpipe import SOURCES, LogLine
 
 READ_TIMEOUT = 35.0  # the server pings every 10 s while nothing happens

@@ -10,7 +10,7 @@ import time
 import click
 from rich.table import Table
 
-from cli.main import _since, client, console, human_bytes, main, print_table
+from cli.base import client, console, human_bytes, main, print_table, since_text
 
 
 def _local_time(stamp: str | None) -> str:
@@ -98,7 +98,7 @@ def _print_status(body: dict) -> None:
         console.print("health manager: [red]none active[/] (no one holds the lock)")
     router = body.get("router")
     if router and router.get("reloaded_at"):
-        console.print(f"router: last reload {_since(router['reloaded_at'])} "
+        console.print(f"router: last reload {since_text(router['reloaded_at'])} "
                       f"({router.get('hosts', 0)} hosts, {router.get('routes', 0)} routes)")
     else:
         console.print("router: [red]no reload recorded[/] (is paas-router running?)")

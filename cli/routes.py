@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from cli.main import client, console, main, print_table
+from cli.base import client, console, main, print_table
 from contracts.routing import LEAST_CONNECTIONS, ROUND_ROBIN
 
 

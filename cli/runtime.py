@@ -9,8 +9,8 @@ import click
 from rich.table import Table
 
 from cli import follow
+from cli.base import client, console, main, print_app
 from cli.client import COMMENT, Client
-from cli.main import _print_app, client, console, main
 from cli.options import (
     DISK,
     ENDPOINT,
@@ -81,7 +81,7 @@ def _wait_for_rollout(api: Client, name: str, answer: dict[str, Any], timeout: f
                 app = api.get(f"/apps/{name}")
                 if rolled_out(app):
                     return app
-    _print_app(app)
+    print_app(app)
     raise click.ClickException(
         f"the instances were not all replaced after {timeout:.0f} s: 'paas app {name}' "
         "shows them; crashed ones say why.")
@@ -130,7 +130,7 @@ def scale(name: str, instances: int | None, memory: int | None, disk: int | None
     console.print(f"Scaled {name}/{process_type} to {proc['instances']} x "
                   f"{proc['memory_mb']} MB memory, {proc['disk_mb']} MB disk")
     if wait:
-        _print_app(_wait_for_rollout(api, name, answer, wait_timeout))
+        print_app(_wait_for_rollout(api, name, answer, wait_timeout))
 
 
 @main.command()
@@ -142,7 +142,7 @@ def restart(name: str, wait: bool, wait_timeout: float) -> None:
     answer = api.post(f"/apps/{name}/restart")
     console.print(f"Restarting {name}, one instance at a time")
     if wait:
-        _print_app(_wait_for_rollout(api, name, answer, wait_timeout))
+        print_app(_wait_for_rollout(api, name, answer, wait_timeout))
 
 
 @main.command()
@@ -158,7 +158,7 @@ def rebalance(name: str, wait: bool, wait_timeout: float) -> None:
         return
     console.print(f"Rebalancing {name} ({spread}), one instance at a time")
     if wait:
-        _print_app(_wait_for_rollout(api, name, answer, wait_timeout))
+        print_app(_wait_for_rollout(api, name, answer, wait_timeout))
 
 
 @main.command()
@@ -178,7 +178,7 @@ def start(name: str, wait: bool, wait_timeout: float) -> None:
     answer = api.post(f"/apps/{name}/start")
     console.print(f"Starting {name}")
     if wait:
-        _print_app(_wait_for_rollout(api, name, answer, wait_timeout))
+        print_app(_wait_for_rollout(api, name, answer, wait_timeout))
 
 
 @main.command("env")
@@ -290,5 +290,5 @@ def configure(name: str, max_in_flight: int | None, health_check_type: str | Non
     app = client().patch(f"/apps/{name}", json=body)
     console.print(f"Updated {name}" + (": its instances are replaced with the new health "
                                       "check, one at a time" if check else ""))
-    _print_app(app)
+    print_app(app)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from cli.main import main, parse_memory
+from cli.base import parse_memory
+from cli.main import main
 from cli.manifest import load as load_manifest
 from cli.package import RESOURCE_MIN, collect, pack
 
@@ -119,3 +120,29 @@ def test_manifest_with_several_apps_needs_a_name(tmp_path):  # noqa: ANN001
     with pytest.raises(click.ClickException, match="several apps"):
         load_manifest(path, None)
     assert load_manifest(path, "b").name == "b"
+
+
+def test_command_modules_import_the_group_not_each_other() -> None:
+    """cli.base holds the group; the command modules import it, and only cli.main gathers
+    them (no import circle through cli.main)."""
+    import ast
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[2] / "cli"
+    commands = {"accounts", "apps", "logs", "observe", "routes", "run", "runtime"}
+    wrong = []
+    for path in sorted(folder.glob("*.py")):
+        if path.stem == "main":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                if name == "cli.main" or name.startswith("cli.main.") or (
+                        name.startswith("cli.") and name.split(".")[1] in commands
+                        and name.split(".")[1] != path.stem):
+                    wrong.append(f"{path.name} imports {name}")
+    assert not wrong, wrong

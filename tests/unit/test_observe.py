@@ -245,11 +245,12 @@ def cli(monkeypatch, tmp_path):  # noqa: ANN001, ANN201
     monkeypatch.setenv("COLUMNS", "200")
 
     def run(answers: dict[str, object], *args: str):  # noqa: ANN202
+        import cli.apps
         import cli.main
         import cli.observe
 
         api = CannedApi(answers)
-        monkeypatch.setattr(cli.main, "client", lambda: api)
+        monkeypatch.setattr(cli.apps, "client", lambda: api)
         monkeypatch.setattr(cli.observe, "client", lambda: api)
         result = CliRunner().invoke(cli.main.main, list(args))
         return result, api

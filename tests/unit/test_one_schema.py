@@ -317,7 +317,7 @@ def test_migration_0007_down_puts_the_actor_back(at_0006: Any) -> None:
 
 
 def test_manifest_processes_reach_the_api_in_its_words(tmp_path: Path) -> None:
-    from cli.main import _push_options
+    from cli.apps import _push_options
 
     path = tmp_path / "manifest.yml"
     path.write_text("applications:\n- name: a\n  memory: 1G\n  processes:\n  - type: worker\n"
