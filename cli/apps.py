@@ -182,7 +182,9 @@ def _follow(api: Client, name: str, pushed: dict, wait_timeout: float, started: 
                 click.echo(f"   {line['text']}")
             elif line["type"] == "result":
                 result = line
-        if not result:  # the log ended early: its outcome comes with the app's events
+        if not result or result.get("state") == "STAGING":
+            # The log ended early, or before the health manager settled the build (it is
+            # slow or down): the outcome comes with the app's events.
             result, position = follow.build_result(api, name, position, build["guid"])
         if result.get("state") != "SUCCEEDED":
             raise click.ClickException(
@@ -285,7 +287,7 @@ def _push_options(manifest: AppManifest | None, command: str | None, instances: 
     return options
 
 
-class _upload_progress:  # noqa: N801  (a context manager used like a function)
+class _upload_progress:  # a context manager used like a function
     """A progress bar over the upload when it is large enough to wait for."""
 
     SHOW_FROM = 4 * 1024 * 1024

@@ -27,6 +27,7 @@ class ApiError(click.ClickException):
 # Following an event stream: the server sends ": ping" every 10 s of quiet, so a connection
 # silent for longer has died; a dropped one is taken up again from the last event received.
 STREAM_READ_TIMEOUT = 35.0
+STREAM_LONG_ENOUGH = 30.0  # seconds: a stream open that long which ends was no failure
 STREAM_TRIES = 4  # reconnections in a row before giving up
 STREAM_BACKOFF_MAX = 5.0
 COMMENT = ":"  # the type of the events that stand for comment lines (``events(comments=True)``)
@@ -47,14 +48,19 @@ class SseParser:
     comment lines; a blank line ends an event."""
 
     def __init__(self) -> None:
+        # The id of the last event dispatched: what a reconnection resumes after. An id line
+        # waits in _id until its event is complete, so a connection cut in the middle of an
+        # event resumes before it and the event is sent again whole.
         self.last_id: str | None = None
         self.retry_ms: int | None = None
+        self._id: str | None = None
         self._type = ""
         self._data: list[str] = []
 
     def reset(self) -> None:
-        """A new connection: a half-received event is forgotten (the id and retry stay)."""
-        self._type, self._data = "", []
+        """A new connection: a half-received event is forgotten, its id too (the last
+        dispatched id and the retry stay)."""
+        self._type, self._data, self._id = "", [], self.last_id
 
     def feed(self, line: str) -> StreamEvent | None:
         """The event this line completes, a comment as an event of type ``COMMENT``, or
@@ -71,12 +77,13 @@ class SseParser:
         elif name == "data":
             self._data.append(value)
         elif name == "id" and "\0" not in value:
-            self.last_id = value
+            self._id = value
         elif name == "retry" and value.isdigit():
             self.retry_ms = int(value)
         return None  # unknown fields are ignored
 
     def _dispatch(self) -> StreamEvent | None:
+        self.last_id = self._id
         type_, data = self._type or "message", self._data
         self.reset()
         if not data:
@@ -215,6 +222,7 @@ class Client:
                 reason = e.message
             else:
                 parser.reset()
+                opened = time.monotonic()
                 try:
                     for line in split_lines(_chunks(response)):
                         event = parser.feed(line)
@@ -224,6 +232,8 @@ class Client:
                         if deadline is not None and time.monotonic() >= deadline:
                             return
                     reason = "the controller ended the stream"
+                    if time.monotonic() - opened > STREAM_LONG_ENOUGH:
+                        failures = 0  # it ends a long follow now and then: resume it
                 except (requests.RequestException, urllib3.exceptions.HTTPError,
                         OSError) as e:
                     reason = f"the connection to the controller broke ({type(e).__name__})"

@@ -101,6 +101,13 @@ def build_result(api: Client, name: str, position: str, guid: str,
     raise click.ClickException(f"build {guid} was still staging after {timeout:.0f} s.")
 
 
+def web_runs(app: dict[str, Any]) -> bool:
+    """Whether the app's current release runs web instances (a release whose droplet has no
+    web command, such as a worker-only Procfile, runs none, whatever the scale says)."""
+    web = next((p for p in app.get("processes") or [] if p.get("type") == "web"), None)
+    return bool(web and web.get("command") and web.get("instances"))
+
+
 def release_serves(api: Client, name: str, position: str, version: int, timeout: float,
                    failed: str) -> dict[str, Any]:
     """Follow release ``version`` until the router sends the app's traffic to it (or, for an
@@ -133,7 +140,7 @@ def release_serves(api: Client, name: str, position: str, version: int, timeout:
             return api.get(f"/apps/{name}")
         if event.type == RELEASE_DEPLOYED:
             app = api.get(f"/apps/{name}")
-            if not app["urls"] or not app.get("instances_desired"):
-                return app  # no route (or no web instance): the router has nothing to do
+            if not app["urls"] or not web_runs(app):
+                return app  # no route, or no web instance: the router has nothing to do
     raise click.ClickException(f"release {version} was not serving after {timeout:.0f} s; "
                                f"'paas app {name}' shows its instances.")

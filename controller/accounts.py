@@ -249,9 +249,12 @@ def tokens_used(raw: dict[bytes, bytes]) -> dict[int, dt.datetime]:
 def record_token_use(session: Session, client: redis.Redis) -> int:
     """Copy the marks of token use from Redis into the tokens' rows (the health manager's
     job, once a minute); returns how many rows changed."""
-    raw = client.hgetall(keys.TOKENS_USED)
-    if not raw:
-        return 0
+    copying = f"{keys.TOKENS_USED}:copying"
+    try:  # moved aside at once: a use marked while this copies is kept for the next copy
+        client.rename(keys.TOKENS_USED, copying)
+    except redis.ResponseError:
+        return 0  # no marks
+    raw = client.hgetall(copying)
     changed = 0
     for token_id, used in tokens_used(raw).items():
         token = session.get(Token, token_id)
@@ -260,5 +263,5 @@ def record_token_use(session: Session, client: redis.Redis) -> int:
             token.last_used_at = used
             changed += 1
     session.commit()
-    client.hdel(keys.TOKENS_USED, *raw)
+    client.delete(copying)
     return changed

@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 from sqlalchemy import event
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from contracts import keys
 from contracts.appevents import APP_DELETED, AppEvent
@@ -47,8 +47,11 @@ def publish(client: redis.Redis, app_guid: str, events: list[AppEvent],
     if not events:
         return
     stream = keys.app_events(app_guid)
+    now = round(time.time(), 3)
     try:
         for e in events:
+            if "at" not in e.data:
+                e.data["at"] = now
             client.xadd(stream, e.fields(), maxlen=length, approximate=True)
             if e.type == APP_DELETED:
                 client.expire(stream, DELETED_STREAM_TTL)
@@ -90,6 +93,8 @@ def _after_commit(session: Session) -> None:
         publish(client, app_guid, found, session.info.get(LENGTH, 1000))
 
 
-@event.listens_for(Session, "after_rollback")
-def _after_rollback(session: Session) -> None:
-    session.info.pop(PENDING, None)
+@event.listens_for(Session, "after_soft_rollback")
+def _after_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
+    """A rolled-back change is never told (a savepoint's rollback keeps what came before)."""
+    if previous_transaction.parent is None:
+        session.info.pop(PENDING, None)

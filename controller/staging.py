@@ -12,10 +12,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from contracts import keys
+from contracts.appevents import APP_DELETED
 from contracts.messages import STAGE_TASK, STAGING_QUEUE, StageRequest, StageResult, dump
 from contracts.options import ProcessOptions
 from contracts.settings import Settings
-from controller import events, quotas, releases
+from controller import appstream, events, quotas, releases
 from controller.blobstore import Blobstore
 from controller.errors import Unavailable
 from controller.models import (
@@ -137,6 +138,8 @@ def remove_app(session: Session, blobs: Blobstore, app: App) -> None:
     """Delete ``app`` with its packages' blobs (droplets are shared by digest and stay)."""
     paths = [p.blob_path for p in session.scalars(select(Package).where(
         Package.app_id == app.id))]
+    appstream.queue(session, app.guid, APP_DELETED, {
+        "app": app.name, "by": "health", "reason": "its first build failed"})
     session.delete(app)
     for path in paths:
         blobs.delete(path)

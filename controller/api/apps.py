@@ -48,11 +48,11 @@ from controller.models import (
 )
 
 
-def _settings():  # noqa: ANN202
+def _settings():
     return current_app.config["PAAS_SETTINGS"]
 
 
-def _redis():  # noqa: ANN202
+def _redis():
     return current_app.extensions["paas.redis"]
 
 
@@ -260,7 +260,7 @@ def present_app(app: App, instances: list[InstanceReport] | None = None,
 
 @v1.get("/apps")
 @requires(Permission.SELF)
-def list_apps():  # noqa: ANN201
+def list_apps():
     ident = current_identity()
     # What present_app reads of each app, in a few queries for all of them (not several
     # per app): its team, processes, routes with their domains, current and latest release.
@@ -289,7 +289,7 @@ def list_apps():  # noqa: ANN201
 
 @v1.get("/apps/<name>")
 @requires(Permission.APP_READ)
-def show_app(name: str):  # noqa: ANN201
+def show_app(name: str):
     app = find_app(name)
     grouped = instances_by_app(read_heartbeats(_redis()))
     return jsonify(present_app(app, grouped.get(app.guid, [])))
@@ -323,7 +323,7 @@ def _build_started(app: App, build: Build) -> None:
 
 @v1.post("/apps/<name>/restage")
 @requires(Permission.APP_WRITE)
-def restage(name: str):  # noqa: ANN201
+def restage(name: str):
     """Stage the app's last package again (optionally without its build cache)."""
     app = find_app(name)
     body = json_body()
@@ -354,7 +354,7 @@ def restage(name: str):  # noqa: ANN201
 
 @v1.post("/apps/<name>/resource_match")
 @requires(Permission.APP_WRITE)
-def resource_match(name: str):  # noqa: ANN201
+def resource_match(name: str):
     """Which of these files (by sha1 and size) the app's team has cached already."""
     validate_name(name)
     ident = current_identity()
@@ -373,7 +373,7 @@ def resource_match(name: str):  # noqa: ANN201
 
 @v1.post("/apps/<name>/push")
 @requires(Permission.APP_WRITE)
-def push(name: str):  # noqa: ANN201
+def push(name: str):
     """Upload a package and stage it; the response names the build to follow."""
     validate_name(name)
     ident = current_identity()
@@ -425,9 +425,12 @@ def push(name: str):  # noqa: ANN201
         build = Build(app=app, package=package, requested=stored, actor=ident.name)
         g.db.add_all([package, build])
         g.db.flush()
+        shown = {k: v for k, v in stored.items() if k not in ("command", "env")}
+        if shown.get("processes"):  # commands may hold secrets: readers see no command
+            shown["processes"] = [{k: v for k, v in p.items() if k != "command"}
+                                  for p in shown["processes"]]
         events.record(g.db, "app.pushed", ident.name, app, build=build.guid, created=created,
-                      **{k: v for k, v in stored.items() if k not in ("command", "env")},
-                      env_names=sorted(requested.env))
+                      **shown, env_names=sorted(requested.env))
         _build_started(app, build)
         routes_changed = _push_routes(app, created, requested, settings)
         g.db.commit()
@@ -495,7 +498,7 @@ def present_build(build: Build) -> dict[str, object]:
 
 @v1.delete("/apps/<name>")
 @requires(Permission.APP_WRITE)
-def delete_app(name: str):  # noqa: ANN201
+def delete_app(name: str):
     app = find_app(name)
     events.record(g.db, "app.deleted", current_identity().name, app)
     had_routes = bool(app.routes)
@@ -513,7 +516,7 @@ def delete_app(name: str):  # noqa: ANN201
 
 @v1.get("/apps/<name>/releases/<int:version>")
 @requires(Permission.APP_READ)
-def show_release(name: str, version: int):  # noqa: ANN201
+def show_release(name: str, version: int):
     app = find_app(name)
     release = g.db.scalar(select(Release).where(Release.app_id == app.id,
                                                 Release.version == version)) \

@@ -19,13 +19,16 @@ from controller.errors import InvalidInput
 from controller.ratelimit import follow_slot, leased_stream
 
 QUIET_PING = 5.0  # seconds without an event before a comment line keeps proxies from closing
-FOLLOW_FOR = 3600.0  # a stream ends after an hour; clients reconnect with Last-Event-ID
-EVENT_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
+# A follow ends after five minutes (clients reconnect with Last-Event-ID), so the caller's
+# token and role are checked again that often: a revoked token stops following.
+FOLLOW_FOR = 300.0
+EVENT_ID = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
+ID_PART_MAX = 2**64 - 1  # what Redis takes in a stream id
 
 
 @v1.get("/apps/<name>/stream")
 @requires(Permission.APP_READ)
-def app_stream(name: str):  # noqa: ANN201
+def app_stream(name: str):
     """The app's events after ``Last-Event-ID`` (or ``?since=ID``; ``0`` is every event
     kept), else from now on, as ``text/event-stream``; ``?follow=false`` ends the stream
     after the events kept instead of waiting for more."""
@@ -34,7 +37,7 @@ def app_stream(name: str):  # noqa: ANN201
     client: redis.Redis = current_app.extensions["paas.redis"]
     if since is None or not since.strip():
         since = appstream.position(client, app.guid)
-    elif not EVENT_ID.match(since.strip()):
+    elif not _event_id(since.strip()):
         raise InvalidInput(f"{since[:40]!r} is not an event id: resume with the id of the last "
                            "event you read (such as 1733230000000-0), or 0 for every event.")
     follow = request.args.get("follow", "true").lower() not in ("0", "false", "no")
@@ -46,6 +49,11 @@ def app_stream(name: str):  # noqa: ANN201
     return response
 
 
+def _event_id(text: str) -> bool:
+    found = EVENT_ID.match(text)
+    return bool(found) and all(int(part) <= ID_PART_MAX for part in found.groups() if part)
+
+
 def _events(flask_app: Flask, app_guid: str, since: str, follow: bool) -> Iterator[str]:
     client: redis.Redis = flask_app.extensions["paas.redis"]
     yield "retry: 1000\n\n"
@@ -54,6 +62,8 @@ def _events(flask_app: Flask, app_guid: str, since: str, follow: bool) -> Iterat
         try:
             found = appstream.read(client, app_guid, since,
                                    block_ms=int(QUIET_PING * 1000) if follow else None)
+        except redis.ResponseError:
+            return  # Redis refused the read itself: asking again would not help
         except redis.RedisError:
             yield ": the platform's Redis is unreachable; retrying\n\n"
             time.sleep(1.0)

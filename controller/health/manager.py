@@ -186,7 +186,8 @@ class HealthManager:
                                   getattr(getattr(action, "spec", None), "app_guid", "?"))
                     session.rollback()
             self._forget_crashes(desired, crashes)
-            self._publish_unplaced([a for a in actions if isinstance(a, Unplaceable)])
+            self._publish_unplaced([a for a in actions if isinstance(a, Unplaceable)],
+                                   {a.guid: a.name for a in desired})
             self._tell_streams(desired, actual, lambda i: is_ready(i, applied))
         if self.metrics is not None:
             self.metrics.observe(beats, actions, time.monotonic() - started)
@@ -232,7 +233,7 @@ class HealthManager:
         for app_guid, events_ in by_app.items():
             appstream.publish(self.redis, app_guid, events_, self.settings.app_stream_length)
 
-    def _publish_unplaced(self, found: list[Unplaceable]) -> None:
+    def _publish_unplaced(self, found: list[Unplaceable], names: dict[str, str]) -> None:
         """Instances no agent has room for, for ``paas app`` to show (and the log)."""
         now = {keys.crash_field(u.app_guid, u.process_type, u.index): json.dumps(
             {"memory_mb": u.memory_mb, "disk_mb": u.disk_mb}) for u in found}
@@ -244,7 +245,8 @@ class HealthManager:
             if field_ not in self.unplaced:
                 log.warning("no agent has room for %s (%s)", field_, now[field_])
                 told.append((u.app_guid, AppEvent(INSTANCE_PENDING, {
-                    "by": "health", "process_type": u.process_type, "index": u.index,
+                    "app": names.get(u.app_guid), "by": "health",
+                    "process_type": u.process_type, "index": u.index,
                     "reason": f"no agent has room for {u.memory_mb} MB memory and "
                               f"{u.disk_mb} MB disk: scale something down or add an agent"})))
         self._publish_events(told)
@@ -322,7 +324,7 @@ class HealthManager:
         self.requeued[build.guid] = time.monotonic()
         staging.enqueue(self.celery, session, build.app, build, build.package, self.settings)
 
-    def _actual(self, beats) -> list[InstanceReport]:  # noqa: ANN001
+    def _actual(self, beats) -> list[InstanceReport]:
         now = time.monotonic()
         actual: list[InstanceReport] = []
         seen: set[str] = set()

@@ -60,6 +60,19 @@ class FakeRedis:
         found = self.hashes.get(key, {})
         return sum(found.pop(self._b(f), None) is not None for f in fields)
 
+    def rename(self, src: str, dst: str) -> bool:
+        import redis
+
+        for store in (self.data, self.hashes):
+            if src in store:
+                store[dst] = store.pop(src)
+                return True
+        raise redis.ResponseError("ERR no such key")
+
+    def delete(self, *names: str) -> int:
+        return sum((self.data.pop(n, None) is not None) + (self.hashes.pop(n, None) is not None)
+                   for n in names)
+
     def publish(self, channel: str, message: Any) -> int:
         self.published.append((channel, str(message)))
         return 0
@@ -89,7 +102,7 @@ class FakeRedis:
             return default, False
         return int(text.lstrip("(").split("-")[0]), text.startswith("(")
 
-    def xrevrange(self, key: str, max: str = "+", min: str = "-",  # noqa: A002
+    def xrevrange(self, key: str, max: str = "+", min: str = "-",
                   count: int | None = None) -> list:
         hi, hi_open = self._id(max, 1 << 62)
         lo, lo_open = self._id(min, 0)
@@ -103,7 +116,7 @@ class FakeRedis:
                 break
         return out
 
-    def xrange(self, key: str, min: str = "-", max: str = "+",  # noqa: A002
+    def xrange(self, key: str, min: str = "-", max: str = "+",
                count: int | None = None) -> list:
         return list(reversed(self.xrevrange(key, max=max, min=min)))[:count or None]
 

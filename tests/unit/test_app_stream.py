@@ -8,7 +8,10 @@ from dataclasses import replace
 
 import pytest
 
+from contracts import keys
+from contracts.appevents import AppEvent
 from contracts.messages import InstanceReport, StageResult
+from controller import appstream
 from controller.api import stream as stream_api
 from controller.convergence import DesiredApp, DesiredProcess, DesiredRelease
 from controller.health.watch import instance_events, routed_events, routed_rollouts
@@ -117,7 +120,7 @@ def read_sse(text: str) -> list[dict]:
     return found
 
 
-def follow(env, name: str, last_id: str | None = None, query: str = "") -> list[dict]:  # noqa: ANN001
+def follow(env, name: str, last_id: str | None = None, query: str = "") -> list[dict]:
     headers = {"Last-Event-ID": last_id} if last_id else {}
     response = env.client.get(f"/v1/apps/{name}/stream{query}", headers=headers,
                               buffered=False)
@@ -138,7 +141,7 @@ def quick(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(stream_api, "QUIET_PING", 0.01)
 
 
-def test_a_push_is_told_on_the_stream_in_order_and_resumes(env, quick) -> None:  # noqa: ANN001
+def test_a_push_is_told_on_the_stream_in_order_and_resumes(env, quick) -> None:
     answer = push(env.client, "shop", package(), {"instances": 2})
     assert answer.status_code == 201 and answer.json["stream_id"] == "0"
     build = answer.json["build"]["guid"]
@@ -163,7 +166,7 @@ def test_a_push_is_told_on_the_stream_in_order_and_resumes(env, quick) -> None: 
     assert [e["event"] for e in after] == ["app.scaled"]
 
 
-def test_a_rolled_back_change_is_never_told(env, quick) -> None:  # noqa: ANN001
+def test_a_rolled_back_change_is_never_told(env, quick) -> None:
     push(env.client, "shop", package())
     before = follow(env, "shop", query="?since=0")
     # A push over the team's quota is refused after its checks began: nothing is told.
@@ -173,7 +176,38 @@ def test_a_rolled_back_change_is_never_told(env, quick) -> None:  # noqa: ANN001
     assert follow(env, "shop", query="?since=0") == before
 
 
-def test_a_bad_event_id_is_a_400_with_a_sentence(env) -> None:  # noqa: ANN001
+def test_a_bad_event_id_is_a_400_with_a_sentence(env) -> None:
     push(env.client, "shop", package())
     r = env.client.get("/v1/apps/shop/stream", headers={"Last-Event-ID": "yesterday"})
     assert r.status_code == 400 and "is not an event id" in r.json["error"]
+
+
+def test_an_event_id_redis_cannot_take_is_a_400(env) -> None:
+    push(env.client, "shop", package())
+    too_big = str(2**64)  # 20 digits, past what a Redis stream id holds
+    r = env.client.get(f"/v1/apps/shop/stream?since={too_big}-0")
+    assert r.status_code == 400 and "is not an event id" in r.json["error"]
+    assert env.client.get(f"/v1/apps/shop/stream?since={2**64 - 1}-0&follow=false") \
+        .status_code == 200
+
+
+def test_a_failed_first_push_tells_its_deletion_and_every_event_has_its_time(env) -> None:
+    build = push(env.client, "shop", package()).json["build"]["guid"]
+    _settle(env, build, StageResult(ok=False, error="no buildpack fits"))
+    entries = env.redis.streams[keys.app_events(answer_guid(env, build))]
+    events = [AppEvent.from_entry(i, f) for i, f in entries]
+    assert [e.type for e in events][-2:] == ["build.failed", "app.deleted"]
+    assert events[-1].data["reason"] == "its first build failed"
+    # What the health manager publishes without a time gets one.
+    appstream.publish(env.redis, "some-app", [AppEvent("instance.stopped", {"index": 0})])
+    [(_id, fields)] = env.redis.streams[keys.app_events("some-app")]
+    assert "at" in json.loads(fields[b"data"])
+
+
+def answer_guid(env, build_guid: str) -> str:
+    """The app guid a build's events went to (the app itself is gone)."""
+    for key, entries in env.redis.streams.items():
+        if key.startswith("paas:app-events:") and any(
+                build_guid.encode() in fields.get(b"data", b"") for _i, fields in entries):
+            return key.rsplit(":", 1)[1]
+    raise AssertionError("no stream has the build's events")

@@ -72,7 +72,8 @@ def test_a_reset_forgets_a_half_received_event_but_not_the_last_id():
         parser.feed(line)
     parser.reset()  # the connection dropped in the middle of event 6
     assert parser.feed("") is None
-    assert parser.last_id == "6-0"  # what the reconnection would send; the server resends 6
+    # What the reconnection sends: the last whole event's id, so the server sends 6 again.
+    assert parser.last_id == "5-0"
 
 
 # -- a fake API with an event stream ----------------------------------------------------------
@@ -182,7 +183,7 @@ def _handler(fake: Fake) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
             self.wfile.flush()
 
-        do_GET = do_POST = do_PATCH = _serve  # noqa: N815
+        do_GET = do_POST = do_PATCH = _serve
 
         def log_message(self, *args: object) -> None:
             pass
@@ -276,7 +277,7 @@ def test_the_stream_ends_at_its_deadline_and_pings_are_told_only_when_asked(fake
 APP = {"name": "web", "state": "STARTED", "urls": ["http://web.localhost:8080"],
        "release": {"version": 2, "status": "DEPLOYED"}, "instances_desired": 1,
        "instances_running": 1, "generation": 1,
-       "processes": [{"type": "web", "instances": 1}],
+       "processes": [{"type": "web", "instances": 1, "command": "gunicorn app:app"}],
        "instances": [{"process_type": "web", "index": 0, "state": "RUNNING", "since": None,
                       "release": 2, "generation": 1, "ready": True, "agent": "agent-a",
                       "reason": None, "routed": True}]}
@@ -537,3 +538,24 @@ def test_a_first_push_whose_build_failed_and_took_its_app_asks_the_build(fake: F
     result = paas("restage", "web", "--wait-timeout", "10")
     assert result.exit_code == 1
     assert result.output.splitlines()[-1] == "Error: staging failed: pip install failed"
+
+
+def test_a_worker_only_release_ends_when_deployed_though_the_app_has_a_route(pushed: Fake):
+    # A Procfile with only a worker: the web process has no command, so nothing is routed.
+    worker_only = {**APP, "processes": [{"type": "web", "instances": 1, "command": None},
+                                        {"type": "worker", "instances": 1, "command": "work"}]}
+    pushed.add("build.succeeded", build="b2", release=2, buildpack="procfile")
+    pushed.add("release.deployed", release=2)
+    result = restage(pushed, app=worker_only)
+    assert result.exit_code == 0, result.output
+
+
+def test_a_result_line_still_staging_is_settled_from_the_stream(pushed: Fake):
+    # The health manager was slow: the log's result says STAGING; the stream says the rest.
+    pushed.add("build.succeeded", build="b2", release=2, buildpack="python")
+    pushed.add("release.deployed", release=2)
+    pushed.add("app.routed", release=2, generation=1, urls=APP["urls"])
+    result = restage(pushed, log=[{"type": "log", "text": "-----> done"},
+                                  {"type": "result", "state": "STAGING"}])
+    assert result.exit_code == 0, result.output
+    assert "Release 2: starting instances" in result.output

@@ -51,7 +51,7 @@ class StreamRedis(FakeRedis):
             (entry_id, {self._b(k): self._b(v) for k, v in fields.items()}))
         return entry_id
 
-    def xrange(self, key: str, min: str = "-", max: str = "+",  # noqa: A002
+    def xrange(self, key: str, min: str = "-", max: str = "+",
                count: int | None = None) -> list:
         entries = list(self.streams.get(key, []))
         return entries[:count] if count else entries
@@ -77,7 +77,7 @@ class StreamRedis(FakeRedis):
         return True
 
     def delete(self, key: str) -> int:
-        return int(self.streams.pop(key, None) is not None)
+        return int(self.streams.pop(key, None) is not None) + super().delete(key)
 
     def pipeline(self) -> StreamRedis:
         return self
@@ -107,7 +107,7 @@ def _package() -> bytes:
     return buf.getvalue()
 
 
-def _push(env, name: str, released: bool = True, env_vars: dict | None = None) -> None:  # noqa: ANN001
+def _push(env, name: str, released: bool = True, env_vars: dict | None = None) -> None:
     options = {"env": env_vars} if env_vars else {}
     response = env.client.post(
         f"/v1/apps/{name}/push", content_type="multipart/form-data",
@@ -125,18 +125,18 @@ def _push(env, name: str, released: bool = True, env_vars: dict | None = None) -
     env.celery.sent.clear()
 
 
-def _agent(env, agent_id: str, memory: int, used: int) -> None:  # noqa: ANN001
+def _agent(env, agent_id: str, memory: int, used: int) -> None:
     env.redis.set(keys.agent(agent_id), Heartbeat(
         agent_id=agent_id, address="127.0.0.1", sent_at=0.0, memory_mb=memory,
         memory_used_mb=used).to_json())
 
 
-def _run(env, name: str, command: object = "python manage.py migrate", headers=None):  # noqa: ANN001, ANN201
+def _run(env, name: str, command: object = "python manage.py migrate", headers=None):
     return env.client.post(f"/v1/apps/{name}/tasks", json={"command": command},
                            headers=headers)
 
 
-def test_task_goes_to_the_agent_with_most_free_memory_with_the_release(env):  # noqa: ANN001
+def test_task_goes_to_the_agent_with_most_free_memory_with_the_release(env):
     _push(env, "myapp", env_vars={"SECRET": "s3cret"})
     _agent(env, "agent-a", 4096, 3000)
     _agent(env, "agent-b", 4096, 100)
@@ -161,7 +161,7 @@ def test_task_goes_to_the_agent_with_most_free_memory_with_the_release(env):  # 
     assert "s3cret" not in json.dumps(event.data)
 
 
-def test_task_before_the_first_release_says_push_first(env):  # noqa: ANN001
+def test_task_before_the_first_release_says_push_first(env):
     _push(env, "myapp", released=False)
     _agent(env, "agent-a", 4096, 0)
     response = _run(env, "myapp")
@@ -170,7 +170,7 @@ def test_task_before_the_first_release_says_push_first(env):  # noqa: ANN001
 
 
 @pytest.mark.parametrize("command", ["", "   ", None, 42])
-def test_task_needs_a_command(env, command):  # noqa: ANN001
+def test_task_needs_a_command(env, command):
     _push(env, "myapp")
     response = _run(env, "myapp", command)
     assert response.status_code == 400
@@ -178,7 +178,7 @@ def test_task_needs_a_command(env, command):  # noqa: ANN001
     assert env.celery.sent == []
 
 
-def test_task_with_no_agent_up_is_503(env):  # noqa: ANN001
+def test_task_with_no_agent_up_is_503(env):
     _push(env, "myapp")
     response = _run(env, "myapp")
     assert response.status_code == 503
@@ -186,13 +186,13 @@ def test_task_with_no_agent_up_is_503(env):  # noqa: ANN001
     assert env.celery.sent == []
 
 
-def test_task_on_an_unknown_app_is_404(env):  # noqa: ANN001
+def test_task_on_an_unknown_app_is_404(env):
     response = _run(env, "ghost")
     assert response.status_code == 404
     assert "no app named 'ghost'" in response.json["error"]
 
 
-def test_task_when_the_queue_is_down_is_503_and_leaves_no_stream(env):  # noqa: ANN001
+def test_task_when_the_queue_is_down_is_503_and_leaves_no_stream(env):
     _push(env, "myapp")
     _agent(env, "agent-a", 4096, 0)
     env.app.extensions["paas.celery"] = FakeCelery(fail=True)
@@ -202,14 +202,14 @@ def test_task_when_the_queue_is_down_is_503_and_leaves_no_stream(env):  # noqa: 
     assert not any(k.startswith("paas:task-log:") for k in env.redis.streams)
 
 
-def _log(env, guid: str, headers=None) -> list[dict]:  # noqa: ANN001
+def _log(env, guid: str, headers=None) -> list[dict]:
     response = env.client.get(f"/v1/tasks/{guid}/log", headers=headers)
     assert response.status_code == 200, response.json
     assert response.mimetype == "application/x-ndjson"
     return [json.loads(line) for line in response.data.decode().splitlines()]
 
 
-def test_task_log_streams_lines_then_the_exit_code(env):  # noqa: ANN001
+def test_task_log_streams_lines_then_the_exit_code(env):
     _push(env, "myapp")
     _agent(env, "agent-a", 4096, 0)
     guid = _run(env, "myapp").json["guid"]
@@ -221,7 +221,7 @@ def test_task_log_streams_lines_then_the_exit_code(env):  # noqa: ANN001
     assert _log(env, guid) == [{"line": "hi there"}, {"line": "bye"}, {"exit_code": 3}]
 
 
-def test_a_task_log_follow_takes_a_follow_slot_and_gives_it_back(env):  # noqa: ANN001
+def test_a_task_log_follow_takes_a_follow_slot_and_gives_it_back(env):
     from controller.ratelimit import follows_key
 
     _push(env, "myapp")
@@ -243,7 +243,7 @@ def test_a_task_log_follow_takes_a_follow_slot_and_gives_it_back(env):  # noqa: 
     assert "already follows 10 log streams" in refused.json["error"]
 
 
-def test_task_log_ends_with_the_agents_error(env):  # noqa: ANN001
+def test_task_log_ends_with_the_agents_error(env):
     _push(env, "myapp")
     _agent(env, "agent-a", 4096, 0)
     guid = _run(env, "myapp").json["guid"]
@@ -251,7 +251,7 @@ def test_task_log_ends_with_the_agents_error(env):  # noqa: ANN001
     assert _log(env, guid) == [{"error": "the image x is missing"}]
 
 
-def test_task_log_says_so_when_the_agent_is_gone(env):  # noqa: ANN001
+def test_task_log_says_so_when_the_agent_is_gone(env):
     _push(env, "myapp")
     _agent(env, "agent-a", 4096, 0)
     guid = _run(env, "myapp").json["guid"]
@@ -262,13 +262,13 @@ def test_task_log_says_so_when_the_agent_is_gone(env):  # noqa: ANN001
     assert "agent agent-a stopped answering" in lines[-1]["error"]
 
 
-def test_task_log_of_an_unknown_task_is_404(env):  # noqa: ANN001
+def test_task_log_of_an_unknown_task_is_404(env):
     response = env.client.get("/v1/tasks/nope/log")
     assert response.status_code == 404
     assert "there is no task nope" in response.json["error"]
 
 
-def test_another_teams_developer_can_neither_run_nor_read_tasks(env):  # noqa: ANN001
+def test_another_teams_developer_can_neither_run_nor_read_tasks(env):
     _push(env, "theirs")
     _agent(env, "agent-a", 4096, 0)
     guid = _run(env, "theirs").json["guid"]
@@ -331,11 +331,11 @@ def _spec(**changes: Any) -> TaskSpec:
     return TaskSpec(**values)
 
 
-def _settings(tmp_path):  # noqa: ANN001, ANN202
+def _settings(tmp_path):
     return load(env={}, data_dir=str(tmp_path), platform_id="p1", agent_id="agent-a")
 
 
-def test_runner_streams_output_and_exit_code_in_a_locked_down_container(tmp_path):  # noqa: ANN001
+def test_runner_streams_output_and_exit_code_in_a_locked_down_container(tmp_path):
     container = FakeContainer([b"hello\nwor", b"ld\r\n", b"no newline"], code=3)
     fake_docker, redis = FakeDocker(container), StreamRedis()
     code = TaskRunner(_settings(tmp_path), fake_docker, redis).run(_spec())
@@ -356,7 +356,7 @@ def test_runner_streams_output_and_exit_code_in_a_locked_down_container(tmp_path
     assert ".profile.d" in kwargs["command"][-1]
 
 
-def test_runner_says_when_the_task_ran_out_of_memory(tmp_path):  # noqa: ANN001
+def test_runner_says_when_the_task_ran_out_of_memory(tmp_path):
     redis = StreamRedis()
     TaskRunner(_settings(tmp_path), FakeDocker(FakeContainer([], 137, oom=True)), redis).run(
         _spec())
@@ -365,7 +365,7 @@ def test_runner_says_when_the_task_ran_out_of_memory(tmp_path):  # noqa: ANN001
     assert entries[-2:] == [{"exit_code": "137"}, {"end": "1"}]
 
 
-def test_runner_with_a_missing_image_ends_with_an_error(tmp_path):  # noqa: ANN001
+def test_runner_with_a_missing_image_ends_with_an_error(tmp_path):
     redis = StreamRedis()
     fake = FakeDocker(error=docker.errors.ImageNotFound("no such image"))
     assert TaskRunner(_settings(tmp_path), fake, redis).run(_spec()) is None
@@ -374,7 +374,7 @@ def test_runner_with_a_missing_image_ends_with_an_error(tmp_path):  # noqa: ANN0
     assert end == {"end": "1"}
 
 
-def test_runner_does_not_run_a_task_twice(tmp_path):  # noqa: ANN001
+def test_runner_does_not_run_a_task_twice(tmp_path):
     redis = StreamRedis()
     redis.xadd(keys.task_log("t" * 36), {"exit_code": "0"})
     redis.xadd(keys.task_log("t" * 36), {"end": "1"})
@@ -395,7 +395,7 @@ class FakeClient:
         self.events = events
         self.posted = posted if posted is not None else []
 
-    def post(self, path: str, json: dict) -> dict:  # noqa: A002
+    def post(self, path: str, json: dict) -> dict:
         self.posted.append((path, json))
         return {"guid": "g1", "agent": "agent-a", "command": json["command"], "release": 2}
 
@@ -405,18 +405,18 @@ class FakeClient:
 
 
 @pytest.fixture
-def runner(tmp_path, monkeypatch):  # noqa: ANN001, ANN201
+def runner(tmp_path, monkeypatch):
     monkeypatch.setenv("PAAS_HOME", str(tmp_path / "home"))
     return CliRunner()
 
 
-def _cli(monkeypatch, runner, events: list[dict], args: list[str]):  # noqa: ANN001, ANN202
+def _cli(monkeypatch, runner, events: list[dict], args: list[str]):
     posted: list = []
     monkeypatch.setattr("cli.run.Client", lambda _config: FakeClient(events, posted))
     return runner.invoke(cli_main, ["run", *args]), posted
 
 
-def test_cli_prints_the_output_and_exits_with_the_tasks_code(monkeypatch, runner):  # noqa: ANN001
+def test_cli_prints_the_output_and_exits_with_the_tasks_code(monkeypatch, runner):
     result, posted = _cli(monkeypatch, runner, [
         {"line": "hi x"}, {"ping": True}, {"line": "bye"}, {"exit_code": 3}],
         ["myapp", "--", "python3", "-c", "print('hi x')"])
@@ -425,26 +425,26 @@ def test_cli_prints_the_output_and_exits_with_the_tasks_code(monkeypatch, runner
     assert posted == [("/apps/myapp/tasks", {"command": "python3 -c 'print('\"'\"'hi x'\"'\"')'"})]
 
 
-def test_cli_passes_options_after_the_app_to_the_command(monkeypatch, runner):  # noqa: ANN001
+def test_cli_passes_options_after_the_app_to_the_command(monkeypatch, runner):
     result, posted = _cli(monkeypatch, runner, [{"exit_code": 0}], ["myapp", "ls", "-la"])
     assert result.exit_code == 0, result.output
     assert posted[0][1] == {"command": "ls -la"}
 
 
-def test_cli_reports_a_task_that_could_not_run(monkeypatch, runner):  # noqa: ANN001
+def test_cli_reports_a_task_that_could_not_run(monkeypatch, runner):
     result, _ = _cli(monkeypatch, runner, [{"error": "the image x is missing"}],
                      ["myapp", "--", "true"])
     assert result.exit_code == 1
     assert "the task did not finish: the image x is missing" in result.output
 
 
-def test_cli_says_when_the_stream_ended_early(monkeypatch, runner):  # noqa: ANN001
+def test_cli_says_when_the_stream_ended_early(monkeypatch, runner):
     result, _ = _cli(monkeypatch, runner, [{"line": "partial"}], ["myapp", "--", "true"])
     assert result.exit_code == 1
     assert "outcome is unknown" in result.output
 
 
-def test_cli_needs_a_command(runner):  # noqa: ANN001
+def test_cli_needs_a_command(runner):
     result = runner.invoke(cli_main, ["run", "myapp"])
     assert result.exit_code == 2
     assert "Missing argument 'COMMAND...'" in result.output
@@ -454,11 +454,11 @@ def test_cli_needs_a_command(runner):  # noqa: ANN001
     (("ls /app | wc -l",), "ls /app | wc -l"),
     (("python", "-c", "print(1)"), "python -c 'print(1)'"),
 ])
-def test_shell_command(words, line):  # noqa: ANN001
+def test_shell_command(words, line):
     assert shell_command(words) == line
 
 
-def test_cli_with_only_a_double_dash_needs_a_command(runner):  # noqa: ANN001
+def test_cli_with_only_a_double_dash_needs_a_command(runner):
     result = runner.invoke(cli_main, ["run", "myapp", "--"])
     assert result.exit_code == 2
     assert "give the command to run" in result.output
@@ -479,7 +479,7 @@ class HangingContainer(FakeContainer):
         self.stopped.set()
 
 
-def test_runner_stops_a_task_at_its_timeout_and_says_so(tmp_path):  # noqa: ANN001
+def test_runner_stops_a_task_at_its_timeout_and_says_so(tmp_path):
     redis = StreamRedis()
     container = HangingContainer()
     runner = TaskRunner(_settings(tmp_path), FakeDocker(container), redis)
@@ -492,7 +492,7 @@ def test_runner_stops_a_task_at_its_timeout_and_says_so(tmp_path):  # noqa: ANN0
     assert container.stopped.is_set() and container.removed
 
 
-def test_running_tasks_hold_memory_and_a_slot_until_they_end(tmp_path):  # noqa: ANN001
+def test_running_tasks_hold_memory_and_a_slot_until_they_end(tmp_path):
     container = HangingContainer()
     runner = TaskRunner(_settings(tmp_path), FakeDocker(container), StreamRedis())
     assert runner.held() == (0, 0)
@@ -506,7 +506,7 @@ def test_running_tasks_hold_memory_and_a_slot_until_they_end(tmp_path):  # noqa:
     assert runner.held() == (0, 0)
 
 
-def test_tasks_run_on_their_teams_network_under_their_runtime(tmp_path):  # noqa: ANN001
+def test_tasks_run_on_their_teams_network_under_their_runtime(tmp_path):
     class Networks:
         def for_team(self, team: str) -> str:
             return f"net-of-{team}"
@@ -519,7 +519,7 @@ def test_tasks_run_on_their_teams_network_under_their_runtime(tmp_path):  # noqa
     assert kwargs["cpu_shares"] == 256  # 256 MB of 1024 per GB
 
 
-def test_runner_stops_a_task_past_its_disk_quota_and_says_so(tmp_path):  # noqa: ANN001
+def test_runner_stops_a_task_past_its_disk_quota_and_says_so(tmp_path):
     class Api:
         def containers(self, **kwargs: Any) -> list[dict]:
             assert kwargs["size"] and kwargs["filters"] == {"id": "c" * 64}
