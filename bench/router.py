@@ -462,7 +462,7 @@ class EverySecond:
                     next_change += 1.0
                 self.workers |= child_pids(self.master() or -1)
                 self.stop.wait(0.05)
-        except Exception as e:  # noqa: BLE001 - reported by the caller
+        except Exception as e:
             self.error = e
 
     @property

@@ -92,7 +92,7 @@ class Bench:
     def web(self, name: str) -> list[dict]:
         return [i for i in self.app(name)["instances"] if i["process_type"] == "web"]
 
-    def containers(self, *labels: str, all: bool = False) -> list:  # noqa: A002
+    def containers(self, *labels: str, all: bool = False) -> list:
         return self.docker.containers.list(ignore_removed=True, all=all, filters={"label": [
             f"{LABEL_PLATFORM}={self.sandbox.platform_id}", *labels]})
 
@@ -107,7 +107,7 @@ class Bench:
         found = INDEX_RE.search(r.text)
         return int(found.group(1)) if found else -1
 
-    def wait(self, what: str, check, timeout: float = TIMEOUT, every: float = 0.1):  # noqa: ANN001, ANN201
+    def wait(self, what: str, check, timeout: float = TIMEOUT, every: float = 0.1):
         deadline = time.monotonic() + timeout
         while True:
             result = check()
@@ -223,7 +223,7 @@ class Bench:
             f"{LABEL_APP_NAME}={name}", f"{LABEL_PROCESS}=web")) == 1)
         return {"total": polled, "cli": cli}
 
-    def docker_run_floor(self, template, count: int) -> float:  # noqa: ANN001
+    def docker_run_floor(self, template, count: int) -> float:
         """``docker run -d`` of ``count`` containers like ``template`` (the platform's
         instance), in parallel, until each answers 200 on its published port."""
         config = template.attrs["Config"]
@@ -259,7 +259,7 @@ class Bench:
                     if time.monotonic() - started > 120:
                         raise RuntimeError(f"container {n} never answered")
                     time.sleep(POLL)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 errors.append(f"{n}: {e}")
             finally:
                 client.close()

@@ -32,7 +32,7 @@ from contracts.appevents import (
 )
 
 
-def waiting(command):  # noqa: ANN001, ANN201
+def waiting(command):
     """The --wait/--no-wait and --wait-timeout options of commands that roll instances."""
     command = click.option("--wait-timeout", type=float, default=300.0, show_default=True,
                            help="Seconds to wait.")(command)

@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None, **test_config: Any) -> Flask:
 
     @app.get("/")
     @requires(Permission.PUBLIC)
-    def index():  # noqa: ANN202
+    def index():
         return {"name": "paas", "api": "/v1"}
 
     return app

@@ -190,7 +190,7 @@ def _uses(session: Session, store: Blobstore,
             last = session.scalar(select(Build.requested).where(Build.app_id == app.id)
                                   .order_by(Build.id.desc()))
             uploaded = (last or {}).get("buildpack_blob")
-        except Exception as e:  # noqa: BLE001  (a sealed column this engine cannot open)
+        except Exception as e:
             log.warning("gc: the builds' buildpack uploads cannot be read (%s): none is "
                         "collected", e)
             uploaded, buildpacks_known = None, False
@@ -296,5 +296,5 @@ def run_every(settings: Settings, sessions: sessionmaker, stop: threading.Event,
                     collect(settings, session, store, client)
             finally:
                 client.close()
-        except Exception:  # noqa: BLE001  (the next round may do better)
+        except Exception:
             log.exception("gc failed; trying again in %g s", settings.gc_interval_seconds)

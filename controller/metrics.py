@@ -69,7 +69,7 @@ def init_app(app: Flask) -> None:
 
     @app.get("/metrics")
     @requires(Permission.PLATFORM_ADMIN)  # or the metrics token: see _authorize_scrape
-    def metrics():  # noqa: ANN202
+    def metrics():
         _authorize_scrape(app.config["PAAS_SETTINGS"].metrics_token)
         return Response(generate_latest(_scrape_registry(registry)),
                         mimetype=CONTENT_TYPE_LATEST)

@@ -155,7 +155,7 @@ class Agent:
         self._mark(instance, InstanceState.CRASHED, reason)
 
     @staticmethod
-    def _remove(container) -> None:  # noqa: ANN001
+    def _remove(container) -> None:
         try:
             container.remove(force=True)
         except docker.errors.NotFound:
@@ -292,7 +292,7 @@ class Agent:
             for (instance, container), (ok, detail) in zip(due, results, strict=True):
                 self._checked(instance, container, ok, detail, now)
 
-    def _over_disk(self, instance: Instance, container) -> bool:  # noqa: ANN001
+    def _over_disk(self, instance: Instance, container) -> bool:
         """Stop an instance whose writable layer outgrew its disk quota (the engine cannot
         enforce one on this storage driver): crashed, with the numbers, and restarted
         afresh by the health manager."""
@@ -311,7 +311,7 @@ class Agent:
             "write less to the container's files)")
         return True
 
-    def _get_container(self, container_id: str):  # noqa: ANN202
+    def _get_container(self, container_id: str):
         try:
             return self.docker.containers.get(container_id)
         except docker.errors.NotFound:
@@ -331,7 +331,7 @@ class Agent:
             return kind != "http", "not answering HTTP yet"
         return False, f"nothing listens on its port ($PORT, {inst_mod.CONTAINER_PORT})"
 
-    def _checked(self, instance: Instance, container, ok: bool, detail: str,  # noqa: ANN001
+    def _checked(self, instance: Instance, container, ok: bool, detail: str,
                  now: float) -> None:
         instance.checked_at = now
         if instance.state == InstanceState.STARTING:
@@ -372,13 +372,13 @@ class Agent:
         self.wake.set()
 
     @staticmethod
-    def _kill(container) -> None:  # noqa: ANN001
+    def _kill(container) -> None:
         try:
             container.kill()
         except docker.errors.APIError:
             pass
 
-    def _crash_with_output(self, instance: Instance, container, reason: str,  # noqa: ANN001
+    def _crash_with_output(self, instance: Instance, container, reason: str,
                            exit_code: int | None = None) -> None:
         lines = self.logs.last_lines(instance.guid) if instance.output_dir else []
         lines = lines or inst_mod.last_log_lines(container)

@@ -101,7 +101,7 @@ class Instance:
             check_interval=spec.check_interval, probe_timeout=spec.probe_timeout)
 
     @classmethod
-    def from_container(cls, container) -> Instance:  # noqa: ANN001
+    def from_container(cls, container) -> Instance:
         labels = container.labels
         check = json.loads(labels.get(LABEL_HEALTH_CHECK, "{}"))
         return cls(
@@ -204,7 +204,7 @@ def remove_output_files(folder: str) -> None:
 
 
 def create_container(client: docker.DockerClient, spec: InstanceSpec, settings: Settings,
-                     host_port: int, network: str | None = None):  # noqa: ANN201
+                     host_port: int, network: str | None = None):
     """Create (not start) the instance's container; ImageNotFound if the image is missing.
 
     With ``settings.instance_log_files``, its stdout and stderr go to files in a folder of
@@ -283,7 +283,7 @@ def last_lines(lines: list[str], count: int = 10) -> list[str]:
     return kept[-count:]
 
 
-def last_log_lines(container, count: int = 10) -> list[str]:  # noqa: ANN001
+def last_log_lines(container, count: int = 10) -> list[str]:
     """The container's last non-blank output lines as Docker logged them (an instance that
     writes to output files has there only what went wrong before it could open them)."""
     try:

@@ -68,7 +68,7 @@ LOST = ("output may have been lost here: Docker rotated this instance's log file
         "once before the agent read it")
 
 
-def body(response) -> Iterator[bytes]:  # noqa: ANN001
+def body(response) -> Iterator[bytes]:
     """The body of Docker's (chunked) log response in large pieces, as it arrives.
 
     Docker sends each frame, so each line, in an HTTP chunk of its own, and urllib3 (like
@@ -109,7 +109,7 @@ def body(response) -> Iterator[bytes]:  # noqa: ANN001
             yield b"".join(pieces)
 
 
-def frames(response) -> Iterator[list[tuple[int, bytes]]]:  # noqa: ANN001
+def frames(response) -> Iterator[list[tuple[int, bytes]]]:
     """Lists of (fd, payload), the frames of a multiplexed Docker stream (non-TTY
     container) as they arrive, read in large pieces."""
     buf = b""
@@ -159,7 +159,7 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
 class Follower(threading.Thread):
     """Copies one container's output to its app's stream until the container ends."""
 
-    def __init__(self, shipper: LogShipper, instance, since_ns: int = 0,  # noqa: ANN001
+    def __init__(self, shipper: LogShipper, instance, since_ns: int = 0,
                  tail: int | str = "all", offsets: dict[int, int] | None = None) -> None:
         super().__init__(daemon=True, name=f"logs-{instance.guid[:8]}")
         self.shipper = shipper
@@ -219,7 +219,7 @@ class Follower(threading.Thread):
             for f in fds.values():
                 os.close(f)
 
-    def _read_output(self, fds: dict[int, int]) -> None:  # noqa: C901
+    def _read_output(self, fds: dict[int, int]) -> None:
         pos = {fd: self.offsets.get(fd, 0) for fd in fds}  # the next byte to read
         rest = {fd: b"" for fd in fds}  # a line without its newline yet
         skip = dict.fromkeys(fds, False)  # the first line read is a piece: drop it
@@ -376,7 +376,7 @@ class Follower(threading.Thread):
         files = []  # open, oldest first: the first is being read
         for name in (path + ".1", path):
             try:
-                files.append(open(name, "rb"))  # noqa: SIM115  held across rotations
+                files.append(open(name, "rb"))
             except FileNotFoundError:
                 pass
         if not files:
@@ -387,7 +387,7 @@ class Follower(threading.Thread):
             for f in files:
                 f.close()
 
-    def _read_files(self, path: str, files: list, clock: DockerTime) -> None:  # noqa: ANN001
+    def _read_files(self, path: str, files: list, clock: DockerTime) -> None:
         newest = os.fstat(files[-1].fileno()).st_ino
         backlog: deque | None = deque(maxlen=self.tail) if self.tail != "all" else None
         rest, quiet_since, ending = b"", time.monotonic(), False
@@ -420,7 +420,7 @@ class Follower(threading.Thread):
                 continue
             if ino != newest:  # rotated (``newest`` is held open: its number is not reused)
                 try:
-                    older = open(path + ".1", "rb")  # noqa: SIM115
+                    older = open(path + ".1", "rb")
                     if os.fstat(older.fileno()).st_ino == newest:
                         older.close()
                     else:  # rotated more than once since the last look
@@ -430,7 +430,7 @@ class Follower(threading.Thread):
                 except FileNotFoundError:
                     pass
                 try:
-                    files.append(open(path, "rb"))  # noqa: SIM115
+                    files.append(open(path, "rb"))
                     newest = os.fstat(files[-1].fileno()).st_ino
                 except FileNotFoundError:
                     pass  # rotating: the next look finds it
@@ -503,7 +503,7 @@ class Follower(threading.Thread):
                 entries.append((fd, clock.ns(stamp), text.decode("utf-8", "replace")))
             self._ship(entries, None)
 
-    def _ship(self, entries, backlog: deque | None) -> None:  # noqa: ANN001
+    def _ship(self, entries, backlog: deque | None) -> None:
         """Hand (fd, ns, text) entries to the writer as lines, or, while the backlog of an
         adopted container is read, keep its last ones. A LogLine passes as it is."""
         last, pending, since = self.last, self.pending, self.since_ns
@@ -546,7 +546,7 @@ class Follower(threading.Thread):
         if response is not None:
             try:
                 response.close()
-            except Exception:  # noqa: BLE001  already closed
+            except Exception:
                 pass
 
 
@@ -565,7 +565,7 @@ class LogShipper:
         self.recent: dict[str, deque[str]] = {}  # ended followers' last lines, by instance
         self.written_at = 0.0  # when the last flush that succeeded began (monotonic)
 
-    def follow(self, instance, resume: bool = False) -> None:  # noqa: ANN001
+    def follow(self, instance, resume: bool = False) -> None:
         """Ship ``instance``'s output: all of it, or (``resume``, an adopted container) what
         follows the last line shipped before the agent restarted.
 

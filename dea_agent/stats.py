@@ -363,7 +363,7 @@ class CapacityCollector:
     def __init__(self, heartbeat: Callable[[], Heartbeat]) -> None:
         self.heartbeat = heartbeat
 
-    def collect(self):  # noqa: ANN201
+    def collect(self):
         from prometheus_client.core import GaugeMetricFamily
 
         beat = self.heartbeat()

@@ -67,7 +67,7 @@ def task_env(spec: TaskSpec, settings: Settings) -> dict[str, str]:
 
 
 def create_container(client: docker.DockerClient, spec: TaskSpec, settings: Settings,
-                     network: str | None = None):  # noqa: ANN201
+                     network: str | None = None):
     """Create (not start) the task's container; ImageNotFound if the image is missing."""
     return client.containers.create(
         spec.image,
@@ -191,7 +191,7 @@ class TaskRunner:
             except docker.errors.APIError as e:
                 log.warning("could not remove task container %s: %s", container.id[:12], e)
 
-    def _watch_disk(self, container, disk_mb: int, over: threading.Event,  # noqa: ANN001
+    def _watch_disk(self, container, disk_mb: int, over: threading.Event,
                     ended: threading.Event) -> None:
         """Stop the task once its writable layer passes ``disk_mb``, as the agent does an
         instance (the engine enforces no disk limit here); looked at every
@@ -208,7 +208,7 @@ class TaskRunner:
                 self._expire(container, threading.Event())
                 return
 
-    def _expire(self, container, expired: threading.Event) -> None:  # noqa: ANN001
+    def _expire(self, container, expired: threading.Event) -> None:
         expired.set()
         try:
             container.stop(timeout=int(self.settings.stop_grace_seconds))
@@ -220,7 +220,7 @@ class TaskRunner:
         log.warning("task %s of %s: %s", spec.task_guid, spec.app_name, reason)
         self._final(key, {"error": reason})
 
-    def _run(self, key: str, spec: TaskSpec, container) -> int | None:  # noqa: ANN001
+    def _run(self, key: str, spec: TaskSpec, container) -> int | None:
         try:
             container.start()
         except Exception as e:
@@ -257,7 +257,7 @@ class TaskRunner:
         except Exception as e:
             try:  # let the command finish rather than kill it half-way
                 container.wait()
-            except Exception:  # noqa: BLE001  (Docker is gone too: removing is all left)
+            except Exception:
                 pass
             self._fail(key, spec, f"following the task's output failed: {_explain(e)}")
             return None

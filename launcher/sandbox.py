@@ -269,7 +269,7 @@ class Sandbox:
             raise RuntimeError(f"paas-admin create-token {name} failed: {made.stderr.strip()}")
         return made.stdout.strip()
 
-    def router_get(self, host: str, path: str = "/", timeout: float = 5.0):  # noqa: ANN201
+    def router_get(self, host: str, path: str = "/", timeout: float = 5.0):
         import requests
 
         return requests.get(f"http://127.0.0.1:{self.settings.router_port}{path}",

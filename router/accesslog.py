@@ -104,7 +104,7 @@ def rtr_line(entry: AccessEntry, backend: Backend) -> LogLine:
 def _rtr(t: float, method: str, path: str, status: int, sent: int, ms: int, request_id: str,
          host: str, backend: Backend) -> LogLine:
     index = backend.index
-    if type(index) is not int:  # noqa: E721 - not a bool either
+    if type(index) is not int:
         index = 0
     text = (f"{method} {path} {status} {sent} bytes {ms} ms instance {index} "
             f"request-id {request_id} host {host}")
@@ -255,7 +255,7 @@ class AccessLogListener:
                 self._old = (f, partial, until)
         if self._file is None:
             try:
-                self._file = open(self.path, "rb")  # noqa: SIM115 - kept open while following
+                self._file = open(self.path, "rb")
             except FileNotFoundError:
                 return read
         data = self._file.read(4 << 20)

@@ -358,7 +358,7 @@ class Stager:
             except docker.errors.APIError as e:
                 log.warning("could not remove staging container %s: %s", container.id[:12], e)
 
-    def _fetch_layer(self, container, layer: Layer) -> Layer:  # noqa: ANN001
+    def _fetch_layer(self, container, layer: Layer) -> Layer:
         """Copy a layer folder out of the staging container into the blobstore."""
         stream, _stat = container.get_archive(f"/app/{layer.folder}")
         digest = hashlib.sha256()
@@ -777,7 +777,7 @@ class _Tail(threading.Thread):
 
     MAX_PENDING = 64 * 1024  # a "line" this long without a newline is cut
 
-    def __init__(self, container, out: StreamWriter, budget: int) -> None:  # noqa: ANN001
+    def __init__(self, container, out: StreamWriter, budget: int) -> None:
         super().__init__(daemon=True)
         self.container = container
         self.out = out
@@ -848,7 +848,7 @@ def _tar_folder(folder: Path, arcname: str, uid: int, out: BinaryIO,
         tar.add(folder, arcname=arcname, filter=owned)
 
 
-def _add_tree(tar: tarfile.TarFile, node, arcname: str) -> None:  # noqa: ANN001
+def _add_tree(tar: tarfile.TarFile, node, arcname: str) -> None:
     if isinstance(node, Path) and node.is_symlink():  # kept as a link, never followed
         info = tarfile.TarInfo(arcname)
         info.type, info.linkname = tarfile.SYMTYPE, os.readlink(node)

@@ -66,11 +66,11 @@ def error_body(message: str, detail: object = None) -> dict[str, object]:
 
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ControllerError)
-    def _domain(e: ControllerError):  # noqa: ANN202
+    def _domain(e: ControllerError):
         return jsonify(error_body(e.message, e.detail)), e.status
 
     @app.errorhandler(RequestEntityTooLarge)
-    def _too_large(e: RequestEntityTooLarge):  # noqa: ANN202
+    def _too_large(e: RequestEntityTooLarge):
         limit = app.config.get("MAX_CONTENT_LENGTH") or 0
         return jsonify(error_body(
             f"the upload is larger than the controller accepts ({limit // (1024 * 1024)} MiB): "
@@ -78,7 +78,7 @@ def register_error_handlers(app: Flask) -> None:
         )), 413
 
     @app.errorhandler(sqlalchemy.exc.TimeoutError)
-    def _pool_busy(e: sqlalchemy.exc.TimeoutError):  # noqa: ANN202
+    def _pool_busy(e: sqlalchemy.exc.TimeoutError):
         log.warning("no database connection free: %s", e)
         response = jsonify(error_body("the controller is too busy to reach its database "
                                       "right now: try again in a few seconds."))
@@ -86,11 +86,11 @@ def register_error_handlers(app: Flask) -> None:
         return response, 503
 
     @app.errorhandler(HTTPException)
-    def _http(e: HTTPException):  # noqa: ANN202
+    def _http(e: HTTPException):
         return jsonify(error_body(f"{e.name}: {e.description}")), e.code
 
     @app.errorhandler(SecretBoxError)
-    def _secrets(e: SecretBoxError):  # noqa: ANN202
+    def _secrets(e: SecretBoxError):
         # The platform's fault, not the caller's: the operator has the sentence in the log.
         log.error("%s %s: %s", request.method, request.path, e)
         return jsonify(error_body(
@@ -99,7 +99,7 @@ def register_error_handlers(app: Flask) -> None:
             "log says what to do.")), 503
 
     @app.errorhandler(Exception)
-    def _unknown(e: Exception):  # noqa: ANN202
+    def _unknown(e: Exception):
         log.exception("unhandled error in %s %s", request.method, request.path)
         return jsonify(error_body(
             "the controller failed unexpectedly; its log has the details.")), 500

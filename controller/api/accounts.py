@@ -17,11 +17,11 @@ from controller.models.base import aware, utcnow
 from controller.models.user import validate_password
 
 
-def _settings():  # noqa: ANN202
+def _settings():
     return current_app.config["PAAS_SETTINGS"]
 
 
-def _redis():  # noqa: ANN202
+def _redis():
     return current_app.extensions["paas.redis"]
 
 
@@ -42,7 +42,7 @@ def _flag(body: dict, key: str, default: bool) -> bool:
 # -- logging in --------------------------------------------------------------------------
 @v1.post("/login")
 @requires(Permission.PUBLIC)
-def login():  # noqa: ANN201
+def login():
     """A token for a user name and password (the CLI's 'paas login')."""
     body = json_body()
     username, password = body.get("username"), body.get("password")
@@ -70,7 +70,7 @@ def login():  # noqa: ANN201
 
 @v1.post("/logout")
 @requires(Permission.SELF)
-def logout():  # noqa: ANN201
+def logout():
     token = g.db.get(Token, current_identity().token_id)
     g.db.delete(token)
     g.db.commit()
@@ -79,7 +79,7 @@ def logout():  # noqa: ANN201
 
 @v1.get("/whoami")
 @requires(Permission.SELF)
-def whoami():  # noqa: ANN201
+def whoami():
     ident = current_identity()
     token = g.db.get(Token, ident.token_id)
     return jsonify({
@@ -94,7 +94,7 @@ def whoami():  # noqa: ANN201
 
 @v1.put("/user/password")
 @requires(Permission.SELF)
-def change_password():  # noqa: ANN201
+def change_password():
     """Change the caller's own password (it needs the current one); the user's other login
     tokens are revoked."""
     body = json_body()
@@ -120,7 +120,7 @@ def change_password():  # noqa: ANN201
 # -- users (platform admins) -------------------------------------------------------------
 @v1.get("/users")
 @requires(Permission.PLATFORM_ADMIN)
-def list_users():  # noqa: ANN201
+def list_users():
     users = g.db.scalars(select(User).order_by(User.username).options(
         selectinload(User.memberships).selectinload(Membership.team)))
     return jsonify({"users": [accounts.present_user(u) for u in users]})
@@ -128,7 +128,7 @@ def list_users():  # noqa: ANN201
 
 @v1.post("/users")
 @requires(Permission.PLATFORM_ADMIN)
-def create_user():  # noqa: ANN201
+def create_user():
     body = json_body()
     user = accounts.create_user(g.db, body.get("username"), body.get("password"),
                                 admin=_flag(body, "admin", False))
@@ -141,7 +141,7 @@ def create_user():  # noqa: ANN201
 
 @v1.delete("/users/<username>")
 @requires(Permission.PLATFORM_ADMIN)
-def delete_user(username: str):  # noqa: ANN201
+def delete_user(username: str):
     user = accounts.find_user(g.db, username)
     accounts.delete_user(g.db, user)
     events.record(g.db, "user.deleted", current_identity().name, user=username)
@@ -151,7 +151,7 @@ def delete_user(username: str):  # noqa: ANN201
 
 @v1.put("/users/<username>/password")
 @requires(Permission.PLATFORM_ADMIN)
-def set_password(username: str):  # noqa: ANN201
+def set_password(username: str):
     """Set a user's password (a forgotten one); the user's login tokens are revoked."""
     user = accounts.find_user(g.db, username)
     user.password_hash = accounts.hash_password(validate_password(json_body().get("password")))
@@ -183,7 +183,7 @@ def present_team(team: Team, role: str | None = None) -> dict[str, object]:
 
 @v1.get("/teams")
 @requires(Permission.SELF)
-def list_teams():  # noqa: ANN201
+def list_teams():
     """The caller's teams (every team, for platform admins), with the caller's role."""
     ident = current_identity()
     query = select(Team).order_by(Team.name)
@@ -196,7 +196,7 @@ def list_teams():  # noqa: ANN201
 
 @v1.post("/teams")
 @requires(Permission.PLATFORM_ADMIN)
-def create_team():  # noqa: ANN201
+def create_team():
     body = json_body()
     team = accounts.create_team(g.db, body.get("name"),
                                 viewer_logs=_flag(body, "viewer_logs", True))
@@ -208,7 +208,7 @@ def create_team():  # noqa: ANN201
 
 @v1.get("/teams/<name>")
 @requires(Permission.TEAM_READ)
-def show_team(name: str):  # noqa: ANN201
+def show_team(name: str):
     """The team: its quota against what it uses, and its members."""
     team = _find_team(name)
     body = present_team(team, current_identity().roles.get(team.id))
@@ -219,7 +219,7 @@ def show_team(name: str):  # noqa: ANN201
 
 @v1.patch("/teams/<name>")
 @requires(Permission.TEAM_MANAGE)
-def update_team(name: str):  # noqa: ANN201
+def update_team(name: str):
     team = _find_team(name)
     body = json_body()
     if "viewer_logs" not in body:
@@ -233,7 +233,7 @@ def update_team(name: str):  # noqa: ANN201
 
 @v1.delete("/teams/<name>")
 @requires(Permission.PLATFORM_ADMIN)
-def delete_team(name: str):  # noqa: ANN201
+def delete_team(name: str):
     team = _find_team(name)
     accounts.delete_team(g.db, team)
     events.record(g.db, "team.deleted", current_identity().name, team=name)
@@ -243,7 +243,7 @@ def delete_team(name: str):  # noqa: ANN201
 
 @v1.put("/teams/<name>/quota")
 @requires(Permission.PLATFORM_ADMIN)
-def set_quota(name: str):  # noqa: ANN201
+def set_quota(name: str):
     """Set some of the team's quotas (null: unlimited; those not given stay)."""
     team = _find_team(name)
     changes = quotas.parse(json_body())
@@ -278,13 +278,13 @@ def _keep_a_manager(team: Team, username: str) -> None:
 
 @v1.get("/teams/<name>/members")
 @requires(Permission.TEAM_READ)
-def list_members(name: str):  # noqa: ANN201
+def list_members(name: str):
     return jsonify({"members": _members(_find_team(name))})
 
 
 @v1.put("/teams/<name>/members/<username>")
 @requires(Permission.TEAM_MANAGE)
-def put_member(name: str, username: str):  # noqa: ANN201
+def put_member(name: str, username: str):
     """Add a user to the team with a role, or change the member's role."""
     team = _find_team(name)
     user = accounts.find_user(g.db, username)
@@ -301,7 +301,7 @@ def put_member(name: str, username: str):  # noqa: ANN201
 
 @v1.delete("/teams/<name>/members/<username>")
 @requires(Permission.TEAM_MANAGE)
-def remove_member(name: str, username: str):  # noqa: ANN201
+def remove_member(name: str, username: str):
     team = _find_team(name)
     user = accounts.find_user(g.db, username)
     member = accounts.membership(g.db, team, user)
@@ -320,7 +320,7 @@ def remove_member(name: str, username: str):  # noqa: ANN201
 # -- tokens ------------------------------------------------------------------------------
 @v1.get("/tokens")
 @requires(Permission.SELF)
-def list_tokens():  # noqa: ANN201
+def list_tokens():
     ident = current_identity()
     tokens = g.db.scalars(select(Token).where(Token.user_id == ident.user_id)
                           .order_by(Token.created_at, Token.id))
@@ -336,7 +336,7 @@ def list_tokens():  # noqa: ANN201
 
 @v1.post("/tokens")
 @requires(Permission.SELF)
-def create_token():  # noqa: ANN201
+def create_token():
     """A named token of the caller (for scripts and CI), shown once; its scope may not be
     more than the calling token's."""
     ident = current_identity()
@@ -361,7 +361,7 @@ def create_token():  # noqa: ANN201
 
 @v1.delete("/tokens/<name>")
 @requires(Permission.SELF)
-def revoke_token(name: str):  # noqa: ANN201
+def revoke_token(name: str):
     ident = current_identity()
     token = g.db.scalar(select(Token).where(Token.user_id == ident.user_id, Token.name == name))
     if token is None:

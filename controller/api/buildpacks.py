@@ -24,7 +24,7 @@ BUILTIN = ("python", "node", "static", "procfile")
 MAX_BUILDPACK_BYTES = 512 * 1024 * 1024
 
 
-def store_buildpack(upload) -> tuple[str, str]:  # noqa: ANN001
+def store_buildpack(upload) -> tuple[str, str]:
     """Keep an uploaded buildpack tarball (checked) in the blobstore; path and digest."""
     blobs = current_app.extensions["paas.blobstore"]
     incoming = blobstore.incoming_buildpack(str(uuid.uuid4()))
@@ -42,7 +42,7 @@ def store_buildpack(upload) -> tuple[str, str]:  # noqa: ANN001
 
 @v1.get("/buildpacks")
 @requires(Permission.SELF)
-def list_buildpacks():  # noqa: ANN201
+def list_buildpacks():
     registered = g.db.scalars(select(RegisteredBuildpack).order_by(
         RegisteredBuildpack.position, RegisteredBuildpack.name))
     return jsonify({"buildpacks": [
@@ -54,7 +54,7 @@ def list_buildpacks():  # noqa: ANN201
 
 @v1.post("/buildpacks")
 @requires(Permission.PLATFORM_ADMIN)
-def create_buildpack():  # noqa: ANN201
+def create_buildpack():
     ident = current_identity()
     name = request.form.get("name", "")
     if not NAME.match(name):
@@ -80,7 +80,7 @@ def create_buildpack():  # noqa: ANN201
 
 @v1.delete("/buildpacks/<name>")
 @requires(Permission.PLATFORM_ADMIN)
-def delete_buildpack(name: str):  # noqa: ANN201
+def delete_buildpack(name: str):
     ident = current_identity()
     bp = g.db.scalar(select(RegisteredBuildpack).where(RegisteredBuildpack.name == name))
     if bp is None:

@@ -40,13 +40,13 @@ def find_build(guid: str) -> Build:
 
 @v1.get("/builds/<guid>")
 @requires(Permission.APP_READ)
-def show_build(guid: str):  # noqa: ANN201
+def show_build(guid: str):
     return jsonify(present_build(find_build(guid)))
 
 
 @v1.get("/builds/<guid>/log")
 @requires(Permission.APP_LOGS)
-def build_log(guid: str):  # noqa: ANN201
+def build_log(guid: str):
     """Staging output as it happens, one JSON object per line, ending with the result."""
     find_build(guid)  # 404 / 403 before the stream starts
     app = current_app._get_current_object()  # type: ignore[attr-defined]
@@ -58,7 +58,7 @@ def _line(obj: dict[str, object]) -> str:
     return json.dumps(obj) + "\n"
 
 
-def _follow(app, guid: str) -> Iterator[str]:  # noqa: ANN001
+def _follow(app, guid: str) -> Iterator[str]:
     client: redis.Redis = app.extensions["paas.redis"]
     settings = app.config["PAAS_SETTINGS"]
     stream = keys.build_log(guid)
@@ -94,14 +94,14 @@ def _follow(app, guid: str) -> Iterator[str]:  # noqa: ANN001
     yield _line(_result(app, guid))
 
 
-def _finished_without_stream(app, guid: str) -> bool:  # noqa: ANN001
+def _finished_without_stream(app, guid: str) -> bool:
     """The build has left STAGING, or is gone (a failed first push removes its app)."""
     with app.extensions["paas.sessionmaker"]() as session:
         state = session.scalar(select(Build.state).where(Build.guid == guid))
         return state is None or state != BuildState.STAGING
 
 
-def _result(app, guid: str) -> dict[str, object]:  # noqa: ANN001
+def _result(app, guid: str) -> dict[str, object]:
     """The build's result once the health manager has settled it (it is woken by the
     stager's end of staging; this waits for it rather than settling the build itself)."""
     client = app.extensions["paas.redis"]
@@ -116,7 +116,7 @@ def _result(app, guid: str) -> dict[str, object]:  # noqa: ANN001
         return {"type": "result", **present_build(build)}
 
 
-def _wait_until_settled(app, guid: str) -> None:  # noqa: ANN001
+def _wait_until_settled(app, guid: str) -> None:
     """Wait (bounded by SETTLE_WAIT) for the build to leave STAGING, woken by its app's
     stream when the health manager settles it."""
     client = app.extensions["paas.redis"]

@@ -10,7 +10,7 @@ from controller.auth import Permission, requires
 
 @v1.get("/info")
 @requires(Permission.PUBLIC)
-def info():  # noqa: ANN201
+def info():
     settings = current_app.config["PAAS_SETTINGS"]
     return jsonify({"name": "paas", "api_version": 1, "domain": settings.domain,
                     "router_port": settings.router_port})

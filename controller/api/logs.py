@@ -90,7 +90,7 @@ def _is_stream_id(text: str) -> bool:
 
 @v1.get("/apps/<name>/logs")
 @requires(Permission.APP_LOGS)
-def app_logs(name: str):  # noqa: ANN201
+def app_logs(name: str):
     app = find_app(name)  # 404 / 403 before the stream starts
     keep, lines, recent, follow, after = _params()
     client: redis.Redis = current_app.extensions["paas.redis"]

@@ -14,7 +14,7 @@ from controller.errors import InvalidInput, NotFound
 from controller.models import Certificate, Domain, Route, Team
 
 
-def _redis():  # noqa: ANN202
+def _redis():
     return current_app.extensions["paas.redis"]
 
 
@@ -52,7 +52,7 @@ def _own_domain(name: str) -> tuple[Identity, Domain]:
 
 @v1.get("/domains")
 @requires(Permission.SELF)
-def list_domains():  # noqa: ANN201
+def list_domains():
     domains = routing.visible_domains(g.db, current_identity())
     return jsonify({"domains": [present_domain(d) for d in domains],
                     "default": current_app.config["PAAS_SETTINGS"].domain})
@@ -60,7 +60,7 @@ def list_domains():  # noqa: ANN201
 
 @v1.post("/domains")
 @requires(Permission.APP_WRITE)
-def create_domain():  # noqa: ANN201
+def create_domain():
     body = json_body()
     ident = current_identity()
     shared = bool(body.get("shared"))
@@ -78,7 +78,7 @@ def create_domain():  # noqa: ANN201
 
 @v1.delete("/domains/<name>")
 @requires(Permission.APP_WRITE)
-def delete_domain(name: str):  # noqa: ANN201
+def delete_domain(name: str):
     ident, domain = _own_domain(name)
     routing.delete_domain(g.db, ident, domain, current_app.config["PAAS_SETTINGS"].domain)
     events.record(g.db, "domain.deleted", ident.name, domain=domain.name)
@@ -88,7 +88,7 @@ def delete_domain(name: str):  # noqa: ANN201
 
 @v1.get("/routes")
 @requires(Permission.SELF)
-def list_routes():  # noqa: ANN201
+def list_routes():
     ident = current_identity()
     query = select(Route).order_by(Route.id)
     if ident.team_named:
@@ -101,14 +101,14 @@ def list_routes():  # noqa: ANN201
 
 @v1.get("/apps/<name>/routes")
 @requires(Permission.APP_READ)
-def app_routes(name: str):  # noqa: ANN201
+def app_routes(name: str):
     app = find_app(name)
     return jsonify({"routes": [routing.present_route(r) for r in app.routes]})
 
 
 @v1.post("/apps/<name>/routes")
 @requires(Permission.APP_WRITE)
-def map_route(name: str):  # noqa: ANN201
+def map_route(name: str):
     """Map hostname.domain/path to the app (or change the options of one it has)."""
     app = find_app(name)
     body = json_body()
@@ -134,7 +134,7 @@ def map_route(name: str):  # noqa: ANN201
 
 @v1.delete("/apps/<name>/routes")
 @requires(Permission.APP_WRITE)
-def unmap_route(name: str):  # noqa: ANN201
+def unmap_route(name: str):
     app = find_app(name)
     args = request.args
     route = routing.unmap_route(g.db, current_identity().acting_for(app.team_id), app,
@@ -147,7 +147,7 @@ def unmap_route(name: str):  # noqa: ANN201
 
 @v1.get("/certificates")
 @requires(Permission.SELF)
-def list_certificates():  # noqa: ANN201
+def list_certificates():
     ident = current_identity()
     certs = [c for c in g.db.scalars(select(Certificate).order_by(Certificate.id))
              if ident.member_of(c.domain.team_id)]
@@ -156,7 +156,7 @@ def list_certificates():  # noqa: ANN201
 
 @v1.put("/certificates/<domain_name>")
 @requires(Permission.APP_WRITE)
-def put_certificate(domain_name: str):  # noqa: ANN201
+def put_certificate(domain_name: str):
     """The certificate (PEM chain) and key HTTPS serves the domain and names under it with."""
     ident, domain = _own_domain(domain_name)
     body = json_body()
@@ -174,7 +174,7 @@ def put_certificate(domain_name: str):  # noqa: ANN201
 
 @v1.delete("/certificates/<domain_name>")
 @requires(Permission.APP_WRITE)
-def delete_certificate(domain_name: str):  # noqa: ANN201
+def delete_certificate(domain_name: str):
     ident, domain = _own_domain(domain_name)
     if domain.certificate is None:
         raise NotFound(f"{domain.name} has no certificate.")

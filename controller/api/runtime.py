@@ -22,7 +22,7 @@ T = TypeVar("T")
 MAX_INSTANCES = options.MAX_INSTANCES
 
 
-def _redis():  # noqa: ANN202
+def _redis():
     return current_app.extensions["paas.redis"]
 
 
@@ -55,7 +55,7 @@ def _changed(app: App, actor: str, type_: str, **data: object) -> None:
 # -- scale -------------------------------------------------------------------------------
 @v1.post("/apps/<name>/processes/<process_type>/scale")
 @requires(Permission.APP_WRITE)
-def scale(name: str, process_type: str):  # noqa: ANN201
+def scale(name: str, process_type: str):
     """Instances, memory and disk of one process type; a change of memory or disk rolls the
     instances over (one at a time, like a deploy)."""
     app = find_app(name)
@@ -139,7 +139,7 @@ def _capacity(beats: list[Heartbeat]) -> list[dict[str, object]]:
 # -- lifecycle ---------------------------------------------------------------------------
 @v1.post("/apps/<name>/restart")
 @requires(Permission.APP_WRITE)
-def restart(name: str):  # noqa: ANN201
+def restart(name: str):
     """Replace every instance with a fresh one, one at a time (started if it was stopped)."""
     app = find_app(name)
     releases.require_current(g.db, app)
@@ -152,7 +152,7 @@ def restart(name: str):  # noqa: ANN201
 
 @v1.post("/apps/<name>/rebalance")
 @requires(Permission.APP_WRITE)
-def rebalance(name: str):  # noqa: ANN201
+def rebalance(name: str):
     """Even the app's spread over the agents: when one agent holds more than one instance
     above another's share, replace the instances one at a time (new ones are placed on the
     agents with the fewest of the app's instances)."""
@@ -176,7 +176,7 @@ def rebalance(name: str):  # noqa: ANN201
 
 @v1.post("/apps/<name>/stop")
 @requires(Permission.APP_WRITE)
-def stop(name: str):  # noqa: ANN201
+def stop(name: str):
     app = find_app(name)
     app.state = AppState.STOPPED
     _changed(app, current_identity().name, "app.stopped")
@@ -185,7 +185,7 @@ def stop(name: str):  # noqa: ANN201
 
 @v1.post("/apps/<name>/start")
 @requires(Permission.APP_WRITE)
-def start(name: str):  # noqa: ANN201
+def start(name: str):
     app = find_app(name)
     releases.require_current(g.db, app)
     quotas.check(g.db, app.team, **quotas.start_demand(app))
@@ -201,7 +201,7 @@ CRASH_KEYS = {"immediate_restarts": (0, 100), "backoff_base": (0, 86400),
 
 @v1.patch("/apps/<name>")
 @requires(Permission.APP_WRITE)
-def update_app(name: str):  # noqa: ANN201
+def update_app(name: str):
     """Rollout width, crash policy and the health check of a process type."""
     app = find_app(name)
     body = json_body()
@@ -254,7 +254,7 @@ def _set_health_check(app: App, spec: object) -> dict[str, object]:
 # -- env ---------------------------------------------------------------------------------
 @v1.get("/apps/<name>/env")
 @requires(Permission.APP_ENV)
-def show_env(name: str):  # noqa: ANN201
+def show_env(name: str):
     app = find_app(name)
     release = releases.current(g.db, app)
     return jsonify({"env": dict(sorted((release.env if release else {}).items()))})
@@ -262,7 +262,7 @@ def show_env(name: str):  # noqa: ANN201
 
 @v1.patch("/apps/<name>/env")
 @requires(Permission.APP_WRITE)
-def change_env(name: str):  # noqa: ANN201
+def change_env(name: str):
     """Set and unset variables: a new release, rolled out like a deploy."""
     app = find_app(name)
     body = json_body()
@@ -309,7 +309,7 @@ def present_release(app: App, release: Release) -> dict[str, object]:
 
 @v1.get("/apps/<name>/releases")
 @requires(Permission.APP_READ)
-def list_releases(name: str):  # noqa: ANN201
+def list_releases(name: str):
     app = find_app(name)
     found = g.db.scalars(select(Release).where(Release.app_id == app.id)
                          .order_by(Release.version.desc()))
@@ -318,7 +318,7 @@ def list_releases(name: str):  # noqa: ANN201
 
 @v1.post("/apps/<name>/rollback")
 @requires(Permission.APP_WRITE)
-def rollback(name: str):  # noqa: ANN201
+def rollback(name: str):
     """A new release with the droplet, env and commands of an earlier one."""
     app = find_app(name)
     version = _whole(json_body(), "version", 1, 1 << 30, "the release version")

@@ -71,7 +71,7 @@ def _command() -> str:
 
 @v1.post("/apps/<name>/tasks")
 @requires(Permission.APP_WRITE)
-def run_task(name: str):  # noqa: ANN201
+def run_task(name: str):
     """Start a one-off task; the response names it, and its log follows it."""
     app = find_app(name)
     command = _command()
@@ -137,7 +137,7 @@ def find_task(guid: str) -> dict[str, str]:
 
 @v1.get("/tasks/<guid>/log")
 @requires(Permission.APP_LOGS)
-def task_log(guid: str):  # noqa: ANN201
+def task_log(guid: str):
     """The task's output as it happens, one JSON object per line: ``{"line": ...}``, then
     ``{"exit_code": N}`` or ``{"error": ...}``; ``{"ping": true}`` keeps a quiet one open."""
     task = find_task(guid)  # 404 / 403 before the stream starts

@@ -17,12 +17,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def platform():  # noqa: ANN201
+def platform():
     if shutil.which("nginx") is None and not shutil.which("/usr/sbin/nginx"):
         pytest.fail("nginx is missing: run 'make test' (it installs what the tests need).")
     try:
         docker.from_env().ping()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         pytest.fail(f"the Docker engine is not reachable ({e}): run 'make test'.")
     # Disk is sampled every 5 s (30 s by default) so the disk-quota test is short; the app
     # iso-gvisor runs under gVisor (test_isolation).
@@ -39,7 +39,7 @@ def platform():  # noqa: ANN201
 
 
 @pytest.fixture
-def dump_logs_on_failure(platform, request):  # noqa: ANN001, ANN201
+def dump_logs_on_failure(platform, request):
     yield
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed:
@@ -47,7 +47,7 @@ def dump_logs_on_failure(platform, request):  # noqa: ANN001, ANN201
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item, call):  # noqa: ANN001, ANN201
+def pytest_runtest_makereport(item, call):
     rep = yield
     setattr(item, f"rep_{rep.when}", rep)
     return rep

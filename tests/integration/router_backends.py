@@ -147,7 +147,7 @@ def encode_frame(payload: bytes, *, opcode: int = 0x1, mask: bool = True) -> byt
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
-def read_frame(stream) -> tuple[int, bytes] | None:  # noqa: ANN001 - a file-like of bytes
+def read_frame(stream) -> tuple[int, bytes] | None:  # stream: a file-like of bytes
     """``(opcode, payload)`` of the next frame, or None if the stream ended."""
     head = stream.read(2)
     if len(head) < 2:

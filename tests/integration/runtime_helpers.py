@@ -25,7 +25,7 @@ def runtime_app(dest: Path, version: str = "v1", manifest: str | None = None) ->
     return folder
 
 
-def wait_for(fn: Callable[[], object], timeout: float = 20.0, interval: float = 0.2):  # noqa: ANN201
+def wait_for(fn: Callable[[], object], timeout: float = 20.0, interval: float = 0.2):
     deadline = time.monotonic() + timeout
     while True:
         value = fn()
@@ -34,13 +34,13 @@ def wait_for(fn: Callable[[], object], timeout: float = 20.0, interval: float = 
         time.sleep(interval)
 
 
-def app_json(platform, name: str) -> dict:  # noqa: ANN001
+def app_json(platform, name: str) -> dict:
     shown = platform.paas("app", name, "--json")
     assert shown.returncode == 0, shown.stderr
     return json.loads(shown.stdout)
 
 
-def running(platform, name: str, process_type: str = "web") -> list[dict]:  # noqa: ANN001
+def running(platform, name: str, process_type: str = "web") -> list[dict]:
     return [i for i in app_json(platform, name).get("instances", [])
             if i["state"] == "RUNNING" and i["process_type"] == process_type]
 
@@ -48,7 +48,7 @@ def running(platform, name: str, process_type: str = "web") -> list[dict]:  # no
 class Load:
     """Requests through the router without pause, from a few threads; counts every outcome."""
 
-    def __init__(self, platform, host: str, threads: int = 2) -> None:  # noqa: ANN001
+    def __init__(self, platform, host: str, threads: int = 2) -> None:
         self.url = f"http://127.0.0.1:{platform.settings.router_port}/"
         self.host = host
         self.stop = threading.Event()

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("dump_logs_on_failure")
 
 
 @pytest.fixture(scope="module")
-def platform():  # noqa: ANN201  (overrides the session platform for this module)
+def platform():  # overrides the session platform for this module
     sandbox = Sandbox(agents=3, start_timeout=12.0)
     try:
         sandbox.start()
@@ -25,12 +25,12 @@ def platform():  # noqa: ANN201  (overrides the session platform for this module
         sandbox.close()
 
 
-def push(platform, name: str, folder, *args: str) -> None:  # noqa: ANN001
+def push(platform, name: str, folder, *args: str) -> None:
     result = platform.paas("push", name, "-p", str(folder), *args)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def answers_every_index(platform, name: str, count: int) -> bool:  # noqa: ANN001
+def answers_every_index(platform, name: str, count: int) -> bool:
     host = platform.app_host(name)
     seen = set()
     for _ in range(count * 4):
@@ -40,7 +40,7 @@ def answers_every_index(platform, name: str, count: int) -> bool:  # noqa: ANN00
     return seen == {str(i) for i in range(count)}
 
 
-def test_lost_agent_instances_move_and_its_return_leaves_no_duplicates(platform, tmp_path):  # noqa: ANN001
+def test_lost_agent_instances_move_and_its_return_leaves_no_duplicates(platform, tmp_path):
     push(platform, "spread", runtime_app(tmp_path), "-i", "3")
     placed = running(platform, "spread")
     assert len({i["agent"] for i in placed}) == 3  # one instance on each agent
@@ -82,7 +82,7 @@ def test_lost_agent_instances_move_and_its_return_leaves_no_duplicates(platform,
     assert platform.paas("delete", "spread", "-f").returncode == 0
 
 
-def _agents(platform) -> list[str]:  # noqa: ANN001
+def _agents(platform) -> list[str]:
     import redis
 
     client = redis.Redis.from_url(platform.settings.redis_url)
@@ -92,18 +92,18 @@ def _agents(platform) -> list[str]:  # noqa: ANN001
         client.close()
 
 
-def _rows(platform) -> dict[str, int]:  # noqa: ANN001
+def _rows(platform) -> dict[str, int]:
     from sqlalchemy import create_engine, text
 
     engine = create_engine(platform.settings.sqlalchemy_url)
     with engine.connect() as conn:
-        counts = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()  # noqa: S608
+        counts = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
                   for t in ("apps", "releases", "droplets", "builds", "processes", "events")}
     engine.dispose()
     return counts
 
 
-def test_restarting_each_part_never_stops_the_app(platform, tmp_path):  # noqa: ANN001
+def test_restarting_each_part_never_stops_the_app(platform, tmp_path):
     push(platform, "steady", runtime_app(tmp_path), "-i", "2")
     before = _rows(platform)
     agent_of = {i["index"]: i for i in running(platform, "steady")}

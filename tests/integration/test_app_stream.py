@@ -15,21 +15,21 @@ pytestmark = pytest.mark.usefixtures("dump_logs_on_failure")
 APP = "streamed"
 
 
-def paas_ok(platform, *args: str) -> str:  # noqa: ANN001
+def paas_ok(platform, *args: str) -> str:
     result = platform.paas(*args)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
 
-def api(platform, path: str) -> str:  # noqa: ANN001
+def api(platform, path: str) -> str:
     return f"{platform.settings.api_url}/v1{path}"
 
 
-def auth(platform) -> dict[str, str]:  # noqa: ANN001
+def auth(platform) -> dict[str, str]:
     return {"Authorization": f"Bearer {platform.token}"}
 
 
-def parse(lines) -> list[dict]:  # noqa: ANN001
+def parse(lines) -> list[dict]:
     """Server-sent events from an iterator of text lines: [{id, type, data}]."""
     found, fields = [], {}
     for line in lines:
@@ -44,14 +44,14 @@ def parse(lines) -> list[dict]:  # noqa: ANN001
     return found
 
 
-def kept(platform, since: str = "0") -> list[dict]:  # noqa: ANN001
+def kept(platform, since: str = "0") -> list[dict]:
     r = requests.get(api(platform, f"/apps/{APP}/stream"), params={
         "since": since, "follow": "false"}, headers=auth(platform), timeout=30)
     assert r.status_code == 200, r.text
     return parse(r.text.split("\n"))
 
 
-def follow_until(platform, last_id: str, done, limit: int | None = None,  # noqa: ANN001
+def follow_until(platform, last_id: str, done, limit: int | None = None,
                  ) -> list[dict]:
     """Follow the stream after ``last_id`` until ``done(event)`` (or ``limit`` events, then
     drop the connection)."""
@@ -78,14 +78,14 @@ def follow_until(platform, last_id: str, done, limit: int | None = None,  # noqa
 
 
 @pytest.fixture(scope="module")
-def pushed(platform, tmp_path_factory):  # noqa: ANN001, ANN201
+def pushed(platform, tmp_path_factory):
     folder = runtime_app(tmp_path_factory.mktemp("streamed"))
     paas_ok(platform, "push", APP, "-p", str(folder))
     yield APP
     platform.paas("delete", APP, "-f")
 
 
-def test_a_push_is_told_in_order_from_build_to_routed(platform, pushed) -> None:  # noqa: ANN001
+def test_a_push_is_told_in_order_from_build_to_routed(platform, pushed) -> None:
     events = kept(platform)
     types = [e["type"] for e in events]
     story = ["app.pushed", "build.started", "release.created", "build.succeeded",
@@ -105,7 +105,7 @@ def test_a_push_is_told_in_order_from_build_to_routed(platform, pushed) -> None:
     assert all(e["data"]["app"] == APP for e in events)
 
 
-def test_a_dropped_follow_resumes_without_a_gap_or_a_repeat(platform, pushed) -> None:  # noqa: ANN001
+def test_a_dropped_follow_resumes_without_a_gap_or_a_repeat(platform, pushed) -> None:
     start = kept(platform)[-1]["id"]
     r = requests.post(api(platform, f"/apps/{APP}/restart"), headers=auth(platform),
                       timeout=30)

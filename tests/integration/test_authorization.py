@@ -54,14 +54,14 @@ def procfile_package() -> bytes:
 class LiveWorld(World):
     allowed_means_2xx = False  # some allowed calls are refused by validation on purpose
 
-    def __init__(self, platform, home: Path) -> None:  # noqa: ANN001
+    def __init__(self, platform, home: Path) -> None:
         super().__init__()
         self.platform, self.home = platform, home
         self.api = platform.settings.api_url
         self.admin_token = platform.token
         self.blob = procfile_package()
 
-    def send(self, token: str | None, method: str, path: str, *, json: object = None,  # noqa: A002
+    def send(self, token: str | None, method: str, path: str, *, json: object = None,
              form: dict[str, str] | None = None, files: dict[str, tuple[str, bytes]] | None
              = None, headers: dict[str, str] | None = None) -> Answer:
         headers = dict(headers or {})
@@ -148,7 +148,7 @@ class LiveWorld(World):
 
 
 @pytest.fixture(scope="module")
-def world(platform, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveWorld]:  # noqa: ANN001
+def world(platform, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveWorld]:
     made = LiveWorld(platform, tmp_path_factory.mktemp("authz"))
     try:
         made.populate()

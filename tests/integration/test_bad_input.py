@@ -17,7 +17,7 @@ def write(folder: Path, files: dict[str, str]) -> Path:
     return folder
 
 
-def test_no_buildpack_recognises_the_folder(platform, tmp_path):  # noqa: ANN001
+def test_no_buildpack_recognises_the_folder(platform, tmp_path):
     folder = write(tmp_path / "notes", {"notes.txt": "just text\n"})
     result = platform.paas("push", "notes", "-p", str(folder))
     assert result.returncode == 1
@@ -26,7 +26,7 @@ def test_no_buildpack_recognises_the_folder(platform, tmp_path):  # noqa: ANN001
     assert "notes" not in platform.paas("apps").stdout  # no app left behind
 
 
-def test_dependencies_that_fail_to_install(platform, tmp_path):  # noqa: ANN001
+def test_dependencies_that_fail_to_install(platform, tmp_path):
     folder = write(tmp_path / "deps", {
         "requirements.txt": "paas-no-such-package-anywhere==1.0\n",
         "Procfile": "web: python3 app.py\n",
@@ -38,13 +38,13 @@ def test_dependencies_that_fail_to_install(platform, tmp_path):  # noqa: ANN001
     assert "deps" not in platform.paas("apps").stdout
 
 
-def test_invalid_app_name(platform, fixtures):  # noqa: ANN001
+def test_invalid_app_name(platform, fixtures):
     result = platform.paas("push", "Not_A_Name", "-p", str(fixtures / "flask-hello"))
     assert result.returncode != 0
     assert "is not a valid app name" in result.stderr
 
 
-def test_controller_that_is_down(platform, tmp_path, fixtures):  # noqa: ANN001
+def test_controller_that_is_down(platform, tmp_path, fixtures):
     from launcher.sandbox import free_port
 
     home = tmp_path / "home"
@@ -64,7 +64,7 @@ def test_controller_that_is_down(platform, tmp_path, fixtures):  # noqa: ANN001
     assert "make up" in result.stderr
 
 
-def test_an_app_that_never_opens_its_port_keeps_the_old_release(  # noqa: ANN001
+def test_an_app_that_never_opens_its_port_keeps_the_old_release(
         platform, fixtures, tmp_path):
     app = tmp_path / "steady"
     shutil.copytree(fixtures / "flask-hello", app)
@@ -88,7 +88,7 @@ def test_an_app_that_never_opens_its_port_keeps_the_old_release(  # noqa: ANN001
     assert platform.paas("delete", "steady", "-f").returncode == 0
 
 
-def test_unauthenticated_calls_are_refused(platform):  # noqa: ANN001
+def test_unauthenticated_calls_are_refused(platform):
     import requests
 
     response = requests.get(f"{platform.settings.api_url}/v1/apps", timeout=5)

@@ -21,7 +21,7 @@ def copy_fixture(fixtures: Path, name: str, dest: Path) -> Path:
 
 
 @contextmanager
-def app(platform, name: str) -> Iterator[str]:  # noqa: ANN001
+def app(platform, name: str) -> Iterator[str]:
     """The app's host name; the app is deleted afterwards, however the test ended."""
     try:
         yield platform.app_host(name)
@@ -29,13 +29,13 @@ def app(platform, name: str) -> Iterator[str]:  # noqa: ANN001
         platform.paas("delete", name, "-f")
 
 
-def push(platform, name: str, folder: Path, *extra: str):  # noqa: ANN001, ANN201
+def push(platform, name: str, folder: Path, *extra: str):
     result = platform.paas("push", name, "-p", str(folder), *extra)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
 
-def test_node_app_with_lockfile_and_engines(platform, fixtures, tmp_path):  # noqa: ANN001
+def test_node_app_with_lockfile_and_engines(platform, fixtures, tmp_path):
     folder = copy_fixture(fixtures, "node-hello", tmp_path)
     with app(platform, "nodehello") as host:
         first = push(platform, "nodehello", folder)
@@ -58,7 +58,7 @@ def test_node_app_with_lockfile_and_engines(platform, fixtures, tmp_path):  # no
         assert platform.router_get(host).text.startswith("hello again from node v20.")
 
 
-def test_node_app_with_only_server_js(platform, fixtures, tmp_path):  # noqa: ANN001
+def test_node_app_with_only_server_js(platform, fixtures, tmp_path):
     folder = copy_fixture(fixtures, "node-server-only", tmp_path)
     with app(platform, "nodeserver") as host:
         result = push(platform, "nodeserver", folder)
@@ -69,7 +69,7 @@ def test_node_app_with_only_server_js(platform, fixtures, tmp_path):  # noqa: AN
         assert response.text.startswith("server.js on node v20.")
 
 
-def test_static_site_served_from_its_root(platform, fixtures, tmp_path):  # noqa: ANN001
+def test_static_site_served_from_its_root(platform, fixtures, tmp_path):
     folder = copy_fixture(fixtures, "static-site", tmp_path)
     with app(platform, "site") as host:
         result = push(platform, "site", folder)
@@ -85,7 +85,7 @@ def test_static_site_served_from_its_root(platform, fixtures, tmp_path):  # noqa
         assert platform.router_get(host, "/no-such-page").status_code == 404
 
 
-def test_procfile_only_app(platform, fixtures, tmp_path):  # noqa: ANN001
+def test_procfile_only_app(platform, fixtures, tmp_path):
     folder = copy_fixture(fixtures, "procfile-only", tmp_path)
     with app(platform, "plain") as host:
         result = push(platform, "plain", folder)
@@ -96,7 +96,7 @@ def test_procfile_only_app(platform, fixtures, tmp_path):  # noqa: ANN001
         assert response.text == "hello from a Procfile-only app\n"
 
 
-def test_django_project_starts_without_a_procfile(platform, fixtures, tmp_path):  # noqa: ANN001
+def test_django_project_starts_without_a_procfile(platform, fixtures, tmp_path):
     folder = copy_fixture(fixtures, "django-hello", tmp_path)
     with app(platform, "django") as host:
         result = push(platform, "django", folder)
@@ -106,7 +106,7 @@ def test_django_project_starts_without_a_procfile(platform, fixtures, tmp_path):
         assert response.text == "hello from django\n"
 
 
-def test_python_version_the_stack_cannot_give(platform, fixtures, tmp_path):  # noqa: ANN001
+def test_python_version_the_stack_cannot_give(platform, fixtures, tmp_path):
     folder = copy_fixture(fixtures, "python-wrong-version", tmp_path)
     with app(platform, "oldpy"):
         result = platform.paas("push", "oldpy", "-p", str(folder))

@@ -10,7 +10,7 @@ import pytest
 pytestmark = pytest.mark.usefixtures("dump_logs_on_failure")
 
 
-def test_buildpack_given_with_the_push(platform, fixtures, tmp_path):  # noqa: ANN001
+def test_buildpack_given_with_the_push(platform, fixtures, tmp_path):
     site = tmp_path / "site"
     shutil.copytree(fixtures / "greeting-site", site)
     buildpack = str(fixtures / "greeting-buildpack")
@@ -26,7 +26,7 @@ def test_buildpack_given_with_the_push(platform, fixtures, tmp_path):  # noqa: A
     assert platform.paas("delete", "greeter", "-f").returncode == 0
 
 
-def test_registered_buildpack_is_detected(platform, fixtures, tmp_path):  # noqa: ANN001
+def test_registered_buildpack_is_detected(platform, fixtures, tmp_path):
     created = platform.paas("create-buildpack", "greeting", str(fixtures / "greeting-buildpack"))
     assert created.returncode == 0, created.stderr
     listed = platform.paas("buildpacks")
@@ -51,7 +51,7 @@ def test_registered_buildpack_is_detected(platform, fixtures, tmp_path):  # noqa
     assert "greeting" not in platform.paas("buildpacks").stdout
 
 
-def test_a_folder_that_is_no_buildpack(platform, fixtures, tmp_path):  # noqa: ANN001
+def test_a_folder_that_is_no_buildpack(platform, fixtures, tmp_path):
     result = platform.paas("push", "x", "-p", str(fixtures / "greeting-site"),
                            "-b", str(tmp_path))
     assert result.returncode == 1

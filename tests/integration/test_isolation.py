@@ -35,7 +35,7 @@ PUSHED: list[tuple[str, Path | None]] = []  # this test's apps, deleted after it
 
 
 @pytest.fixture
-def delete_pushed(platform) -> Iterator[None]:  # noqa: ANN001
+def delete_pushed(platform) -> Iterator[None]:
     """Every app a test pushes is deleted after it (later tests count the platform's
     containers)."""
     yield
@@ -44,7 +44,7 @@ def delete_pushed(platform) -> Iterator[None]:  # noqa: ANN001
         _paas(platform, home, "delete", name, "-f")
 
 
-def _push(platform, name: str, tmp_path: Path, *args: str,  # noqa: ANN001
+def _push(platform, name: str, tmp_path: Path, *args: str,
           home: Path | None = None, manifest: str = "") -> None:
     folder = tmp_path / name
     shutil.copytree(FIXTURES / "confined-app", folder)
@@ -55,7 +55,7 @@ def _push(platform, name: str, tmp_path: Path, *args: str,  # noqa: ANN001
     assert pushed.returncode == 0, pushed.stdout + pushed.stderr
 
 
-def _paas(platform, home: Path | None, *args: str, timeout: float = 300,  # noqa: ANN001
+def _paas(platform, home: Path | None, *args: str, timeout: float = 300,
           ) -> subprocess.CompletedProcess[str]:
     if home is None:
         return platform.paas(*args, timeout=timeout)
@@ -64,7 +64,7 @@ def _paas(platform, home: Path | None, *args: str, timeout: float = 300,  # noqa
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _probe(platform, app: str, *args: str) -> dict[str, str]:  # noqa: ANN001
+def _probe(platform, app: str, *args: str) -> dict[str, str]:
     ran = platform.paas("run", app, "--", "python3", "/app/probe.py", *args, timeout=180)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     answers = {}
@@ -74,14 +74,14 @@ def _probe(platform, app: str, *args: str) -> dict[str, str]:  # noqa: ANN001
     return answers
 
 
-def _instance(platform, app: str):  # noqa: ANN001, ANN202
+def _instance(platform, app: str):
     found = docker.from_env().containers.list(filters={"label": [
         f"paas.platform={platform.platform_id}", f"paas.app_name={app}", "paas.kind=instance"]})
     assert found, f"no running instance of {app}"
     return found[0]
 
 
-def _address(container) -> tuple[str, str, str]:  # noqa: ANN001
+def _address(container) -> tuple[str, str, str]:
     """(network name, container address, gateway) of an instance."""
     [(name, net)] = container.attrs["NetworkSettings"]["Networks"].items()
     return name, net["IPAddress"], net["Gateway"]
@@ -167,7 +167,7 @@ def _metadata_host() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-def test_app_containers_are_confined_to_their_teams_network(platform, tmp_path: Path):  # noqa: ANN001
+def test_app_containers_are_confined_to_their_teams_network(platform, tmp_path: Path):
     _push(platform, "iso-a", tmp_path)
     _push(platform, "iso-a2", tmp_path)
     home_b = tmp_path / "team-b-home"
@@ -220,7 +220,7 @@ def test_app_containers_are_confined_to_their_teams_network(platform, tmp_path: 
         assert reach[name].split()[0] in ("refused", "unreachable"), (name, reach)
 
 
-def test_a_fork_bomb_stops_at_the_pids_limit(platform, tmp_path: Path):  # noqa: ANN001
+def test_a_fork_bomb_stops_at_the_pids_limit(platform, tmp_path: Path):
     _push(platform, "iso-fork", tmp_path, "--no-route")
     listed = platform.paas("apps")  # an app without a route is listed as such
     assert listed.returncode == 0, listed.stderr
@@ -230,14 +230,14 @@ def test_a_fork_bomb_stops_at_the_pids_limit(platform, tmp_path: Path):  # noqa:
     assert int(forked["refused"].split()[1]) < 1024
 
 
-def _crash_reasons(platform, app: str) -> list[str]:  # noqa: ANN001
+def _crash_reasons(platform, app: str) -> list[str]:
     shown = platform.paas("events", app, "--json", "--limit", "20")
     assert shown.returncode == 0, shown.stderr
     return [e["data"].get("reason", "") for e in json.loads(shown.stdout)
             if e["type"] == "app.crashed"]
 
 
-def test_an_instance_past_its_memory_or_disk_is_stopped_with_the_reason(platform,  # noqa: ANN001
+def test_an_instance_past_its_memory_or_disk_is_stopped_with_the_reason(platform,
                                                                         tmp_path: Path):
     _push(platform, "iso-limits", tmp_path, manifest=(
         "applications:\n- name: iso-limits\n  memory: 64M\n  disk_quota: 64M\n"))
@@ -262,7 +262,7 @@ def test_an_instance_past_its_memory_or_disk_is_stopped_with_the_reason(platform
     assert time.monotonic() - started < 60
 
 
-def test_an_app_given_gvisor_runs_under_runsc_and_serves(platform, tmp_path: Path):  # noqa: ANN001
+def test_an_app_given_gvisor_runs_under_runsc_and_serves(platform, tmp_path: Path):
     if "runsc" not in docker.from_env().info().get("Runtimes", {}):
         pytest.fail("dockerd does not know runsc: run 'make test' (its set-up registers it).")
     _push(platform, "iso-gvisor", tmp_path)
@@ -287,7 +287,7 @@ def _failing_buildpack(folder: Path, compile_step: str) -> Path:
     return folder
 
 
-def test_staging_containers_reach_neither_the_platform_nor_private_networks(  # noqa: ANN001
+def test_staging_containers_reach_neither_the_platform_nor_private_networks(
         platform, tmp_path: Path):
     _push(platform, "iso-target", tmp_path)
     _, address, _ = _address(_instance(platform, "iso-target"))
@@ -321,7 +321,7 @@ def test_staging_containers_reach_neither_the_platform_nor_private_networks(  # 
     assert "open" not in answers.values(), answers
 
 
-def test_an_app_given_gvisor_is_staged_under_runsc_too(platform, tmp_path: Path):  # noqa: ANN001
+def test_an_app_given_gvisor_is_staged_under_runsc_too(platform, tmp_path: Path):
     buildpack = _failing_buildpack(tmp_path / "kernel-buildpack",
                                    'echo "staging kernel $(uname -r)"')
     app = tmp_path / "app"

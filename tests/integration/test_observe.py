@@ -19,13 +19,13 @@ pytestmark = pytest.mark.usefixtures("dump_logs_on_failure")
 APP = "observed"
 
 
-def paas_ok(platform, *args: str) -> str:  # noqa: ANN001
+def paas_ok(platform, *args: str) -> str:
     result = platform.paas(*args)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
 
-def admin_cli(platform, *args: str) -> str:  # noqa: ANN001
+def admin_cli(platform, *args: str) -> str:
     """``paas-admin`` against the sandbox's database."""
     admin = os.path.join(os.path.dirname(sys.executable), "paas-admin")
     result = subprocess.run([admin, *args], env={**os.environ, **as_env(platform.settings)},
@@ -35,7 +35,7 @@ def admin_cli(platform, *args: str) -> str:  # noqa: ANN001
 
 
 @pytest.fixture(scope="module")
-def observed(platform, tmp_path_factory):  # noqa: ANN001, ANN201
+def observed(platform, tmp_path_factory):
     """An app pushed, scaled to two and crashed once (no restart for a while)."""
     folder = runtime_app(tmp_path_factory.mktemp("observed"))
     paas_ok(platform, "push", APP, "-p", str(folder))
@@ -43,7 +43,7 @@ def observed(platform, tmp_path_factory):  # noqa: ANN001, ANN201
     platform.paas("delete", APP, "-f")
 
 
-def test_paas_app_shows_resource_use_of_a_running_instance(platform, observed):  # noqa: ANN001
+def test_paas_app_shows_resource_use_of_a_running_instance(platform, observed):
     def sampled() -> dict | None:
         found = [i for i in running(platform, observed) if (i.get("memory_bytes") or 0) > 0
                  and i.get("cpu_percent") is not None]
@@ -60,7 +60,7 @@ def test_paas_app_shows_resource_use_of_a_running_instance(platform, observed): 
         assert words in out, out
 
 
-def test_paas_status_shows_the_agent_and_the_queues(platform, observed):  # noqa: ANN001
+def test_paas_status_shows_the_agent_and_the_queues(platform, observed):
     assert wait_for(lambda: running(platform, observed), timeout=20)
     out = paas_ok(platform, "status")
     agent_id = platform.settings.agent_id
@@ -74,7 +74,7 @@ def test_paas_status_shows_the_agent_and_the_queues(platform, observed):  # noqa
     assert {q["name"] for q in body["queues"]} >= {"staging", f"agent.{agent_id}"}
 
 
-def test_a_crash_shows_with_its_reason_and_the_events_tell_the_story(platform,  # noqa: ANN001
+def test_a_crash_shows_with_its_reason_and_the_events_tell_the_story(platform,
                                                                      observed):
     paas_ok(platform, "scale", observed, "-i", "2")
     # No restart for a while after the first crash, so it stays visible as CRASHED.
@@ -115,7 +115,7 @@ def test_a_crash_shows_with_its_reason_and_the_events_tell_the_story(platform,  
         table.index("exit 7")
 
 
-def test_the_controller_serves_prometheus_text_summed_over_its_workers(platform):  # noqa: ANN001
+def test_the_controller_serves_prometheus_text_summed_over_its_workers(platform):
     api = platform.settings.api_url
     for _ in range(12):  # gunicorn spreads these over its workers
         assert requests.get(f"{api}/v1/info", timeout=5).status_code == 200
@@ -130,7 +130,7 @@ def test_the_controller_serves_prometheus_text_summed_over_its_workers(platform)
     assert "paas_api_request_seconds_bucket" in r.text
 
 
-def test_another_teams_developer_is_told_the_app_does_not_exist(platform, observed):  # noqa: ANN001
+def test_another_teams_developer_is_told_the_app_does_not_exist(platform, observed):
     secret = admin_cli(platform, "create-token", "outsider", "--team", "strangers")
     headers = {"Authorization": f"Bearer {secret}"}
     api = platform.settings.api_url

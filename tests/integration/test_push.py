@@ -18,7 +18,7 @@ def copy_fixture(fixtures: Path, name: str, dest: Path) -> Path:
     return target
 
 
-def test_push_serve_repush_delete(platform, fixtures, tmp_path):  # noqa: ANN001
+def test_push_serve_repush_delete(platform, fixtures, tmp_path):
     app = copy_fixture(fixtures, "flask-hello", tmp_path)
     host = platform.app_host("hello")
 
@@ -56,21 +56,21 @@ def test_push_serve_repush_delete(platform, fixtures, tmp_path):  # noqa: ANN001
     assert "hello" not in platform.paas("apps").stdout
 
 
-def _instances(platform, name: str) -> list[dict]:  # noqa: ANN001
+def _instances(platform, name: str) -> list[dict]:
     import json
 
     shown = platform.paas("app", name, "--json")
     return json.loads(shown.stdout)["instances"] if shown.returncode == 0 else []
 
 
-def _containers(platform) -> list:  # noqa: ANN001
+def _containers(platform) -> list:
     import docker
 
     return docker.from_env().containers.list(ignore_removed=True, all=True, filters={"label": [
         f"paas.platform={platform.platform_id}", "paas.kind=instance"]})
 
 
-def test_manifest_and_resource_matching(platform, fixtures, tmp_path):  # noqa: ANN001
+def test_manifest_and_resource_matching(platform, fixtures, tmp_path):
     import hashlib
     import json
     import os
@@ -101,7 +101,7 @@ def test_manifest_and_resource_matching(platform, fixtures, tmp_path):  # noqa: 
     assert platform.paas("delete", "manifested", "-f").returncode == 0
 
 
-def test_restage_with_and_without_the_cache(platform, fixtures, tmp_path):  # noqa: ANN001
+def test_restage_with_and_without_the_cache(platform, fixtures, tmp_path):
     app = copy_fixture(fixtures, "flask-hello", tmp_path)
     assert platform.paas("push", "again", "-p", str(app)).returncode == 0
 
@@ -120,7 +120,7 @@ def test_restage_with_and_without_the_cache(platform, fixtures, tmp_path):  # no
     assert missing.returncode == 1 and "there is no app named 'no-such-app'" in missing.stderr
 
 
-def test_unchanged_large_app_uploads_almost_nothing(platform, tmp_path):  # noqa: ANN001
+def test_unchanged_large_app_uploads_almost_nothing(platform, tmp_path):
     """A 50 MB, 5,000-file app: the re-push after a one-line change uploads (almost) nothing."""
     import os
     import re

@@ -10,7 +10,7 @@ import pytest
 pytestmark = pytest.mark.usefixtures("dump_logs_on_failure")
 
 
-def test_fastapi_started_with_dash_c(platform, fixtures):  # noqa: ANN001
+def test_fastapi_started_with_dash_c(platform, fixtures):
     result = platform.paas("push", "fast", "-p", str(fixtures / "fastapi-hello"),
                            "-c", "uvicorn main:app --host 0.0.0.0 --port $PORT")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -19,7 +19,7 @@ def test_fastapi_started_with_dash_c(platform, fixtures):  # noqa: ANN001
     assert platform.paas("delete", "fast", "-f").returncode == 0
 
 
-def test_pyproject_only_service_in_a_subfolder(platform, fixtures):  # noqa: ANN001
+def test_pyproject_only_service_in_a_subfolder(platform, fixtures):
     result = platform.paas("push", "-p", str(fixtures / "monorepo" / "services" / "hello"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Installing the project with pip" in result.stdout
@@ -29,7 +29,7 @@ def test_pyproject_only_service_in_a_subfolder(platform, fixtures):  # noqa: ANN
     assert platform.paas("delete", "hello", "-f").returncode == 0
 
 
-def test_no_start_command(platform, fixtures, tmp_path):  # noqa: ANN001
+def test_no_start_command(platform, fixtures, tmp_path):
     app = tmp_path / "nocmd"
     shutil.copytree(fixtures / "flask-hello", app)
     (app / "Procfile").unlink()

@@ -40,7 +40,7 @@ ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).serve_forever
 
 
 @pytest.fixture(scope="module")
-def echo_app(platform, tmp_path_factory):  # noqa: ANN001, ANN201
+def echo_app(platform, tmp_path_factory):
     folder = runtime_app(tmp_path_factory.mktemp("rtr"))
     (folder / "server.py").write_text(ECHO_SERVER)
     pushed = platform.paas("push", NAME, "-p", str(folder))
@@ -51,12 +51,12 @@ def echo_app(platform, tmp_path_factory):  # noqa: ANN001, ANN201
     platform.paas("delete", NAME, "-f")
 
 
-def get(platform, host: str, path: str = "/", **headers: str) -> requests.Response:  # noqa: ANN001
+def get(platform, host: str, path: str = "/", **headers: str) -> requests.Response:
     return requests.get(f"http://127.0.0.1:{platform.settings.router_port}{path}",
                         headers={"Host": host, **headers}, timeout=5)
 
 
-def test_request_id_and_start_reach_the_app_and_the_id_comes_back(platform, echo_app):  # noqa: ANN001
+def test_request_id_and_start_reach_the_app_and_the_id_comes_back(platform, echo_app):
     r = get(platform, echo_app, **{"X-Request-Id": "client-id.42", "Keep-Alive": "300",
                                    "Proxy-Connection": "keep-alive"})
     assert r.status_code == 200
@@ -73,7 +73,7 @@ def test_request_id_and_start_reach_the_app_and_the_id_comes_back(platform, echo
     assert r.headers["X-Request-Id"] == seen["x-request-id"]
 
 
-def test_json_clients_get_a_json_404(platform):  # noqa: ANN001
+def test_json_clients_get_a_json_404(platform):
     r = get(platform, "nobody-here.localhost", Accept="application/json")
     assert r.status_code == 404
     assert r.headers["X-Paas-Router-Error"] == "unknown_route"
@@ -83,7 +83,7 @@ def test_json_clients_get_a_json_404(platform):  # noqa: ANN001
     assert html.status_code == 404 and "<h1>404 Not Found</h1>" in html.text
 
 
-def test_requests_show_as_rtr_lines_in_paas_logs(platform, echo_app):  # noqa: ANN001
+def test_requests_show_as_rtr_lines_in_paas_logs(platform, echo_app):
     r = get(platform, echo_app, "/rtr-probe?x=1", **{"X-Request-Id": "probe-7"})
     assert r.status_code == 200
 
@@ -102,7 +102,7 @@ def test_requests_show_as_rtr_lines_in_paas_logs(platform, echo_app):  # noqa: A
     assert objs[0]["source"] == "RTR" and objs[0]["instance"] == 0
 
 
-def test_a_body_over_the_limit_gets_the_413_page(platform, echo_app):  # noqa: ANN001
+def test_a_body_over_the_limit_gets_the_413_page(platform, echo_app):
     """nginx refuses on Content-Length alone, before any body is read."""
     import socket
 

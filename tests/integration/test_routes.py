@@ -19,7 +19,7 @@ A, B = "rt-a", "rt-b"
 
 
 @pytest.fixture(scope="module")
-def apps(platform, tmp_path_factory):  # noqa: ANN001, ANN201
+def apps(platform, tmp_path_factory):
     root = tmp_path_factory.mktemp("routes")
     pushed = platform.paas("push", A, "-p", str(runtime_app(root, "va")), "-i", "3")
     assert pushed.returncode == 0, pushed.stdout + pushed.stderr
@@ -31,18 +31,18 @@ def apps(platform, tmp_path_factory):  # noqa: ANN001, ANN201
         platform.paas("delete", name, "-f")
 
 
-def get(platform, host: str, path: str = "/", session=None, **kw):  # noqa: ANN001, ANN201
+def get(platform, host: str, path: str = "/", session=None, **kw):
     return (session or requests).get(
         f"http://127.0.0.1:{platform.settings.router_port}{path}", headers={"Host": host},
         timeout=5, allow_redirects=False, **kw)
 
 
-def body(platform, host: str, path: str = "/") -> str:  # noqa: ANN001
+def body(platform, host: str, path: str = "/") -> str:
     r = get(platform, host, path)
     return r.text if r.status_code == 200 else f"{r.status_code}"
 
 
-def test_three_instances_answer_in_turn(platform, apps):  # noqa: ANN001
+def test_three_instances_answer_in_turn(platform, apps):
     host = f"{A}.localhost"
     assert wait_for(lambda: len({body(platform, host) for _ in range(6)}) == 3, timeout=30)
     seen = Counter(body(platform, host) for _ in range(60))
@@ -50,7 +50,7 @@ def test_three_instances_answer_in_turn(platform, apps):  # noqa: ANN001
     assert all(10 <= n <= 30 for n in seen.values()), seen  # round-robin, not one favourite
 
 
-def test_path_routes_go_to_their_app_and_move_only_once_unmapped(platform, apps):  # noqa: ANN001
+def test_path_routes_go_to_their_app_and_move_only_once_unmapped(platform, apps):
     host = f"{A}.localhost"
     assert get(platform, f"{B}.localhost").status_code == 404  # pushed with no route
     mapped = platform.paas("map-route", B, "localhost", "--hostname", A, "--path", "/api")
@@ -68,7 +68,7 @@ def test_path_routes_go_to_their_app_and_move_only_once_unmapped(platform, apps)
     assert wait_for(lambda: body(platform, host, "/api").startswith("va "), timeout=5)
 
 
-def test_a_killed_instance_is_retried_on_another(platform, apps):  # noqa: ANN001
+def test_a_killed_instance_is_retried_on_another(platform, apps):
     host = f"{A}.localhost"
     assert wait_for(lambda: len({body(platform, host) for _ in range(6)}) == 3, timeout=30)
     container = _container(platform, A, 1)
@@ -78,7 +78,7 @@ def test_a_killed_instance_is_retried_on_another(platform, apps):  # noqa: ANN00
     assert wait_for(lambda: len({body(platform, host) for _ in range(6)}) == 3, timeout=30)
 
 
-def test_a_session_cookie_pins_the_client_to_its_instance(platform, apps):  # noqa: ANN001
+def test_a_session_cookie_pins_the_client_to_its_instance(platform, apps):
     host = f"{A}.localhost"
     assert wait_for(lambda: len({body(platform, host) for _ in range(6)}) == 3, timeout=30)
     session = requests.Session()
@@ -96,7 +96,7 @@ def test_a_session_cookie_pins_the_client_to_its_instance(platform, apps):  # no
     assert statuses == {200: 10}, statuses
 
 
-def test_https_for_a_private_domain_with_wildcard_and_redirect(platform, apps, tmp_path):  # noqa: ANN001
+def test_https_for_a_private_domain_with_wildcard_and_redirect(platform, apps, tmp_path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                     "-subj", "/CN=secure.test", "-addext",
@@ -134,7 +134,7 @@ def test_https_for_a_private_domain_with_wildcard_and_redirect(platform, apps, t
     assert f"https://www.secure.test:{port}" in shown.stdout
 
 
-def _container(platform, app: str, index: int):  # noqa: ANN001, ANN202
+def _container(platform, app: str, index: int):
     client = docker.from_env()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

@@ -18,12 +18,12 @@ SCRIPT = ("import os, sys, flask; print('hi', os.environ['SOME_VAR']); "
           "print('to stderr', file=sys.stderr); sys.exit(3)")
 
 
-def _task_containers(platform) -> list:  # noqa: ANN001
+def _task_containers(platform) -> list:
     return docker.from_env().containers.list(ignore_removed=True, all=True, filters={"label": [
         f"paas.platform={platform.platform_id}", "paas.kind=task"]})
 
 
-def test_run_a_task_in_the_apps_release(platform, fixtures: Path, tmp_path: Path):  # noqa: ANN001
+def test_run_a_task_in_the_apps_release(platform, fixtures: Path, tmp_path: Path):
     app = tmp_path / "flask-hello"
     shutil.copytree(fixtures / "flask-hello", app)
     (app / "manifest.yml").write_text(
@@ -62,7 +62,7 @@ def test_run_a_task_in_the_apps_release(platform, fixtures: Path, tmp_path: Path
     assert platform.paas("delete", "tasky", "-f").returncode == 0
 
 
-def test_run_on_an_unknown_app_says_so(platform):  # noqa: ANN001
+def test_run_on_an_unknown_app_says_so(platform):
     ran = platform.paas("run", "no-such-app", "--", "true", timeout=60)
     assert ran.returncode == 1
     assert "there is no app named 'no-such-app'" in ran.stderr

@@ -12,13 +12,13 @@ from tests.integration.runtime_helpers import Load, app_json, running, runtime_a
 pytestmark = pytest.mark.usefixtures("dump_logs_on_failure")
 
 
-def containers(platform, name: str) -> list:  # noqa: ANN001
+def containers(platform, name: str) -> list:
     client = docker.from_env()
     return client.containers.list(ignore_removed=True, filters={"label": [
         f"paas.platform={platform.platform_id}", f"paas.app_name={name}"]})
 
 
-def events(platform, name: str) -> list[dict]:  # noqa: ANN001
+def events(platform, name: str) -> list[dict]:
     from sqlalchemy import create_engine, text
 
     engine = create_engine(platform.settings.sqlalchemy_url)
@@ -29,13 +29,13 @@ def events(platform, name: str) -> list[dict]:  # noqa: ANN001
     return [{"type": t, **(json.loads(d) if isinstance(d, str) else d)} for t, d in rows]
 
 
-def push(platform, name: str, folder, *args: str):  # noqa: ANN001, ANN201
+def push(platform, name: str, folder, *args: str):
     result = platform.paas("push", name, "-p", str(folder), *args)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
 
-def test_killed_instance_is_replaced_and_the_crash_recorded(platform, tmp_path):  # noqa: ANN001
+def test_killed_instance_is_replaced_and_the_crash_recorded(platform, tmp_path):
     push(platform, "crashy", runtime_app(tmp_path))
     host = platform.app_host("crashy")
     [first] = running(platform, "crashy")
@@ -56,7 +56,7 @@ def test_killed_instance_is_replaced_and_the_crash_recorded(platform, tmp_path):
     assert platform.paas("delete", "crashy", "-f").returncode == 0
 
 
-def test_repeated_crashes_back_off_as_the_app_policy_says(platform, tmp_path):  # noqa: ANN001
+def test_repeated_crashes_back_off_as_the_app_policy_says(platform, tmp_path):
     push(platform, "flaky", runtime_app(tmp_path))
     host = platform.app_host("flaky")
     configured = platform.paas("configure", "flaky", "--crash-restarts", "1",
@@ -94,7 +94,7 @@ def test_repeated_crashes_back_off_as_the_app_policy_says(platform, tmp_path):  
     assert platform.paas("delete", "flaky", "-f").returncode == 0
 
 
-def test_rolling_deploy_env_change_failed_deploy_and_rollback(platform, tmp_path):  # noqa: ANN001
+def test_rolling_deploy_env_change_failed_deploy_and_rollback(platform, tmp_path):
     host = platform.app_host("rolling")
     push(platform, "rolling", runtime_app(tmp_path, "v1"), "-i", "2")
 
@@ -138,7 +138,7 @@ def test_rolling_deploy_env_change_failed_deploy_and_rollback(platform, tmp_path
     assert platform.paas("delete", "rolling", "-f").returncode == 0
 
 
-def test_scale_processes_and_capacity(platform, tmp_path):  # noqa: ANN001
+def test_scale_processes_and_capacity(platform, tmp_path):
     push(platform, "scaly", runtime_app(tmp_path))
     scaled = platform.paas("scale", "scaly", "-i", "3")
     assert scaled.returncode == 0, scaled.stdout + scaled.stderr
@@ -173,7 +173,7 @@ def test_scale_processes_and_capacity(platform, tmp_path):  # noqa: ANN001
 
 
 def test_http_health_check_takes_a_sick_instance_out_then_restarts_it(
-        platform, tmp_path):  # noqa: ANN001
+        platform, tmp_path):
     manifest = ("applications:\n- name: checked\n  instances: 2\n"
                 "  health-check-type: http\n  health-check-http-endpoint: /health\n")
     push(platform, "checked", runtime_app(tmp_path, manifest=manifest))

@@ -59,7 +59,7 @@ SPARED = {("DELETE", "/v1/apps/{name}"), ("POST", "/v1/apps/{name}/restage"),
 
 
 @pytest.fixture(scope="module")
-def fuzzer(platform, tmp_path_factory):  # noqa: ANN001, ANN201
+def fuzzer(platform, tmp_path_factory):
     """A developer's token in the team ``fuzz`` (which nothing else uses), whose app ``APP``
     is pushed and staged (and deleted afterwards, with the domains the run added)."""
     token = platform.create_token("fuzzer", TEAM, role="developer")
@@ -86,7 +86,7 @@ def fuzzer(platform, tmp_path_factory):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture(scope="module")
-def live_api(platform, fuzzer):  # noqa: ANN001, ANN201
+def live_api(platform, fuzzer):
     """The document as the live API serves it, for requests to the live API."""
     config = schemathesis.Config.from_dict({"base-url": platform.settings.api_url,
                                             "request-timeout": 15})
@@ -95,7 +95,7 @@ def live_api(platform, fuzzer):  # noqa: ANN001, ANN201
 
 
 @schemathesis.check
-def errors_are_sentences(ctx, response, case) -> None:  # noqa: ANN001
+def errors_are_sentences(ctx, response, case) -> None:
     """A 4xx or 5xx is JSON with an "error" that is a sentence (what went wrong, what to do)."""
     if response.status_code < 400:
         return
@@ -151,7 +151,7 @@ def fuzzed_operations() -> list[str]:
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
                          ids=["valid", "invalid"])
 def test_the_live_api_answers_without_a_5xx_and_its_errors_are_sentences(
-        live_api, fuzzer, operation_id, mode):  # noqa: ANN001
+        live_api, fuzzer, operation_id, mode):
     operation = live_api.find_operation_by_id(operation_id)
     headers = {"Authorization": f"Bearer {fuzzer}"}
 
@@ -179,7 +179,7 @@ def integer_parameters() -> list[tuple[str, str, str]]:
 
 @pytest.mark.parametrize(("path", "where", "name"), integer_parameters())
 def test_a_whole_number_past_64_bits_is_refused_with_a_sentence(platform, fuzzer, path, where,
-                                                                 name):  # noqa: ANN001
+                                                                 name):
     """What the fuzzer found once (a 500 from the database for 2**63): each integer parameter
     of a read gets it, with the real app and team, every time (the platform admin's reads with
     the admin's token: they change nothing)."""
@@ -213,7 +213,7 @@ def url_for(path: str) -> str:
 @pytest.mark.parametrize("body", [[None, None], "text", 7, {"unset": [{}]}],
                          ids=["list", "string", "number", "object-in-a-list"])
 def test_a_body_of_the_wrong_shape_is_refused_with_a_sentence(platform, fuzzer, method, path,
-                                                              body):  # noqa: ANN001
+                                                              body):
     """What the fuzzer found once (a 500 for a JSON list where an object belongs, and for an
     object among env names to unset), for every operation that takes JSON, every time. The
     real app even for a restage or a task: none of these bodies may start one."""
@@ -229,7 +229,7 @@ def test_a_body_of_the_wrong_shape_is_refused_with_a_sentence(platform, fuzzer, 
 
 @pytest.mark.parametrize("too_long", ["request line", "header"])
 def test_a_request_too_long_for_the_server_is_answered_with_a_json_sentence(
-        platform, fuzzer, too_long):  # noqa: ANN001
+        platform, fuzzer, too_long):
     """What the fuzzer found once: gunicorn refuses a request line over its limit (4,094
     bytes), or a header over its limit (8,190), itself, with an HTML page the API never saw."""
     url = f"{platform.settings.api_url}/v1/apps/{APP}/routes"
@@ -244,7 +244,7 @@ def test_a_request_too_long_for_the_server_is_answered_with_a_json_sentence(
     assert r.json()["error"].endswith(SENTENCE_ENDS)
 
 
-def test_the_fuzzer_sees_the_document_it_is_run_from(platform, fuzzer):  # noqa: ANN001
+def test_the_fuzzer_sees_the_document_it_is_run_from(platform, fuzzer):
     """The run above means something: the document is served live, and the fuzzer's token
     is a developer's of its own team (so the left-out operations are all that is skipped)."""
     r = requests.get(f"{platform.settings.api_url}/v1/openapi.json", timeout=10)

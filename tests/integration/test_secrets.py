@@ -31,7 +31,7 @@ def _unique(what: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def secrets(platform, tmp_path_factory):  # noqa: ANN001, ANN201
+def secrets(platform, tmp_path_factory):
     """Push an app with an env value from its manifest, set another with set-env, give a
     domain a certificate, and run a task whose argument is a third value."""
     root = tmp_path_factory.mktemp("secrets")
@@ -67,7 +67,7 @@ def secrets(platform, tmp_path_factory):  # noqa: ANN001, ANN201
     platform.paas("delete-domain", DOMAIN)
 
 
-def _client(platform) -> redis.Redis:  # noqa: ANN001
+def _client(platform) -> redis.Redis:
     return redis.Redis.from_url(platform.settings.redis_url)
 
 
@@ -99,7 +99,7 @@ def _absent(values: dict[str, str], haystack: bytes, where: str) -> None:
         assert value.encode() not in haystack, f"the {what} value is in clear in {where}"
 
 
-def test_a_task_waiting_in_its_queue_holds_no_secret(platform, secrets):  # noqa: ANN001
+def test_a_task_waiting_in_its_queue_holds_no_secret(platform, secrets):
     """A task sent to an agent that never takes it: its message stays in Redis, sealed."""
     values, _ = secrets
     ghost = f"ghost-{uuid.uuid4().hex[:8]}"
@@ -122,7 +122,7 @@ def test_a_task_waiting_in_its_queue_holds_no_secret(platform, secrets):  # noqa
 
 
 def test_no_secret_value_is_in_clear_anywhere_the_platform_keeps_things(
-        platform, secrets):  # noqa: ANN001
+        platform, secrets):
     values, cert = secrets
     data = Path(platform.settings.data_dir)
     database = b"".join(p.read_bytes() for p in data.glob("paas.db*"))
@@ -168,7 +168,7 @@ def test_no_secret_value_is_in_clear_anywhere_the_platform_keeps_things(
     assert wait_for(lambda: https().startswith("vs "), timeout=10), https()
 
 
-def test_files_that_hold_secrets_are_the_platform_users_alone(platform, secrets):  # noqa: ANN001
+def test_files_that_hold_secrets_are_the_platform_users_alone(platform, secrets):
     data = Path(platform.settings.data_dir)
 
     def mode(path: Path) -> str:
@@ -184,7 +184,7 @@ def test_files_that_hold_secrets_are_the_platform_users_alone(platform, secrets)
     assert all(stat.S_IMODE(os.stat(p).st_mode) & 0o077 == 0 for p in blobs)
 
 
-def test_redis_refuses_a_client_without_the_password(platform):  # noqa: ANN001
+def test_redis_refuses_a_client_without_the_password(platform):
     client = redis.Redis(port=platform.redis_port, socket_timeout=5)
     try:
         with pytest.raises(redis.AuthenticationError):

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("dump_logs_on_failure")
 
 
 @pytest.fixture(scope="module")
-def platform():  # noqa: ANN201  (overrides the session platform for this module)
+def platform():  # overrides the session platform for this module
     sandbox = Sandbox(staging_timeout=15.0, staging_output_bytes=200_000, start_timeout=12.0)
     try:
         sandbox.start()
@@ -39,7 +39,7 @@ def site(folder: Path) -> Path:
     return folder
 
 
-def test_crash_shows_the_last_lines_and_keeps_the_old_release(platform, tmp_path):  # noqa: ANN001
+def test_crash_shows_the_last_lines_and_keeps_the_old_release(platform, tmp_path):
     app = site(tmp_path / "app")
     good = buildpack(tmp_path / "good", "echo fine\n")
     first = platform.paas("push", "steady", "-p", str(app), "-b", str(good))
@@ -57,7 +57,7 @@ def test_crash_shows_the_last_lines_and_keeps_the_old_release(platform, tmp_path
     assert "release: 1 (DEPLOYED)" in platform.paas("app", "steady").stdout
 
 
-def test_hang_is_stopped_at_the_staging_timeout(platform, tmp_path):  # noqa: ANN001
+def test_hang_is_stopped_at_the_staging_timeout(platform, tmp_path):
     app = site(tmp_path / "app")
     hang = buildpack(tmp_path / "hang", "echo 'about to wait forever'\nsleep 600\n")
     result = platform.paas("push", "hangs", "-p", str(app), "-b", str(hang))
@@ -67,7 +67,7 @@ def test_hang_is_stopped_at_the_staging_timeout(platform, tmp_path):  # noqa: AN
     assert "hangs" not in platform.paas("apps").stdout
 
 
-def test_megabytes_of_output_are_counted_not_streamed(platform, tmp_path):  # noqa: ANN001
+def test_megabytes_of_output_are_counted_not_streamed(platform, tmp_path):
     app = site(tmp_path / "app")
     chatty = buildpack(tmp_path / "chatty",
                        "i=0\nwhile [ $i -lt 60000 ]; do echo \"line $i of chatter\"; "

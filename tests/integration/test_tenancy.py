@@ -39,13 +39,13 @@ class Tenant:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-def cli(platform, who: Tenant, *args: str) -> subprocess.CompletedProcess[str]:  # noqa: ANN001
+def cli(platform, who: Tenant, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([paas_command(), *args], env={**platform.cli_env(),
                                                         "PAAS_HOME": str(who.home)},
                           capture_output=True, text=True, timeout=600)
 
 
-def api(platform, who: Tenant, method: str, path: str, **kw) -> requests.Response:  # noqa: ANN001, ANN003
+def api(platform, who: Tenant, method: str, path: str, **kw) -> requests.Response:
     return requests.request(method, f"{platform.settings.api_url}{path}", headers=who.headers,
                             timeout=15, **kw)
 
@@ -62,7 +62,7 @@ def tiny_package() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def teams(platform, tmp_path_factory):  # noqa: ANN001, ANN201
+def teams(platform, tmp_path_factory):
     """Team A pushed STORE (answering on SHOP.localhost) and owns the domain a-corp.test; team B
     made BAPP (through the API: its build need not finish) and owns b-corp.test."""
     root = tmp_path_factory.mktemp("tenancy")
@@ -91,7 +91,7 @@ def teams(platform, tmp_path_factory):  # noqa: ANN001, ANN201
         api(platform, who, "DELETE", f"/v1/domains/{domain}")
 
 
-def answers_as_a(platform) -> str:  # noqa: ANN001
+def answers_as_a(platform) -> str:
     r = requests.get(f"http://127.0.0.1:{platform.settings.router_port}/hello.txt",
                      headers={"Host": f"{SHOP}.localhost"}, timeout=5)
     return r.text if r.status_code == 200 else str(r.status_code)
@@ -99,7 +99,7 @@ def answers_as_a(platform) -> str:  # noqa: ANN001
 
 # -- routes, domains, certificates ---------------------------------------------------------
 
-def test_team_b_cannot_serve_a_path_on_team_as_host_name(platform, teams):  # noqa: ANN001
+def test_team_b_cannot_serve_a_path_on_team_as_host_name(platform, teams):
     assert wait_for(lambda: answers_as_a(platform) != "503", timeout=30)
     before = answers_as_a(platform)
     for body in ({"domain": "localhost", "hostname": SHOP, "path": "/login"},
@@ -128,14 +128,14 @@ def test_team_b_cannot_serve_a_path_on_team_as_host_name(platform, teams):  # no
     ("test", 409, "taken by another team"),  # above team A's domain
     ("x.a-corp.test", 409, "taken by another team"),
 ])
-def test_team_b_cannot_make_a_domain_over_other_names(platform, teams, name, status, words):  # noqa: ANN001
+def test_team_b_cannot_make_a_domain_over_other_names(platform, teams, name, status, words):
     r = api(platform, teams.b, "POST", "/v1/domains", json={"name": name})
     assert r.status_code == status and words in r.json()["error"], r.text
     names = {d["name"] for d in api(platform, teams.b, "GET", "/v1/domains").json()["domains"]}
     assert names == {"localhost", "b-corp.test"}
 
 
-def _served_fingerprint(platform, host: str) -> str | None:  # noqa: ANN001
+def _served_fingerprint(platform, host: str) -> str | None:
     """The sha256 of the certificate the router presents for ``host`` (None: it refuses)."""
     context = ssl.create_default_context()
     context.check_hostname = False
@@ -149,7 +149,7 @@ def _served_fingerprint(platform, host: str) -> str | None:  # noqa: ANN001
         return None
 
 
-def test_a_certificate_covers_only_the_teams_names_and_is_served_only_for_them(platform, teams):  # noqa: ANN001
+def test_a_certificate_covers_only_the_teams_names_and_is_served_only_for_them(platform, teams):
     for names in (["b-corp.test", f"{SHOP}.localhost"], ["b-corp.test", "*.localhost"],
                   ["b-corp.test", "a-corp.test"]):
         cert, key = certificate(names)
@@ -191,7 +191,7 @@ def _endpoints() -> list[tuple[str, str, str]]:
     return found
 
 
-def test_every_endpoint_answers_team_b_about_team_as_app_as_about_no_app(platform, teams):  # noqa: ANN001
+def test_every_endpoint_answers_team_b_about_team_as_app_as_about_no_app(platform, teams):
     events = api(platform, teams.a, "GET", f"/v1/apps/{STORE}/events").json()["events"]
     build = next(e["data"]["build"] for e in events if "build" in (e.get("data") or {}))
     endpoints = _endpoints()
@@ -224,7 +224,7 @@ def test_every_endpoint_answers_team_b_about_team_as_app_as_about_no_app(platfor
 
 @pytest.mark.parametrize("command", [("app",), ("logs", "--recent"), ("logs",),
                                      ("delete", "-f")])
-def test_the_cli_tells_team_b_that_team_as_app_does_not_exist(platform, teams, command):  # noqa: ANN001
+def test_the_cli_tells_team_b_that_team_as_app_does_not_exist(platform, teams, command):
     outs = []
     for name in (STORE, GONE):
         shown = cli(platform, teams.b, command[0], name, *command[1:])

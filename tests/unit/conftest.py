@@ -29,7 +29,7 @@ def fake_redis() -> FakeRedis:
 
 
 @pytest.fixture
-def env(tmp_path, fake_redis):  # noqa: ANN001, ANN201
+def env(tmp_path, fake_redis):
     settings = load(env={}, data_dir=str(tmp_path), router_port=8080)
     migrate(settings)
     token = ensure_admin_token(settings)

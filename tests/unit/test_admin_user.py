@@ -11,12 +11,12 @@ from controller.app import create_app
 from tests.unit.fakes import FakeCelery, FakeRedis
 
 
-def _client(settings):  # noqa: ANN001, ANN202
+def _client(settings):
     app = create_app(settings, TESTING=True, REDIS=FakeRedis(), CELERY=FakeCelery())
     return app, app.test_client()
 
 
-def test_the_admin_is_a_user_whose_password_is_shown_once_and_logs_in(tmp_path):  # noqa: ANN001
+def test_the_admin_is_a_user_whose_password_is_shown_once_and_logs_in(tmp_path):
     settings = load(env={}, data_dir=str(tmp_path))
     migrate(settings)
     token, password = ensure_admin(settings)
@@ -40,7 +40,7 @@ def test_the_admin_is_a_user_whose_password_is_shown_once_and_logs_in(tmp_path):
         app.extensions["paas.engine"].dispose()
 
 
-def test_rotating_the_admin_token_ends_the_old_one(tmp_path):  # noqa: ANN001
+def test_rotating_the_admin_token_ends_the_old_one(tmp_path):
     settings = load(env={}, data_dir=str(tmp_path))
     migrate(settings)
     old, _ = ensure_admin(settings)
@@ -57,7 +57,7 @@ def test_rotating_the_admin_token_ends_the_old_one(tmp_path):  # noqa: ANN001
         app.extensions["paas.engine"].dispose()
 
 
-def test_paas_admin_create_token_makes_a_member_of_a_team(tmp_path, monkeypatch):  # noqa: ANN001
+def test_paas_admin_create_token_makes_a_member_of_a_team(tmp_path, monkeypatch):
     monkeypatch.setenv("PAAS_DATA_DIR", str(tmp_path))
     result = CliRunner().invoke(main, ["create-token", "carol", "--team", "blue",
                                        "--role", "viewer"])

@@ -136,13 +136,13 @@ def test_api_events_read_as_sentences_with_names_never_values():
 
 
 # -- the API ------------------------------------------------------------------------------
-def _get(env, query: str, headers=None) -> list[dict]:  # noqa: ANN001
+def _get(env, query: str, headers=None) -> list[dict]:
     r = env.client.get(f"/v1/apps/web1/logs?{query}", headers=headers)
     assert r.status_code == 200, r.get_data(as_text=True)
     return [json.loads(x) for x in r.get_data(as_text=True).splitlines() if x]
 
 
-def _seed(env) -> str:  # noqa: ANN001
+def _seed(env) -> str:
     assert push(env.client, "web1", package()).status_code < 300
     guid = _find_guid(env)
     for n in range(5):
@@ -151,14 +151,14 @@ def _seed(env) -> str:  # noqa: ANN001
     return guid
 
 
-def _find_guid(env) -> str:  # noqa: ANN001
+def _find_guid(env) -> str:
     from controller.models import App
 
     with env.app.extensions["paas.sessionmaker"]() as session:
         return session.query(App).filter_by(name="web1").one().guid
 
 
-def test_recent_lines_come_oldest_first_and_can_be_filtered(env):  # noqa: ANN001
+def test_recent_lines_come_oldest_first_and_can_be_filtered(env):
     _seed(env)
     got = _get(env, "recent=1")
     texts = [x["text"] for x in got]
@@ -169,21 +169,21 @@ def test_recent_lines_come_oldest_first_and_can_be_filtered(env):  # noqa: ANN00
     assert [x["text"] for x in _get(env, "recent=1&source=stg")] == ["-----> Staging"]
 
 
-def test_after_resumes_past_the_last_line_received(env):  # noqa: ANN001
+def test_after_resumes_past_the_last_line_received(env):
     _seed(env)
     got = _get(env, "recent=1&source=APP")
     rest = _get(env, f"after={got[2]['id']}&source=APP&recent=1")
     assert [x["text"] for x in rest][-2:] == ["out 3", "out 4"]
 
 
-def test_bad_filters_are_refused_with_a_sentence(env):  # noqa: ANN001
+def test_bad_filters_are_refused_with_a_sentence(env):
     assert push(env.client, "web1", package()).status_code < 300
     r = env.client.get("/v1/apps/web1/logs?source=BOGUS")
     assert r.status_code == 400 and "APP, STG, RTR, API, HEALTH" in r.json["error"]
     assert env.client.get("/v1/apps/web1/logs?instance=x").status_code == 400
 
 
-def test_another_teams_logs_are_a_404_as_for_an_app_that_does_not_exist(env):  # noqa: ANN001
+def test_another_teams_logs_are_a_404_as_for_an_app_that_does_not_exist(env):
     _seed(env)
     with env.app.extensions["paas.sessionmaker"]() as session:
         secret = member_token(session, "dev-" + "other", "other", Role.DEVELOPER)

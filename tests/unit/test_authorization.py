@@ -154,7 +154,7 @@ class World:
         self.password = "authz-password-1"
 
     # The API this world talks to.
-    def send(self, token: str | None, method: str, path: str, *, json: object = None,  # noqa: A002
+    def send(self, token: str | None, method: str, path: str, *, json: object = None,
              form: dict[str, str] | None = None, files: dict[str, tuple[str, bytes]] | None
              = None, headers: dict[str, str] | None = None) -> Answer:
         raise NotImplementedError
@@ -581,7 +581,7 @@ class LogRedis(StreamRedis):
     """StreamRedis whose xrevrange also takes the bounds ``paas logs --recent`` pages with
     (the app's log stream stays empty here, so they need not narrow anything)."""
 
-    def xrevrange(self, key: str, max: str = "+", min: str = "-",  # noqa: A002
+    def xrevrange(self, key: str, max: str = "+", min: str = "-",
                   count: int | None = None) -> list:
         return super().xrevrange(key, count=count)
 
@@ -603,7 +603,7 @@ class UnitWorld(World):
                                 CELERY=FakeCelery())
         self.client = self.flask.test_client()
 
-    def send(self, token: str | None, method: str, path: str, *, json: object = None,  # noqa: A002
+    def send(self, token: str | None, method: str, path: str, *, json: object = None,
              form: dict[str, str] | None = None, files: dict[str, tuple[str, bytes]] | None
              = None, headers: dict[str, str] | None = None) -> Answer:
         headers = dict(headers or {})

@@ -395,7 +395,7 @@ def _django_app(root: Path) -> Path:
     return root
 
 
-def test_fast_compile_uses_a_stored_layer_without_a_container(tmp_path):  # noqa: ANN001
+def test_fast_compile_uses_a_stored_layer_without_a_container(tmp_path):
     import tarfile
 
     stack = "3.11.2 (main, Mar 13 2023, 12:18:29) [GCC 12.2.0]"
@@ -439,7 +439,7 @@ def test_fast_compile_uses_a_stored_layer_without_a_container(tmp_path):  # noqa
     (".venv BAD KEY\n", "the key 'BAD KEY'"),
     (".venv " + "k" * 65 + "\n", "keys are 1 to 64"),
 ])
-def test_layer_lines_a_buildpack_writes_are_checked(text, words):  # noqa: ANN001
+def test_layer_lines_a_buildpack_writes_are_checked(text, words):
     from buildpacks.errors import StagingError
     from buildpacks.stager.staging import parse_layers
 

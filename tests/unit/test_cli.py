@@ -12,25 +12,25 @@ from cli.package import RESOURCE_MIN, collect, pack
 
 
 @pytest.fixture
-def runner(tmp_path, monkeypatch):  # noqa: ANN001, ANN201
+def runner(tmp_path, monkeypatch):
     monkeypatch.setenv("PAAS_HOME", str(tmp_path / "home"))
     return CliRunner()
 
 
-def test_push_without_target_says_what_to_do(runner, tmp_path):  # noqa: ANN001
+def test_push_without_target_says_what_to_do(runner, tmp_path):
     (tmp_path / "requirements.txt").write_text("")
     result = runner.invoke(main, ["push", "myapp", "-p", str(tmp_path)])
     assert result.exit_code == 1
     assert "paas target URL" in result.output
 
 
-def test_invalid_name_is_refused_before_any_upload(runner, tmp_path):  # noqa: ANN001
+def test_invalid_name_is_refused_before_any_upload(runner, tmp_path):
     result = runner.invoke(main, ["push", "-p", str(tmp_path), "Bad Name"])
     assert result.exit_code == 1
     assert "is not a valid app name" in result.output
 
 
-def test_unreachable_controller(runner):  # noqa: ANN001
+def test_unreachable_controller(runner):
     result = runner.invoke(main, ["target", "http://127.0.0.1:9"])
     assert result.exit_code == 1
     assert "could not reach the controller" in result.output
@@ -41,7 +41,7 @@ def test_memory_sizes(text: str, mb: int):
     assert parse_memory(text) == mb
 
 
-def test_pack_follows_gitignore_rules(tmp_path):  # noqa: ANN001
+def test_pack_follows_gitignore_rules(tmp_path):
     (tmp_path / "app.py").write_text("x")
     (tmp_path / ".git").mkdir()
     (tmp_path / ".git" / "HEAD").write_text("x")
@@ -63,14 +63,14 @@ def test_pack_follows_gitignore_rules(tmp_path):  # noqa: ANN001
     tarball.unlink()
 
 
-def test_node_modules_skipped_for_node_apps(tmp_path):  # noqa: ANN001
+def test_node_modules_skipped_for_node_apps(tmp_path):
     (tmp_path / "package.json").write_text("{}")
     (tmp_path / "node_modules" / "x").mkdir(parents=True)
     (tmp_path / "node_modules" / "x" / "index.js").write_text("")
     assert [e.path for e in collect(tmp_path)] == ["package.json"]
 
 
-def test_large_files_are_fingerprinted_and_can_be_left_out(tmp_path):  # noqa: ANN001
+def test_large_files_are_fingerprinted_and_can_be_left_out(tmp_path):
     (tmp_path / "big.bin").write_bytes(b"b" * RESOURCE_MIN)
     (tmp_path / "small.txt").write_text("s")
     entries = collect(tmp_path)
@@ -84,7 +84,7 @@ def test_large_files_are_fingerprinted_and_can_be_left_out(tmp_path):  # noqa: A
     tarball.unlink()
 
 
-def test_manifest_is_read(tmp_path):  # noqa: ANN001
+def test_manifest_is_read(tmp_path):
     path = tmp_path / "manifest.yml"
     path.write_text("applications:\n- name: web\n  instances: 2\n  memory: 1G\n"
                     "  command: gunicorn app:app\n  env:\n    DEBUG: true\n    N: 3\n"
@@ -103,7 +103,7 @@ def test_manifest_is_read(tmp_path):  # noqa: ANN001
     ("applications:\n- name: web\n  memory: lots\n", "line 3: memory must be a size"),
     ("apps: []\n", "no 'applications:' list"),
 ])
-def test_malformed_manifest_names_the_line(runner, tmp_path, text, words):  # noqa: ANN001
+def test_malformed_manifest_names_the_line(runner, tmp_path, text, words):
     (tmp_path / "manifest.yml").write_text(text)
     (tmp_path / "requirements.txt").write_text("")
     result = runner.invoke(main, ["push", "-p", str(tmp_path)])
@@ -112,7 +112,7 @@ def test_malformed_manifest_names_the_line(runner, tmp_path, text, words):  # no
     assert "nothing was uploaded" in result.output
 
 
-def test_manifest_with_several_apps_needs_a_name(tmp_path):  # noqa: ANN001
+def test_manifest_with_several_apps_needs_a_name(tmp_path):
     path = tmp_path / "manifest.yml"
     path.write_text("applications:\n- name: a\n- name: b\n")
     import click

@@ -31,27 +31,27 @@ def package(files: dict[str, str] | None = None, extra: tarfile.TarInfo | None =
     return buf.getvalue()
 
 
-def push(client, name: str, data: bytes | None = None, options: dict | None = None):  # noqa: ANN001, ANN201
+def push(client, name: str, data: bytes | None = None, options: dict | None = None):
     form = {"options": json.dumps(options or {})}
     if data is not None:
         form["package"] = (io.BytesIO(data), "app.tar.gz")
     return client.post(f"/v1/apps/{name}/push", data=form, content_type="multipart/form-data")
 
 
-def test_info_needs_no_token(env):  # noqa: ANN001
+def test_info_needs_no_token(env):
     response = env.client.get("/v1/info", headers={"Authorization": ""})
     assert response.status_code == 200
     assert response.json["domain"] == "localhost"
 
 
 @pytest.mark.parametrize("header", ["", "Bearer", "Bearer nope", "Basic abc"])
-def test_requests_without_a_valid_token_get_401(env, header):  # noqa: ANN001
+def test_requests_without_a_valid_token_get_401(env, header):
     response = env.client.get("/v1/apps", headers={"Authorization": header})
     assert response.status_code == 401
     assert "paas login" in response.json["error"]
 
 
-def test_push_creates_app_build_and_enqueues_staging(env):  # noqa: ANN001
+def test_push_creates_app_build_and_enqueues_staging(env):
     response = push(env.client, "myapp", package(), {"instances": 2})
     assert response.status_code == 201, response.json
     build = response.json["build"]
@@ -64,14 +64,14 @@ def test_push_creates_app_build_and_enqueues_staging(env):  # noqa: ANN001
     assert listed[0]["urls"] == ["http://myapp.localhost:8080"]
 
 
-def test_push_with_invalid_name_is_refused(env):  # noqa: ANN001
+def test_push_with_invalid_name_is_refused(env):
     response = push(env.client, "My_App", package())
     assert response.status_code == 400
     assert "not a valid app name" in response.json["error"]
     assert env.celery.sent == []
 
 
-def test_push_without_package_is_refused(env):  # noqa: ANN001
+def test_push_without_package_is_refused(env):
     response = push(env.client, "myapp", None)
     assert response.status_code == 400
     assert env.client.get("/v1/apps").json["apps"] == []
@@ -81,7 +81,7 @@ def test_push_without_package_is_refused(env):  # noqa: ANN001
     (tarfile.TarInfo("../escape.txt"), "points outside the app folder"),
     (tarfile.TarInfo("/etc/passwd"), "points outside the app folder"),
 ])
-def test_package_escaping_the_app_folder_is_refused(env, entry, words):  # noqa: ANN001
+def test_package_escaping_the_app_folder_is_refused(env, entry, words):
     entry.size = 1
     response = push(env.client, "myapp", package(extra=entry))
     assert response.status_code == 400
@@ -90,7 +90,7 @@ def test_package_escaping_the_app_folder_is_refused(env, entry, words):  # noqa:
     assert not list((env.settings.blobstore_dir / "packages").glob("*"))
 
 
-def test_symlink_out_of_the_app_is_refused(env):  # noqa: ANN001
+def test_symlink_out_of_the_app_is_refused(env):
     link = tarfile.TarInfo("data")
     link.type, link.linkname, link.size = tarfile.SYMTYPE, "../../etc/shadow", 0
     response = push(env.client, "myapp", package(extra=link))
@@ -98,13 +98,13 @@ def test_symlink_out_of_the_app_is_refused(env):  # noqa: ANN001
     assert "symlink 'data' points outside" in response.json["error"]
 
 
-def test_bad_options_are_refused(env):  # noqa: ANN001
+def test_bad_options_are_refused(env):
     response = push(env.client, "myapp", package(), {"instances": -1})
     assert response.status_code == 400
     assert "instances must be" in response.json["error"]
 
 
-def test_push_when_the_queue_is_down_leaves_nothing(env):  # noqa: ANN001
+def test_push_when_the_queue_is_down_leaves_nothing(env):
     env.app.extensions["paas.celery"] = FakeCelery(fail=True)
     response = push(env.client, "myapp", package())
     assert response.status_code == 503
@@ -112,13 +112,13 @@ def test_push_when_the_queue_is_down_leaves_nothing(env):  # noqa: ANN001
     assert env.client.get("/v1/apps").json["apps"] == []
 
 
-def test_unknown_app_is_404_with_a_hint(env):  # noqa: ANN001
+def test_unknown_app_is_404_with_a_hint(env):
     response = env.client.get("/v1/apps/ghost")
     assert response.status_code == 404
     assert "paas apps" in response.json["error"]
 
 
-def _settle(env, build_guid: str, result: StageResult) -> None:  # noqa: ANN001
+def _settle(env, build_guid: str, result: StageResult) -> None:
     env.redis.set(keys.build_result(build_guid), json.dumps(dump(result)))
     sessions = env.app.extensions["paas.sessionmaker"]
     with sessions() as session:
@@ -129,7 +129,7 @@ def _settle(env, build_guid: str, result: StageResult) -> None:  # noqa: ANN001
         assert not staging.settle(session, env.redis, env.settings, build)  # idempotent
 
 
-def test_successful_build_makes_a_release(env):  # noqa: ANN001
+def test_successful_build_makes_a_release(env):
     build = push(env.client, "myapp", package(), {"instances": 3}).json["build"]
     _settle(env, build["guid"], StageResult(
         ok=True, droplet_digest="d" * 64, droplet_path="droplets/d.tar", droplet_size=10,
@@ -142,14 +142,14 @@ def test_successful_build_makes_a_release(env):  # noqa: ANN001
     assert env.client.get("/v1/apps/myapp/releases/1").json["current"] is True
 
 
-def test_failed_first_build_removes_the_app(env):  # noqa: ANN001
+def test_failed_first_build_removes_the_app(env):
     build = push(env.client, "myapp", package()).json["build"]
     _settle(env, build["guid"], StageResult(ok=False, error="no buildpack recognises this app"))
     assert env.client.get("/v1/apps/myapp").status_code == 404
     assert not list((env.settings.blobstore_dir / "packages").glob("*"))
 
 
-def test_failed_later_build_keeps_the_release(env):  # noqa: ANN001
+def test_failed_later_build_keeps_the_release(env):
     first = push(env.client, "myapp", package()).json["build"]
     _settle(env, first["guid"], StageResult(
         ok=True, droplet_digest="d" * 64, droplet_path="droplets/d.tar", image="img",
@@ -161,14 +161,14 @@ def test_failed_later_build_keeps_the_release(env):  # noqa: ANN001
     assert env.client.get(f"/v1/builds/{second['guid']}").json["error"] == "pip failed"
 
 
-def test_delete_removes_the_app(env):  # noqa: ANN001
+def test_delete_removes_the_app(env):
     push(env.client, "myapp", package())
     assert env.client.delete("/v1/apps/myapp").status_code == 200
     assert env.client.get("/v1/apps/myapp").status_code == 404
     assert ("paas:converge", "1") in env.redis.published
 
 
-def test_a_developer_cannot_touch_another_teams_app(env):  # noqa: ANN001
+def test_a_developer_cannot_touch_another_teams_app(env):
     push(env.client, "theirs", package())
     sessions = env.app.extensions["paas.sessionmaker"]
     with sessions() as session:
@@ -195,12 +195,12 @@ def buildpack_tarball(files: dict[str, str], top: str = "") -> bytes:
     return buf.getvalue()
 
 
-def create_buildpack(client, name: str, data: bytes, headers=None):  # noqa: ANN001, ANN201
+def create_buildpack(client, name: str, data: bytes, headers=None):
     return client.post("/v1/buildpacks", data={"name": name, "buildpack": (
         io.BytesIO(data), "bp.tar.gz")}, content_type="multipart/form-data", headers=headers)
 
 
-def test_admin_registers_lists_and_deletes_buildpacks(env):  # noqa: ANN001
+def test_admin_registers_lists_and_deletes_buildpacks(env):
     good = buildpack_tarball({"bin/compile": "#!/bin/sh\n", "bin/detect": "#!/bin/sh\n"},
                              top="mybp-main/")
     assert create_buildpack(env.client, "mine", good).status_code == 201
@@ -216,13 +216,13 @@ def test_admin_registers_lists_and_deletes_buildpacks(env):  # noqa: ANN001
     assert env.client.delete("/v1/buildpacks/mine").status_code == 404
 
 
-def test_buildpack_without_compile_is_refused(env):  # noqa: ANN001
+def test_buildpack_without_compile_is_refused(env):
     bad = buildpack_tarball({"README": "no scripts"})
     response = create_buildpack(env.client, "broken", bad)
     assert response.status_code == 400 and "no bin/compile" in response.json["error"]
 
 
-def test_only_admins_register_buildpacks(env):  # noqa: ANN001
+def test_only_admins_register_buildpacks(env):
     sessions = env.app.extensions["paas.sessionmaker"]
     with sessions() as session:
         secret = member_token(session, "dev", "default", Role.DEVELOPER)
@@ -232,7 +232,7 @@ def test_only_admins_register_buildpacks(env):  # noqa: ANN001
     assert response.status_code == 403 and "only platform admins" in response.json["error"]
 
 
-def test_push_with_an_uploaded_buildpack(env):  # noqa: ANN001
+def test_push_with_an_uploaded_buildpack(env):
     bp = buildpack_tarball({"bin/compile": "#!/bin/sh\n"})
     form = {"options": json.dumps({"buildpack": "mine"}), "package": (
         io.BytesIO(package()), "app.tar.gz"), "buildpack": (io.BytesIO(bp), "bp.tar.gz")}
@@ -244,14 +244,14 @@ def test_push_with_an_uploaded_buildpack(env):  # noqa: ANN001
     assert request["buildpack_blob"].startswith("buildpacks/")
 
 
-def test_listing_apps_takes_as_many_queries_for_many_apps_as_for_few(env):  # noqa: ANN001
+def test_listing_apps_takes_as_many_queries_for_many_apps_as_for_few(env):
     from sqlalchemy import event
 
     def queries_to_list() -> tuple[int, list[dict]]:
         seen: list[str] = []
         engine = env.app.extensions["paas.engine"]
 
-        def count(conn, cursor, statement, *args) -> None:  # noqa: ANN001
+        def count(conn, cursor, statement, *args) -> None:
             seen.append(statement)
 
         event.listen(engine, "before_cursor_execute", count)

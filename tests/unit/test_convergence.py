@@ -70,20 +70,20 @@ def inst(index: int = 0, release: int = 1, state: str = RUNNING, agent: str = "a
         started_at=started_at or since - 10, exit_code=exit_code, routes_rev=routes_rev)
 
 
-def guids():  # noqa: ANN201
+def guids():
     counter = itertools.count()
     return lambda: f"new-{next(counter)}"
 
 
-def kinds(actions) -> list[str]:  # noqa: ANN001
+def kinds(actions) -> list[str]:
     return sorted(type(a).__name__ for a in actions)
 
 
-def starts(actions) -> list[Start]:  # noqa: ANN001
+def starts(actions) -> list[Start]:
     return [a for a in actions if isinstance(a, Start)]
 
 
-def stopped(actions) -> set[str]:  # noqa: ANN001
+def stopped(actions) -> set[str]:
     return {a.instance_guid for a in actions if isinstance(a, Stop)}
 
 
@@ -111,7 +111,7 @@ def test_placement_then_prefers_the_agent_with_most_free_memory():
     AgentCapacity("a1", 4096, 0, disk_mb=2048, disk_used_mb=1500),  # disk
     AgentCapacity("a1", 4096, 0, slots=4, slots_used=4),  # instance slots
 ])
-def test_no_room_means_no_start_and_says_so(agent):  # noqa: ANN001
+def test_no_room_means_no_start_and_says_so(agent):
     actions = plan([app(memory=256)], [], [agent], NOW)
     assert kinds(actions) == ["Unplaceable"]
     assert actions[0] == Unplaceable("app-1", "web", 0, 256, 1024)

@@ -132,7 +132,7 @@ class SleepingPlatform(Platform):
 
 
 @pytest.fixture
-def sleeping(tmp_path: Path):  # noqa: ANN201
+def sleeping(tmp_path: Path):
     platform = SleepingPlatform(load(env={}, data_dir=str(tmp_path)), agents=2)
     platform.log_dir.mkdir(parents=True)
     platform.start()

@@ -65,7 +65,7 @@ def test_entries_hold_three_fields_and_keep_src_and_line_for_plain_readers():
     assert line.fields() == {"src": "RTR", "meta": "1764442862.500000  3 ", "line": "GET / 200"}
 
 
-def test_a_large_flush_is_written_in_pieces(monkeypatch):  # noqa: ANN001
+def test_a_large_flush_is_written_in_pieces(monkeypatch):
     monkeypatch.setattr(logpipe.writer, "SEND_MOST", 4)
     client = StreamRedis()
     writer = AppLogWriter(client, 10_000, 4096, rate=1e9)
@@ -78,7 +78,7 @@ def test_a_large_flush_is_written_in_pieces(monkeypatch):  # noqa: ANN001
     assert [x.line for x in lines_of(client)] == [f"n{n}" for n in range(10)]
 
 
-def test_a_full_batch_is_written_at_once_while_the_follower_reads_on(monkeypatch):  # noqa: ANN001
+def test_a_full_batch_is_written_at_once_while_the_follower_reads_on(monkeypatch):
     monkeypatch.setattr(agent_logs, "FLUSH_EVERY", 30.0)  # no tick during the test
     client = StreamRedis()
     shipper = agent_logs.LogShipper(Settings(), None, client)  # type: ignore[arg-type]
@@ -172,7 +172,7 @@ def _entry(n: int, stream: str = "stdout", text: str | None = None) -> bytes:
 
 
 def test_the_json_file_is_followed_across_rotations_and_says_when_a_file_was_missed(
-        tmp_path: Path, monkeypatch):  # noqa: ANN001
+        tmp_path: Path, monkeypatch):
     monkeypatch.setattr(agent_logs, "READ_PAUSE", 0.001)
     path = str(tmp_path / "c-json.log")
     with open(path, "wb") as f:
@@ -236,7 +236,7 @@ def test_a_follower_past_the_cap_is_told_lines_were_skipped():
     assert all("skipped" not in chunk for chunk in _take(quiet, 1))
 
 
-def _take(chunks, count: int) -> list[str]:  # noqa: ANN001
+def _take(chunks, count: int) -> list[str]:
     import itertools
 
     from controller.api import logs as api_logs

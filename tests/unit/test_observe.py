@@ -23,14 +23,14 @@ from tests.unit.test_runtime_api import released
 MiB = 1 << 20
 
 
-def developer(env, team_name: str = "other") -> dict[str, str]:  # noqa: ANN001
+def developer(env, team_name: str = "other") -> dict[str, str]:
     sessions = env.app.extensions["paas.sessionmaker"]
     with sessions() as session:
         secret = member_token(session, "dev-" + team_name, team_name, Role.DEVELOPER)
     return {"Authorization": f"Bearer {secret}"}
 
 
-def crash(env, name: str = "myapp") -> None:  # noqa: ANN001
+def crash(env, name: str = "myapp") -> None:
     """What the health manager records when an instance dies."""
     sessions = env.app.extensions["paas.sessionmaker"]
     with sessions() as session:
@@ -49,7 +49,7 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
 
 
 # -- events ------------------------------------------------------------------------------
-def test_an_apps_events_tell_the_push_stage_release_scale_and_crash_in_order(env):  # noqa: ANN001
+def test_an_apps_events_tell_the_push_stage_release_scale_and_crash_in_order(env):
     released(env, options={"env": {"SECRET": "hunter2"}})
     assert env.client.post("/v1/apps/myapp/processes/web/scale",
                            json={"instances": 3}).status_code == 200
@@ -82,13 +82,13 @@ def test_an_apps_events_tell_the_push_stage_release_scale_and_crash_in_order(env
     ("order=up", "order must be asc or desc"),
     ("before=x", "before must be an event id"),
 ])
-def test_bad_event_queries_are_refused(env, query, words):  # noqa: ANN001
+def test_bad_event_queries_are_refused(env, query, words):
     released(env)
     r = env.client.get(f"/v1/apps/myapp/events?{query}")
     assert r.status_code == 400 and words in r.json["error"]
 
 
-def test_other_teams_see_neither_an_apps_events_nor_the_platform_feed(env):  # noqa: ANN001
+def test_other_teams_see_neither_an_apps_events_nor_the_platform_feed(env):
     released(env)
     headers = developer(env)
     r = env.client.get("/v1/apps/myapp/events", headers=headers)
@@ -99,7 +99,7 @@ def test_other_teams_see_neither_an_apps_events_nor_the_platform_feed(env):  # n
     assert env.client.get("/v1/apps/nope/events").status_code == 404
 
 
-def test_admins_read_the_platform_wide_feed(env):  # noqa: ANN001
+def test_admins_read_the_platform_wide_feed(env):
     released(env, "one")
     released(env, "two")
     found = env.client.get("/v1/events?order=asc").json["events"]
@@ -118,7 +118,7 @@ def test_unknown_event_types_still_read_as_words():
 
 
 # -- instance stats in paas app -----------------------------------------------------------
-def test_an_apps_instances_carry_their_resource_use(env):  # noqa: ANN001
+def test_an_apps_instances_carry_their_resource_use(env):
     released(env)
     guid = env.client.get("/v1/apps/myapp").json["guid"]
     inst = InstanceReport(instance_guid="i1", app_guid=guid, app_name="myapp", release=1,
@@ -139,7 +139,7 @@ def test_an_apps_instances_carry_their_resource_use(env):  # noqa: ANN001
 
 
 # -- status ------------------------------------------------------------------------------
-def test_status_shows_agents_queues_router_and_the_health_manager(env):  # noqa: ANN001
+def test_status_shows_agents_queues_router_and_the_health_manager(env):
     now = time.time()
     fresh = Heartbeat(agent_id="a1", address="127.0.0.1", sent_at=now - 1, memory_mb=2048,
                       memory_used_mb=512, slots=10, slots_used=2, instances=[
@@ -180,7 +180,7 @@ def test_status_shows_agents_queues_router_and_the_health_manager(env):  # noqa:
     assert body["ok"] is False  # agent a2 is late
 
 
-def test_status_says_when_redis_is_unreachable(env):  # noqa: ANN001
+def test_status_says_when_redis_is_unreachable(env):
     env.redis.down = True
     body = env.client.get("/v1/status").json
     assert body["redis"]["ok"] is False and "down" in body["redis"]["error"]
@@ -188,7 +188,7 @@ def test_status_says_when_redis_is_unreachable(env):  # noqa: ANN001
 
 
 # -- metrics -----------------------------------------------------------------------------
-def test_the_controller_counts_and_times_requests_by_endpoint_and_status(env):  # noqa: ANN001
+def test_the_controller_counts_and_times_requests_by_endpoint_and_status(env):
     env.client.get("/v1/apps")
     env.client.get("/v1/apps/missing")
     env.client.get("/v1/apps/missing")
@@ -240,11 +240,11 @@ class CannedApi:
 
 
 @pytest.fixture
-def cli(monkeypatch, tmp_path):  # noqa: ANN001, ANN201
+def cli(monkeypatch, tmp_path):
     monkeypatch.setenv("PAAS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("COLUMNS", "200")
 
-    def run(answers: dict[str, object], *args: str):  # noqa: ANN202
+    def run(answers: dict[str, object], *args: str):
         import cli.apps
         import cli.main
         import cli.observe
@@ -258,7 +258,7 @@ def cli(monkeypatch, tmp_path):  # noqa: ANN001, ANN201
     return run
 
 
-def test_paas_events_prints_oldest_first_with_descriptions(cli):  # noqa: ANN001
+def test_paas_events_prints_oldest_first_with_descriptions(cli):
     newest_first = [
         {"id": 2, "time": "2024-05-01T10:00:05+00:00", "app": "myapp", "actor": "health",
          "type": "app.crashed", "description": "crashed web #0: exit 137", "data": {}},
@@ -275,7 +275,7 @@ def test_paas_events_prints_oldest_first_with_descriptions(cli):  # noqa: ANN001
     assert result.exit_code == 2 and "give an app's NAME, or --all" in result.output
 
 
-def test_paas_app_shows_cpu_memory_disk_and_routes(cli):  # noqa: ANN001
+def test_paas_app_shows_cpu_memory_disk_and_routes(cli):
     app = {"name": "myapp", "state": "STARTED", "release": {"version": 1, "status": "DEPLOYED"},
            "instances_running": 1, "instances_desired": 2,
            "urls": ["http://myapp.localhost:8080"], "instances": [
@@ -295,7 +295,7 @@ def test_paas_app_shows_cpu_memory_disk_and_routes(cli):  # noqa: ANN001
         assert words in out, words
 
 
-def test_paas_status_prints_the_platform_at_a_glance(cli):  # noqa: ANN001
+def test_paas_status_prints_the_platform_at_a_glance(cli):
     body = {"ok": False, "time": time.time(),
             "redis": {"ok": True, "latency_ms": 0.4},
             "database": {"ok": False, "error": "OperationalError: no such file"},

@@ -127,7 +127,7 @@ def test_each_cli_flag_gives_the_sentence_before_any_request(
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_the_raw_api_gives_the_sentence(env: Any, case: str) -> None:  # noqa: ANN401
+def test_the_raw_api_gives_the_sentence(env: Any, case: str) -> None:
     sentence, door = CASES[case]
     _release(env)
     for method, where, body in door.api:
@@ -150,7 +150,7 @@ def test_the_manifest_with_a_bad_option_stops_the_push_with_the_same_sentence(
     assert result.exit_code == 1 and sentence in result.output and sent == []
 
 
-def _release(env: Any, options_: dict[str, Any] | None = None) -> dict[str, Any]:  # noqa: ANN401
+def _release(env: Any, options_: dict[str, Any] | None = None) -> dict[str, Any]:
     build = push(env.client, "myapp", package(), options_ or {}).json["build"]
     _settle(env, build["guid"], StageResult(
         ok=True, droplet_digest="d" * 64, droplet_path="droplets/d.tar", droplet_size=10,
@@ -172,7 +172,7 @@ def _release(env: Any, options_: dict[str, Any] | None = None) -> dict[str, Any]
     (options.env_name, ["A", "_x", "DATABASE_URL"], ["1A", "A-B", "", 7]),
     (options.process_type, ["web", "worker-2"], ["Web", "1web", "", "w" * 32]),
 ])
-def test_each_concept_keeps_its_limits(check: Any, good: list, bad: list) -> None:  # noqa: ANN401
+def test_each_concept_keeps_its_limits(check: Any, good: list, bad: list) -> None:
     for value in good:
         check(value)
     for value in bad:
@@ -231,7 +231,7 @@ def test_a_request_may_not_name_a_stored_blob_or_both_routes_and_no_route() -> N
 
 
 def test_the_build_keeps_its_actor_in_a_column_and_the_release_is_made_in_their_name(
-        env: Any) -> None:  # noqa: ANN401
+        env: Any) -> None:
     build = _release(env, {"instances": 2, "env": {"SECRET": "v"}, "command": "serve"})
     sessions = env.app.extensions["paas.sessionmaker"]
     with sessions() as session:
@@ -283,7 +283,7 @@ def at_0006(tmp_path: Path) -> Iterator[tuple[Any, Any, Any]]:
     engine.dispose()
 
 
-def _builds(engine: Any, box: Any, actor: bool = True) -> list[tuple]:  # noqa: ANN401
+def _builds(engine: Any, box: Any, actor: bool = True) -> list[tuple]:
     column = ", actor" if actor else ""
     with engine.connect() as conn:
         rows = conn.execute(text(f"SELECT id, requested{column} FROM builds ORDER BY id"))

@@ -32,7 +32,7 @@ def doc() -> dict:
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):  # noqa: ANN001, ANN201
+def app(tmp_path_factory):
     """The controller's Flask app on an empty platform (no token: the routes are what count)."""
     settings = load(env={}, data_dir=str(tmp_path_factory.mktemp("openapi")), router_port=8080)
     migrate(settings)
@@ -46,7 +46,7 @@ def openapi_path(rule: str) -> str:
     return re.sub(r"<(?:[a-z_]+:)?([A-Za-z_][A-Za-z0-9_]*)>", r"{\1}", rule)
 
 
-def flask_operations(app) -> dict[tuple[str, str], str]:  # noqa: ANN001
+def flask_operations(app) -> dict[tuple[str, str], str]:
     """(method, OpenAPI path) -> endpoint of every route under /v1."""
     found = {}
     for rule in app.url_map.iter_rules():
@@ -62,7 +62,7 @@ def documented(doc: dict) -> dict[tuple[str, str], dict]:
             for method, op in item.items() if method in METHODS}
 
 
-def test_every_route_is_documented_and_every_documented_operation_is_a_route(app, doc):  # noqa: ANN001
+def test_every_route_is_documented_and_every_documented_operation_is_a_route(app, doc):
     routes, ops = flask_operations(app), documented(doc)
     missing = sorted(f"{m.upper()} {p}" for m, p in set(routes) - set(ops))
     extra = sorted(f"{m.upper()} {p}" for m, p in set(ops) - set(routes))
@@ -70,7 +70,7 @@ def test_every_route_is_documented_and_every_documented_operation_is_a_route(app
     assert not extra, f"openapi.yaml documents operations the app does not have: {extra}"
 
 
-def test_each_operation_id_is_its_flask_endpoint(app, doc):  # noqa: ANN001
+def test_each_operation_id_is_its_flask_endpoint(app, doc):
     routes = flask_operations(app)
     wrong = {f"{m.upper()} {p}": (op.get("operationId"), routes[(m, p)])
              for (m, p), op in documented(doc).items()
@@ -78,7 +78,7 @@ def test_each_operation_id_is_its_flask_endpoint(app, doc):  # noqa: ANN001
     assert not wrong, f"operationId != endpoint (documented, actual): {wrong}"
 
 
-def test_each_operation_declares_the_permission_its_endpoint_enforces(app, doc):  # noqa: ANN001
+def test_each_operation_declares_the_permission_its_endpoint_enforces(app, doc):
     declared = {(m, p): op.get("x-permission") for (m, p), op in documented(doc).items()}
     unknown = {k: v for k, v in declared.items() if v not in PERMISSIONS}
     assert not unknown, f"x-permission missing or not one of {sorted(PERMISSIONS)}: {unknown}"
@@ -96,7 +96,7 @@ def test_each_operation_declares_the_permission_its_endpoint_enforces(app, doc):
     assert not wrong, f"x-permission != the endpoint's permission (documented, actual): {wrong}"
 
 
-def test_public_operations_need_no_token_and_the_others_a_bearer_one(doc):  # noqa: ANN001
+def test_public_operations_need_no_token_and_the_others_a_bearer_one(doc):
     assert doc["security"] == [{"bearer": []}]
     assert doc["components"]["securitySchemes"]["bearer"] == {
         **doc["components"]["securitySchemes"]["bearer"], "type": "http", "scheme": "bearer"}
@@ -105,7 +105,7 @@ def test_public_operations_need_no_token_and_the_others_a_bearer_one(doc):  # no
         assert (op.get("security") == []) == public, f"{method.upper()} {path}"
 
 
-def test_every_operation_takes_the_team_header_and_answers_errors_as_json(doc):  # noqa: ANN001
+def test_every_operation_takes_the_team_header_and_answers_errors_as_json(doc):
     header = {"$ref": "#/components/parameters/Team"}
     assert doc["components"]["parameters"]["Team"]["name"] == "X-Paas-Team"
     error = {"$ref": "#/components/responses/Error"}
@@ -120,7 +120,7 @@ def test_every_operation_takes_the_team_header_and_answers_errors_as_json(doc): 
     assert body["required"] == ["error"] and body["properties"]["error"]["type"] == "string"
 
 
-def test_path_parameters_are_the_routes_variables(doc):  # noqa: ANN001
+def test_path_parameters_are_the_routes_variables(doc):
     params = doc["components"]["parameters"]
 
     def resolve(p: dict) -> dict:
@@ -132,7 +132,7 @@ def test_path_parameters_are_the_routes_variables(doc):  # noqa: ANN001
         assert in_path == set(re.findall(r"{(\w+)}", path)), f"{method.upper()} {path}"
 
 
-def test_streams_are_documented_as_json_lines(doc):  # noqa: ANN001
+def test_streams_are_documented_as_json_lines(doc):
     for op in documented(doc).values():
         content = op["responses"][next(c for c in op["responses"] if c.startswith("2"))].get(
             "content", {})
@@ -140,7 +140,7 @@ def test_streams_are_documented_as_json_lines(doc):  # noqa: ANN001
             assert list(content) == ["application/x-ndjson"], op["operationId"]
 
 
-def test_push_documents_its_form_fields(doc):  # noqa: ANN001
+def test_push_documents_its_form_fields(doc):
     body = doc["paths"]["/v1/apps/{name}/push"]["post"]["requestBody"]["content"]
     form = body["multipart/form-data"]["schema"]
     assert form["required"] == ["package"]
@@ -149,7 +149,7 @@ def test_push_documents_its_form_fields(doc):  # noqa: ANN001
     assert {"options", "resources"} <= set(form["properties"])
 
 
-def test_the_document_is_valid_openapi(doc):  # noqa: ANN001
+def test_the_document_is_valid_openapi(doc):
     schema = schemathesis.openapi.from_dict(doc)
     schema.validate()  # against the OpenAPI meta-schema; raises with the place that is wrong
     operations = list(schema.get_all_operations())
@@ -158,7 +158,7 @@ def test_the_document_is_valid_openapi(doc):  # noqa: ANN001
     assert len(operations) == len(documented(doc))
 
 
-def test_openapi_json_serves_the_document_without_a_token(app, doc):  # noqa: ANN001
+def test_openapi_json_serves_the_document_without_a_token(app, doc):
     r = app.test_client().get("/v1/openapi.json")
     assert r.status_code == 200, r.json
     assert r.mimetype == "application/json"

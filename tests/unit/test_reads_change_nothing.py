@@ -79,7 +79,7 @@ GETS = [e for e in ENDPOINTS if e.method == "GET"]
 
 
 @pytest.mark.parametrize("endpoint", [pytest.param(e, id=e.rule) for e in GETS])
-def test_get_and_head_change_no_row(world: UnitWorld, endpoint) -> None:  # noqa: ANN001
+def test_get_and_head_change_no_row(world: UnitWorld, endpoint) -> None:
     target = RECIPES[endpoint.name]
     for caller in CALLERS:
         req = target.make(world, caller, True)

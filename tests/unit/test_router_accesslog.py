@@ -83,7 +83,7 @@ def test_lines_beyond_the_rate_limit_are_never_made() -> None:
     made: list[int] = []
 
     class Counting(LazyLines):
-        def __getitem__(self, i):  # noqa: ANN001, ANN204
+        def __getitem__(self, i):
             got = super().__getitem__(i)
             made.append(len(got) if isinstance(got, list) else 1)
             return got
@@ -187,11 +187,11 @@ def test_a_big_file_is_rotated_and_nothing_is_lost(tmp_path: Path) -> None:
     writers = []
 
     def reopen() -> None:  # what nginx does on SIGUSR1
-        writers.append(open(path, "ab"))  # noqa: SIM115
+        writers.append(open(path, "ab"))
 
     listener.reopen = reopen
     listener.set_backends([backend("127.0.0.1:61001")])
-    nginx_file = open(path, "ab")  # noqa: SIM115
+    nginx_file = open(path, "ab")
     for _ in range(20):
         nginx_file.write(line())
     nginx_file.flush()

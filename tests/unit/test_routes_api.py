@@ -21,14 +21,14 @@ from tests.unit.test_controller_api import package, push
 from tests.unit.test_observe import developer
 
 
-def table(env) -> dict[str, tuple[str, str, str, bool]]:  # noqa: ANN001
+def table(env) -> dict[str, tuple[str, str, str, bool]]:
     """The route table in Redis: url -> (app, balance, domain, https redirect)."""
     stored = read_route_table(env.redis)
     assert stored is not None, "no route table in Redis"
     return {r.url: (r.app_name, r.balance, r.domain, r.https_redirect) for r in stored.routes}
 
 
-def test_a_new_app_gets_its_default_route_in_the_router_table(env):  # noqa: ANN001
+def test_a_new_app_gets_its_default_route_in_the_router_table(env):
     assert push(env.client, "myapp", package()).status_code == 201
     assert table(env) == {"myapp.localhost": ("myapp", "round-robin", "localhost", False)}
     app = env.client.get("/v1/apps/myapp").json
@@ -36,7 +36,7 @@ def test_a_new_app_gets_its_default_route_in_the_router_table(env):  # noqa: ANN
     assert (keys.ROUTES_CHANGED, "route-table") in env.redis.published
 
 
-def test_map_routes_under_shared_and_private_domains_with_paths_and_options(env):  # noqa: ANN001
+def test_map_routes_under_shared_and_private_domains_with_paths_and_options(env):
     push(env.client, "myapp", package())
     r = env.client.post("/v1/domains", json={"name": "Example.COM"})
     assert r.status_code == 201 and r.json["shared"] is False and r.json["name"] == "example.com"
@@ -64,7 +64,7 @@ def test_map_routes_under_shared_and_private_domains_with_paths_and_options(env)
     assert [x["url"] for x in listed][:2] == ["*.example.com", "api.example.com/v1"]
 
 
-def test_a_route_belongs_to_one_app_at_a_time(env):  # noqa: ANN001
+def test_a_route_belongs_to_one_app_at_a_time(env):
     push(env.client, "one", package())
     push(env.client, "two", package())
     r = env.client.post("/v1/apps/two/routes", json={"domain": "localhost", "hostname": "one"})
@@ -97,7 +97,7 @@ def test_a_route_belongs_to_one_app_at_a_time(env):  # noqa: ANN001
     ({"url": "a.localhost:8080/x"}, 400, "has a port"),
     ({"url": "a.nowhere.test"}, 400, "no domain"),
 ])
-def test_bad_routes_get_a_clear_error_and_change_nothing(env, body, status, words):  # noqa: ANN001
+def test_bad_routes_get_a_clear_error_and_change_nothing(env, body, status, words):
     push(env.client, "myapp", package())
     before = table(env)
     r = env.client.post("/v1/apps/myapp/routes", json=body)
@@ -105,7 +105,7 @@ def test_bad_routes_get_a_clear_error_and_change_nothing(env, body, status, word
     assert table(env) == before
 
 
-def test_teams_own_their_private_domains(env):  # noqa: ANN001
+def test_teams_own_their_private_domains(env):
     dev = developer(env)
     assert push(env.client, "ours", package()).status_code == 201
     r = env.client.post("/v1/domains", json={"name": "theirs.test"}, headers=dev)
@@ -132,7 +132,7 @@ def test_teams_own_their_private_domains(env):  # noqa: ANN001
     assert env.client.delete("/v1/domains/theirs.test", headers=dev).status_code == 200
 
 
-def push_as(env, headers: dict[str, str], name: str):  # noqa: ANN001, ANN201
+def push_as(env, headers: dict[str, str], name: str):
     import io
     import json
 
@@ -141,7 +141,7 @@ def push_as(env, headers: dict[str, str], name: str):  # noqa: ANN001, ANN201
                            content_type="multipart/form-data")
 
 
-def test_push_maps_manifest_routes_or_none(env):  # noqa: ANN001
+def test_push_maps_manifest_routes_or_none(env):
     env.client.post("/v1/domains", json={"name": "example.com"})
     r = push(env.client, "myapp", package(), {"routes": ["example.com/shop", "www.localhost"]})
     assert r.status_code == 201, r.json
@@ -155,7 +155,7 @@ def test_push_maps_manifest_routes_or_none(env):  # noqa: ANN001
     assert types.count("route.mapped") == 2 and types.count("route.unmapped") == 2
 
 
-def test_deleting_an_app_takes_its_routes_out_of_the_table(env):  # noqa: ANN001
+def test_deleting_an_app_takes_its_routes_out_of_the_table(env):
     push(env.client, "myapp", package())
     env.client.post("/v1/apps/myapp/routes", json={"domain": "localhost", "hostname": "www"})
     assert env.client.delete("/v1/apps/myapp").status_code == 200
@@ -163,7 +163,7 @@ def test_deleting_an_app_takes_its_routes_out_of_the_table(env):  # noqa: ANN001
     assert env.client.get("/v1/routes").json["routes"] == []
 
 
-def certificate(names: list[str], *, days: int = 30, key=None):  # noqa: ANN001, ANN201
+def certificate(names: list[str], *, days: int = 30, key=None):
     key = key or ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
@@ -179,7 +179,7 @@ def certificate(names: list[str], *, days: int = 30, key=None):  # noqa: ANN001,
     return cert.public_bytes(serialization.Encoding.PEM).decode(), pem_key
 
 
-def test_certificates_are_checked_stored_and_reach_the_router_table(env):  # noqa: ANN001
+def test_certificates_are_checked_stored_and_reach_the_router_table(env):
     env.client.post("/v1/domains", json={"name": "example.com"})
     cert, key = certificate(["*.example.com", "example.com"])
     other_cert, other_key = certificate(["example.com"])
@@ -217,7 +217,7 @@ def test_certificates_are_checked_stored_and_reach_the_router_table(env):  # noq
     assert read_route_table(env.redis).certificates == []
 
 
-def test_the_health_manager_rewrites_a_lost_table_and_never_an_older_one(env):  # noqa: ANN001
+def test_the_health_manager_rewrites_a_lost_table_and_never_an_older_one(env):
     push(env.client, "myapp", package())
     manager = HealthManager(env.settings, env.app.extensions["paas.sessionmaker"], env.redis,
                             FakeCelery())
@@ -239,14 +239,14 @@ class RecordingApi:
         self.answer = answer
         self.asked: list[tuple[str, str, dict]] = []
 
-    def __getattr__(self, method: str):  # noqa: ANN204
+    def __getattr__(self, method: str):
         def call(path: str, **kwargs: object) -> dict:
             self.asked.append((method, path, kwargs))
             return self.answer
         return call
 
 
-def test_the_cli_sends_what_the_route_commands_say(monkeypatch, tmp_path):  # noqa: ANN001
+def test_the_cli_sends_what_the_route_commands_say(monkeypatch, tmp_path):
     from click.testing import CliRunner
 
     import cli.main

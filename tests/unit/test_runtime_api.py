@@ -14,7 +14,7 @@ from tests.unit.test_controller_api import _settle, package, push
 
 
 def released(env, name: str = "myapp", types: dict | None = None, options: dict | None = None,
-             ) -> None:  # noqa: ANN001
+             ) -> None:
     build = push(env.client, name, package(), options or {}).json["build"]
     _settle(env, build["guid"], StageResult(
         ok=True, droplet_digest=build["guid"].replace("-", "") * 2, droplet_path="d.json",
@@ -22,14 +22,14 @@ def released(env, name: str = "myapp", types: dict | None = None, options: dict 
         process_types=types or {"web": "serve", "worker": "work"}))
 
 
-def agent(env, agent_id: str = "a1", memory: int = 1024, used: int = 0,  # noqa: ANN001
+def agent(env, agent_id: str = "a1", memory: int = 1024, used: int = 0,
           instances: list[InstanceReport] | None = None) -> None:
     beat = Heartbeat(agent_id=agent_id, address="127.0.0.1", sent_at=0, memory_mb=memory,
                      memory_used_mb=used, instances=instances or [])
     env.redis.set(keys.agent(agent_id), beat.to_json())
 
 
-def test_scale_instances_memory_and_a_worker(env):  # noqa: ANN001
+def test_scale_instances_memory_and_a_worker(env):
     released(env)
     r = env.client.post("/v1/apps/myapp/processes/web/scale", json={"instances": 3})
     assert r.status_code == 200, r.json
@@ -43,7 +43,7 @@ def test_scale_instances_memory_and_a_worker(env):  # noqa: ANN001
     assert ("paas:converge", "1") in env.redis.published
 
 
-def test_scale_refuses_what_does_not_fit_and_names_the_free_capacity(env):  # noqa: ANN001
+def test_scale_refuses_what_does_not_fit_and_names_the_free_capacity(env):
     released(env)
     agent(env, "a1", memory=1024, used=512)
     agent(env, "a2", memory=1024, used=0)
@@ -62,19 +62,19 @@ def test_scale_refuses_what_does_not_fit_and_names_the_free_capacity(env):  # no
     ({"instances": "3"}, "instances must be a whole number"),
     ({"memory_mb": 1}, "memory must be a size from 16 MB to 64 GB"),
 ])
-def test_bad_scale_is_refused(env, body, words):  # noqa: ANN001
+def test_bad_scale_is_refused(env, body, words):
     released(env)
     r = env.client.post("/v1/apps/myapp/processes/web/scale", json=body)
     assert r.status_code == 400 and words in r.json["error"]
 
 
-def test_scaling_an_unknown_process_type_names_the_known_ones(env):  # noqa: ANN001
+def test_scaling_an_unknown_process_type_names_the_known_ones(env):
     released(env)
     r = env.client.post("/v1/apps/myapp/processes/clock/scale", json={"instances": 1})
     assert r.status_code == 404 and "web, worker" in r.json["error"]
 
 
-def test_env_changes_make_releases_and_events_never_hold_values(env):  # noqa: ANN001
+def test_env_changes_make_releases_and_events_never_hold_values(env):
     released(env, options={"env": {"A": "1"}})
     r = env.client.patch("/v1/apps/myapp/env", json={"set": {"SECRET": "hunter2"}})
     assert r.status_code == 200 and r.json["changed"]
@@ -99,7 +99,7 @@ def test_env_changes_make_releases_and_events_never_hold_values(env):  # noqa: A
     assert not any("hunter2" in json.dumps(d) for d in data)
 
 
-def test_rollback_makes_a_new_release_from_an_earlier_one(env):  # noqa: ANN001
+def test_rollback_makes_a_new_release_from_an_earlier_one(env):
     released(env, options={"env": {"V": "one"}})
     first_droplet = env.client.get("/v1/apps/myapp/releases").json["releases"][0]["droplet"]
     released(env)  # release 2: new droplet, env kept
@@ -116,13 +116,13 @@ def test_rollback_makes_a_new_release_from_an_earlier_one(env):  # noqa: ANN001
     assert listed[0]["current"] and not listed[1]["current"]
 
 
-def test_rollback_without_a_version_needs_an_earlier_release_that_ran(env):  # noqa: ANN001
+def test_rollback_without_a_version_needs_an_earlier_release_that_ran(env):
     released(env)
     r = env.client.post("/v1/apps/myapp/rollback", json={})
     assert r.status_code == 400 and "nothing to roll back to" in r.json["error"]
 
 
-def test_restart_stop_start_and_configure(env):  # noqa: ANN001
+def test_restart_stop_start_and_configure(env):
     released(env)
     assert env.client.post("/v1/apps/myapp/restart").json["generation"] == 1
     assert env.client.post("/v1/apps/myapp/stop").json["state"] == "STOPPED"
@@ -141,7 +141,7 @@ def test_restart_stop_start_and_configure(env):  # noqa: ANN001
     assert bad.status_code == 400
 
 
-def test_push_applies_manifest_processes_and_health_checks(env):  # noqa: ANN001
+def test_push_applies_manifest_processes_and_health_checks(env):
     released(env, options={"health_check_type": "http", "health_check_endpoint": "/up",
                            "timeout": 9, "processes": [
                                {"type": "worker", "instances": 2, "command": "work hard",
@@ -155,7 +155,7 @@ def test_push_applies_manifest_processes_and_health_checks(env):  # noqa: ANN001
     assert bad.status_code == 400
 
 
-def test_crashed_and_unplaced_indices_show_in_the_app(env):  # noqa: ANN001
+def test_crashed_and_unplaced_indices_show_in_the_app(env):
     released(env, options={"instances": 3})
     guid = env.client.get("/v1/apps/myapp").json["guid"]
     env.redis.hset(keys.CRASHES, keys.crash_field(guid, "web", 1), json.dumps({
@@ -187,7 +187,7 @@ def test_a_crashed_instance_being_stopped_shows_as_crashed(env) -> None:
     assert states == ["RUNNING"]
 
 
-def test_rebalance_only_when_the_spread_is_uneven(env):  # noqa: ANN001
+def test_rebalance_only_when_the_spread_is_uneven(env):
     released(env)
     guid = env.client.get("/v1/apps/myapp").json["guid"]
 

@@ -108,12 +108,12 @@ def test_a_command_is_recorded_by_its_program_only(line: str, shown: str):
 
 
 # -- sealed columns and the migration --------------------------------------------------------
-def _database_bytes(settings) -> bytes:  # noqa: ANN001
+def _database_bytes(settings) -> bytes:
     db = Path(settings.data_dir) / "paas.db"
     return b"".join(p.read_bytes() for p in (db, Path(f"{db}-wal")) if p.exists())
 
 
-def _add_certificate(env) -> tuple[str, str]:  # noqa: ANN001
+def _add_certificate(env) -> tuple[str, str]:
     env.client.post("/v1/domains", json={"name": "example.com"})
     cert, key = certificate(["example.com"])
     r = env.client.put("/v1/certificates/example.com", json={"cert": cert, "key": key})
@@ -121,7 +121,7 @@ def _add_certificate(env) -> tuple[str, str]:  # noqa: ANN001
     return cert, key
 
 
-def test_env_values_push_options_and_tls_keys_are_sealed_in_the_database(env):  # noqa: ANN001
+def test_env_values_push_options_and_tls_keys_are_sealed_in_the_database(env):
     _push(env, "myapp", env_vars={"PUSHED": f"pushed-{SECRET}"})
     r = env.client.patch("/v1/apps/myapp/env", json={"set": {"DB_PASSWORD": SECRET}})
     assert r.status_code == 200 and r.json["changed"], r.json
@@ -145,7 +145,7 @@ def test_env_values_push_options_and_tls_keys_are_sealed_in_the_database(env):  
     assert oct(os.stat(Path(env.settings.data_dir) / "paas.db").st_mode & 0o777) == "0o600"
 
 
-def test_the_env_event_and_log_line_name_variables_never_values(env):  # noqa: ANN001
+def test_the_env_event_and_log_line_name_variables_never_values(env):
     _push(env, "myapp")
     env.client.patch("/v1/apps/myapp/env", json={"set": {"DB_PASSWORD": SECRET}})
     events = env.client.get("/v1/apps/myapp/events").json
@@ -154,7 +154,7 @@ def test_the_env_event_and_log_line_name_variables_never_values(env):  # noqa: A
     assert r.status_code == 400 and SECRET not in r.get_data(as_text=True)
 
 
-def test_migration_0005_seals_existing_rows_and_the_downgrade_opens_them(env):  # noqa: ANN001
+def test_migration_0005_seals_existing_rows_and_the_downgrade_opens_them(env):
     _push(env, "myapp", env_vars={"DB_PASSWORD": SECRET})
     _, key = _add_certificate(env)
     env.app.extensions["paas.engine"].dispose()
@@ -174,7 +174,7 @@ def test_migration_0005_seals_existing_rows_and_the_downgrade_opens_them(env):  
         assert session.scalar(select(Release)).env == {"DB_PASSWORD": SECRET}
 
 
-def test_a_database_read_with_another_key_fails_with_a_sentence(env, tmp_path):  # noqa: ANN001
+def test_a_database_read_with_another_key_fails_with_a_sentence(env, tmp_path):
     _push(env, "myapp", env_vars={"DB_PASSWORD": SECRET})
     from controller.app import create_app
 
@@ -193,7 +193,7 @@ def test_a_database_read_with_another_key_fails_with_a_sentence(env, tmp_path): 
 
 
 # -- the task command ------------------------------------------------------------------------
-def test_a_tasks_arguments_stay_out_of_its_event_and_the_apps_log(env):  # noqa: ANN001
+def test_a_tasks_arguments_stay_out_of_its_event_and_the_apps_log(env):
     from tests.unit.test_tasks import _agent
 
     _push(env, "myapp")
@@ -209,14 +209,14 @@ def test_a_tasks_arguments_stay_out_of_its_event_and_the_apps_log(env):  # noqa:
 
 
 @pytest.fixture
-def fake_redis():  # noqa: ANN201  (streams, for the task tests above)
+def fake_redis():  # streams, for the task tests above
     from tests.unit.test_tasks import StreamRedis
 
     return StreamRedis()
 
 
 # -- /metrics ------------------------------------------------------------------------------
-def test_metrics_need_an_admin_or_the_metrics_token(env, tmp_path):  # noqa: ANN001
+def test_metrics_need_an_admin_or_the_metrics_token(env, tmp_path):
     r = env.client.get("/metrics", headers={"Authorization": ""})
     assert r.status_code == 401 and r.is_json
     assert "/metrics needs a token" in r.json["error"]
@@ -236,7 +236,7 @@ def test_metrics_need_an_admin_or_the_metrics_token(env, tmp_path):  # noqa: ANN
 
 
 # -- the CLI's warning -----------------------------------------------------------------------
-def _answer(*_args, **_kwargs) -> requests.Response:  # noqa: ANN002, ANN003
+def _answer(*_args, **_kwargs) -> requests.Response:
     response = requests.Response()
     response.status_code = 200
     response._content = b'{"apps": []}'
@@ -253,14 +253,14 @@ def _answer(*_args, **_kwargs) -> requests.Response:  # noqa: ANN002, ANN003
     ("http://[::1]:8700", False),
 ])
 def test_the_cli_warns_once_per_target_before_sending_a_token_over_plain_http(
-        tmp_path, monkeypatch, target: str, warned: bool):  # noqa: ANN001
+        tmp_path, monkeypatch, target: str, warned: bool):
     home = tmp_path / "home"
     home.mkdir()
     (home / "config").write_text(json.dumps({"target": target, "token": "t0ken"}))
     monkeypatch.setenv("PAAS_HOME", str(home))
     sent: list[str] = []
 
-    def request(self, method, url, **kwargs):  # noqa: ANN001, ANN003, ANN202
+    def request(self, method, url, **kwargs):
         sent.append(url)
         return _answer()
 

@@ -86,7 +86,7 @@ def test_limits_without_a_limit_read_as_none():
     assert parse_limit("268435456\n") == 256 * MiB
 
 
-def test_cgroup_v1_files_give_memory_less_page_cache_and_cpu_time(tmp_path):  # noqa: ANN001
+def test_cgroup_v1_files_give_memory_less_page_cache_and_cpu_time(tmp_path):
     v1_tree(tmp_path, usage=80 * MiB, inactive=30 * MiB, cpu_ns=1_500_000_000)
     files = find_cgroup_files(V1_PROC, tmp_path)
     assert files is not None and not files.v2
@@ -96,7 +96,7 @@ def test_cgroup_v1_files_give_memory_less_page_cache_and_cpu_time(tmp_path):  # 
     assert got.cpu_usec == 1_500_000 and got.at == 7.0
 
 
-def test_cgroup_v2_files_are_found_in_the_unified_tree(tmp_path):  # noqa: ANN001
+def test_cgroup_v2_files_are_found_in_the_unified_tree(tmp_path):
     v2_tree(tmp_path, usage=64 * MiB, inactive=4 * MiB, cpu_usec=42)
     files = find_cgroup_files(V2_PROC, tmp_path)
     assert files is not None and files.v2
@@ -105,7 +105,7 @@ def test_cgroup_v2_files_are_found_in_the_unified_tree(tmp_path):  # noqa: ANN00
     assert got.cpu_usec == 42
 
 
-def test_no_readable_cgroup_is_none(tmp_path):  # noqa: ANN001
+def test_no_readable_cgroup_is_none(tmp_path):
     assert find_cgroup_files(V1_PROC, tmp_path) is None
     assert find_cgroup_files(V2_PROC, tmp_path) is None
     assert find_cgroup_files("", tmp_path) is None
@@ -136,7 +136,7 @@ class FakeApi:
         self.inspects.append((container_id, False))
         return {"Id": container_id, "State": {"Pid": self.pid}}
 
-    def containers(self, all: bool = False, size: bool = False,  # noqa: A002
+    def containers(self, all: bool = False, size: bool = False,
                    filters: dict | None = None) -> list[dict]:
         self.inspects.append((filters["id"], size))
         return [{"Id": filters["id"], "SizeRw": self.size if size else None}]
@@ -159,7 +159,7 @@ class Clock:
         return self.now
 
 
-def test_the_sampler_reads_cgroups_by_the_containers_pid(tmp_path):  # noqa: ANN001
+def test_the_sampler_reads_cgroups_by_the_containers_pid(tmp_path):
     root, proc = tmp_path / "cgroup", tmp_path / "proc"
     (proc / "4242").mkdir(parents=True)
     (proc / "4242" / "cgroup").write_text(V1_PROC)
@@ -189,7 +189,7 @@ def test_the_sampler_reads_cgroups_by_the_containers_pid(tmp_path):  # noqa: ANN
     assert sampler.get("guid-1") is None and not sampler.files and not sampler.previous
 
 
-def test_the_sampler_falls_back_to_docker_stats_without_cgroup_files(tmp_path):  # noqa: ANN001
+def test_the_sampler_falls_back_to_docker_stats_without_cgroup_files(tmp_path):
     api = FakeApi()
     sampler = StatsSampler(FakeDocker(api), root=tmp_path / "none", proc=tmp_path / "none")
     sampler.track({"guid-1": CID})
@@ -199,7 +199,7 @@ def test_the_sampler_falls_back_to_docker_stats_without_cgroup_files(tmp_path): 
     assert api.stats_calls == 1
 
 
-def test_a_container_without_a_process_is_not_sampled_through_docker(tmp_path):  # noqa: ANN001
+def test_a_container_without_a_process_is_not_sampled_through_docker(tmp_path):
     # Docker's stats of a container that has just exited can hang, and the agent's stop of
     # it behind them: an exited container is left alone until it runs again.
     api = FakeApi(pid=0)
@@ -213,7 +213,7 @@ def test_a_container_without_a_process_is_not_sampled_through_docker(tmp_path): 
     assert sampler.get("guid-1") is not None and api.stats_calls == 1
 
 
-def test_the_sampler_thread_publishes_and_stops(tmp_path):  # noqa: ANN001
+def test_the_sampler_thread_publishes_and_stops(tmp_path):
     sampler = StatsSampler(FakeDocker(FakeApi()), interval=0.01, root=tmp_path,
                            proc=tmp_path)
     sampler.track({"g": CID})

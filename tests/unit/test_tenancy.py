@@ -18,7 +18,7 @@ from tests.unit.test_routes_api import certificate
 GONE_APP = "there is no app named {!r}: 'paas apps' lists yours."
 
 
-def push_as(env, headers: dict[str, str] | None, name: str, options: dict | None = None):  # noqa: ANN001, ANN201
+def push_as(env, headers: dict[str, str] | None, name: str, options: dict | None = None):
     form = {"options": json.dumps(options or {}),
             "package": (io.BytesIO(package()), "app.tar.gz")}
     return env.client.post(f"/v1/apps/{name}/push", data=form, headers=headers,
@@ -26,7 +26,7 @@ def push_as(env, headers: dict[str, str] | None, name: str, options: dict | None
 
 
 @pytest.fixture
-def teams(env):  # noqa: ANN001, ANN201
+def teams(env):
     """Team A (app ``store`` on ``shop.localhost``, private domain ``a.test``) and team B (app
     ``bapp``); their developers' headers."""
     a, b = developer(env, "teama"), developer(env, "teamb")
@@ -40,11 +40,11 @@ def teams(env):  # noqa: ANN001, ANN201
     return type("Teams", (), {"a": a, "b": b})
 
 
-def routes(env) -> dict[str, str]:  # noqa: ANN001
+def routes(env) -> dict[str, str]:
     return {r.url: r.app_name for r in read_route_table(env.redis).routes}
 
 
-def rows(env, model: type) -> int:  # noqa: ANN001
+def rows(env, model: type) -> int:
     with env.app.extensions["paas.sessionmaker"]() as session:
         return session.query(model).count()
 
@@ -57,7 +57,7 @@ def rows(env, model: type) -> int:  # noqa: ANN001
     {"url": "shop.localhost/login"},
     {"url": "https://SHOP.localhost/api/v1"},
 ])
-def test_another_teams_host_name_is_refused_on_every_path(env, teams, body):  # noqa: ANN001
+def test_another_teams_host_name_is_refused_on_every_path(env, teams, body):
     before = routes(env)
     r = env.client.post("/v1/apps/bapp/routes", json=body, headers=teams.b)
     assert r.status_code == 409, r.json
@@ -65,7 +65,7 @@ def test_another_teams_host_name_is_refused_on_every_path(env, teams, body):  # 
     assert routes(env) == before and rows(env, Route) == 3
 
 
-def test_a_push_cannot_take_another_teams_host_name_and_an_admin_still_can(env, teams):  # noqa: ANN001
+def test_a_push_cannot_take_another_teams_host_name_and_an_admin_still_can(env, teams):
     r = push_as(env, teams.b, "bapp", {"routes": ["shop.localhost/admin"]})
     assert r.status_code == 409 and "shop.localhost is taken by another team" in r.json["error"]
     # App names are a team's, host names the platform's: the default route of team B's
@@ -85,7 +85,7 @@ def test_a_push_cannot_take_another_teams_host_name_and_an_admin_still_can(env, 
         == 201
 
 
-def test_a_wildcard_is_refused_where_another_team_routes_a_name_under_the_domain(env, teams):  # noqa: ANN001
+def test_a_wildcard_is_refused_where_another_team_routes_a_name_under_the_domain(env, teams):
     r = env.client.post("/v1/apps/bapp/routes", json={"domain": "localhost", "hostname": "*"},
                         headers=teams.b)
     assert r.status_code == 403 and "only platform admins" in r.json["error"]
@@ -127,13 +127,13 @@ def test_a_wildcard_is_refused_where_another_team_routes_a_name_under_the_domain
     ("free.localhost", 403, "under the shared domain localhost"),  # pre-registration
     ("localhost", 409, "the domain localhost exists already"),
 ])
-def test_a_private_domain_over_other_names_is_refused(env, teams, name, status, words):  # noqa: ANN001
+def test_a_private_domain_over_other_names_is_refused(env, teams, name, status, words):
     r = env.client.post("/v1/domains", json={"name": name}, headers=teams.b)
     assert r.status_code == status and words in r.json["error"], r.json
     assert rows(env, Domain) == 2
 
 
-def test_a_private_domain_above_a_shared_one_is_refused_but_an_admin_may(env, teams):  # noqa: ANN001
+def test_a_private_domain_above_a_shared_one_is_refused_but_an_admin_may(env, teams):
     env.client.post("/v1/domains", json={"name": "apps.corp.test", "shared": True})
     r = env.client.post("/v1/domains", json={"name": "corp.test"}, headers=teams.b)
     assert r.status_code == 403 and "above the shared domain apps.corp.test" in r.json["error"]
@@ -144,7 +144,7 @@ def test_a_private_domain_above_a_shared_one_is_refused_but_an_admin_may(env, te
                            headers=teams.b).status_code == 201  # under its own: fine
 
 
-def test_another_teams_private_domain_answers_as_one_that_does_not_exist(env, teams):  # noqa: ANN001
+def test_another_teams_private_domain_answers_as_one_that_does_not_exist(env, teams):
     cert = dict(zip(("cert", "key"), certificate(["a.test"]), strict=True))
     for method, path, body in (
         ("delete", "/v1/domains/{}", None),
@@ -178,7 +178,7 @@ def test_another_teams_private_domain_answers_as_one_that_does_not_exist(env, te
     (["*.a.test", "*.test"], "*.test"),
     (["a.test", "b.test"], "b.test"),
 ])
-def test_a_certificate_covering_names_that_are_not_the_teams_is_refused(env, teams, names,  # noqa: ANN001
+def test_a_certificate_covering_names_that_are_not_the_teams_is_refused(env, teams, names,
                                                                           foreign):
     env.client.post("/v1/domains", json={"name": "b.test"}, headers=teams.b)
     cert, key = certificate(names)
@@ -189,7 +189,7 @@ def test_a_certificate_covering_names_that_are_not_the_teams_is_refused(env, tea
     assert not read_route_table(env.redis).certificates
 
 
-def test_a_certificate_of_the_teams_own_names_is_accepted(env, teams):  # noqa: ANN001
+def test_a_certificate_of_the_teams_own_names_is_accepted(env, teams):
     cert, key = certificate(["a.test", "*.a.test", "deep.www.a.test", "shop.localhost"])
     r = env.client.put("/v1/certificates/a.test", json={"cert": cert, "key": key},
                        headers=teams.a)
@@ -202,7 +202,7 @@ def test_a_certificate_of_the_teams_own_names_is_accepted(env, teams):  # noqa: 
     assert r.status_code == 201, r.json
 
 
-def test_the_router_serves_a_teams_certificate_only_for_that_teams_hosts(env, teams):  # noqa: ANN001
+def test_the_router_serves_a_teams_certificate_only_for_that_teams_hosts(env, teams):
     from controller import routing
     from router.render import render_nginx_config
 
@@ -229,7 +229,7 @@ def _fill(rule: str, name: str, build: str) -> str:
             .replace("<int:version>", "1").replace("<guid>", build))
 
 
-def test_every_app_endpoint_answers_another_team_as_for_an_app_that_does_not_exist(env, teams):  # noqa: ANN001
+def test_every_app_endpoint_answers_another_team_as_for_an_app_that_does_not_exist(env, teams):
     with env.app.extensions["paas.sessionmaker"]() as session:
         app = session.query(App).filter_by(name="store").one()
         build_guid = session.query(Build).filter_by(app_id=app.id).one().guid
@@ -256,7 +256,7 @@ def test_every_app_endpoint_answers_another_team_as_for_an_app_that_does_not_exi
     assert rows(env, App) == 2 and rows(env, Route) == 3
 
 
-def test_another_teams_app_name_is_a_new_app_of_ones_own_matching_none_of_theirs(env, teams):  # noqa: ANN001
+def test_another_teams_app_name_is_a_new_app_of_ones_own_matching_none_of_theirs(env, teams):
     r = env.client.post("/v1/apps/store/resource_match", json={"resources": []},
                         headers=teams.b)
     assert r.status_code == 200 and r.json == {"resources": []}
@@ -270,7 +270,7 @@ def test_another_teams_app_name_is_a_new_app_of_ones_own_matching_none_of_theirs
         "http://shop.localhost:8080", "http://www.a.test:8080"]
 
 
-def test_other_teams_lists_show_nothing_of_team_a(env, teams):  # noqa: ANN001
+def test_other_teams_lists_show_nothing_of_team_a(env, teams):
     b = teams.b
     assert [a["name"] for a in env.client.get("/v1/apps", headers=b).json["apps"]] == ["bapp"]
     assert [r["url"] for r in env.client.get("/v1/routes", headers=b).json["routes"]] == [
