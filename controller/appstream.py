@@ -59,6 +59,16 @@ def publish(client: redis.Redis, app_guid: str, events: list[AppEvent],
         log.warning("could not publish %d event(s) of app %s: %s", len(events), app_guid, e)
 
 
+def publish_all(client: redis.Redis, found: list[tuple[str, AppEvent]],
+                length: int = 1000) -> None:
+    """:func:`publish` each app's share of ``found`` ((app guid, event) pairs, in order)."""
+    by_app: dict[str, list[AppEvent]] = {}
+    for app_guid, e in found:
+        by_app.setdefault(app_guid, []).append(e)
+    for app_guid, events in by_app.items():
+        publish(client, app_guid, events, length)
+
+
 def position(client: redis.Redis, app_guid: str) -> str:
     """The id of the app's newest event ("0" for none): follow from here to see what comes
     next."""
@@ -84,13 +94,8 @@ def read(client: redis.Redis, app_guid: str, after: str, block_ms: int | None = 
 def _after_commit(session: Session) -> None:
     pending = session.info.pop(PENDING, None)
     client = session.info.get(REDIS)
-    if not pending or client is None:
-        return
-    by_app: dict[str, list[AppEvent]] = {}
-    for app_guid, e in pending:
-        by_app.setdefault(app_guid, []).append(e)
-    for app_guid, found in by_app.items():
-        publish(client, app_guid, found, session.info.get(LENGTH, 1000))
+    if pending and client is not None:
+        publish_all(client, pending, session.info.get(LENGTH, 1000))
 
 
 @event.listens_for(Session, "after_soft_rollback")

@@ -90,8 +90,7 @@ def lookup_app(name: str) -> App | None:
     A request that changes something answers with ``stream_id``, the app's event stream as
     it was before the change: following it from there shows the change's own events."""
     app = _lookup_app(name)
-    if request.method not in ("GET", "HEAD") and "stream_from" not in g and \
-            request.endpoint != "v1.resource_match":  # a question, not a change
+    if request.method not in ("GET", "HEAD") and "stream_from" not in g:
         g.stream_from = appstream.position(_redis(), app.guid) if app is not None else "0"
     return app
 
@@ -358,7 +357,7 @@ def resource_match(name: str):
     """Which of these files (by sha1 and size) the app's team has cached already."""
     validate_name(name)
     ident = current_identity()
-    app = lookup_app(name)
+    app = _lookup_app(name)  # a question, not a change: no stream_id in the answer
     if app is not None:
         authorize_app(ident, app)
     else:  # a new app's: who may push it to the request's team

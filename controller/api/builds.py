@@ -77,7 +77,7 @@ def _follow(app, guid: str) -> Iterator[str]:
                 yield _line({"type": "log", "text": fields.get(b"line", b"").decode(
                     "utf-8", "replace")})
         if not ended:
-            if _finished_without_stream(app, guid):
+            if _settled(app, guid):
                 # The end marker may still be on its way: send what the stream has.
                 start = last_id.decode() if isinstance(last_id, bytes) else last_id
                 for entry_id, fields in client.xrange(
@@ -94,7 +94,7 @@ def _follow(app, guid: str) -> Iterator[str]:
     yield _line(_result(app, guid))
 
 
-def _finished_without_stream(app, guid: str) -> bool:
+def _settled(app, guid: str) -> bool:
     """The build has left STAGING, or is gone (a failed first push removes its app)."""
     with app.extensions["paas.sessionmaker"]() as session:
         state = session.scalar(select(Build.state).where(Build.guid == guid))
@@ -127,7 +127,7 @@ def _wait_until_settled(app, guid: str) -> None:
         return
     since = appstream.position(client, app_guid)
     deadline = time.monotonic() + SETTLE_WAIT
-    while not _finished_without_stream(app, guid):
+    while not _settled(app, guid):
         left = deadline - time.monotonic()
         if left <= 0:
             return  # the result says STAGING: the health manager is not running

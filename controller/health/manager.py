@@ -224,14 +224,7 @@ class HealthManager:
             self.redis.hdel(keys.APP_ROUTED, *gone)
         self.routed_told = {k: v for k, v in {**self.routed_told, **marks}.items()
                             if k not in gone}
-        self._publish_events(found + more)
-
-    def _publish_events(self, found: list[tuple[str, AppEvent]]) -> None:
-        by_app: dict[str, list[AppEvent]] = {}
-        for app_guid, event in found:
-            by_app.setdefault(app_guid, []).append(event)
-        for app_guid, events_ in by_app.items():
-            appstream.publish(self.redis, app_guid, events_, self.settings.app_stream_length)
+        appstream.publish_all(self.redis, found + more, self.settings.app_stream_length)
 
     def _publish_unplaced(self, found: list[Unplaceable], names: dict[str, str]) -> None:
         """Instances no agent has room for, for ``paas app`` to show (and the log)."""
@@ -249,7 +242,7 @@ class HealthManager:
                     "process_type": u.process_type, "index": u.index,
                     "reason": f"no agent has room for {u.memory_mb} MB memory and "
                               f"{u.disk_mb} MB disk: scale something down or add an agent"})))
-        self._publish_events(told)
+        appstream.publish_all(self.redis, told, self.settings.app_stream_length)
         pipe = self.redis.pipeline()
         pipe.delete(keys.UNPLACED)
         if now:

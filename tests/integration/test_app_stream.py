@@ -4,11 +4,10 @@ missing or repeating an event."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import requests
 
+from cli.client import COMMENT, SseParser
 from tests.integration.runtime_helpers import runtime_app
 
 pytestmark = pytest.mark.usefixtures("dump_logs_on_failure")
@@ -30,17 +29,12 @@ def auth(platform) -> dict[str, str]:
 
 
 def parse(lines) -> list[dict]:
-    """Server-sent events from an iterator of text lines: [{id, type, data}]."""
-    found, fields = [], {}
+    """Server-sent events from text lines, read by the CLI's own parser: [{id, type, data}]."""
+    parser, found = SseParser(), []
     for line in lines:
-        if line == "":
-            if "event" in fields:
-                found.append({"id": fields["id"], "type": fields["event"],
-                              "data": json.loads(fields["data"])})
-            fields = {}
-        elif not line.startswith(":") and ": " in line:
-            key, value = line.split(": ", 1)
-            fields[key] = value
+        event = parser.feed(line)
+        if event is not None and event.type != COMMENT:
+            found.append({"id": event.id, "type": event.type, "data": event.data})
     return found
 
 
@@ -58,20 +52,15 @@ def follow_until(platform, last_id: str, done, limit: int | None = None,
     r = requests.get(api(platform, f"/apps/{APP}/stream"), stream=True, timeout=60,
                      headers={**auth(platform), "Last-Event-ID": last_id})
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/event-stream")
-    found: list[dict] = []
-    fields: dict[str, str] = {}
+    parser, found = SseParser(), []
     try:
         for line in r.iter_lines(decode_unicode=True):
-            if line == "":
-                if "event" in fields:
-                    found.append({"id": fields["id"], "type": fields["event"],
-                                  "data": json.loads(fields["data"])})
-                    if done(found[-1]) or (limit is not None and len(found) >= limit):
-                        return found
-                fields = {}
-            elif not line.startswith(":") and ": " in line:
-                key, value = line.split(": ", 1)
-                fields[key] = value
+            event = parser.feed(line)
+            if event is None or event.type == COMMENT:
+                continue
+            found.append({"id": event.id, "type": event.type, "data": event.data})
+            if done(found[-1]) or (limit is not None and len(found) >= limit):
+                break
     finally:
         r.close()  # the connection drops here, as a client's would
     return found

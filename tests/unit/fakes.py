@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from typing import Any
 
 
@@ -203,3 +204,21 @@ class FakeCelery:
         if self.fail:
             raise ConnectionError("broker down")
         self.sent.append((name, list(args or []), queue))
+
+
+class FakePipeline:
+    """A pipeline over any fake server: queued calls run at ``execute``, all or (when the
+    server has a ``check`` that raises, as a Redis that is down) none."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.calls: list[Callable[[], None]] = []
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        method = getattr(self.server, name)
+        return lambda *a, **kw: self.calls.append(lambda: method(*a, **kw))
+
+    def execute(self) -> None:
+        getattr(self.server, "check", lambda: None)()
+        for call in self.calls:
+            call()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import fnmatch
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from contracts.messages import Heartbeat, InstanceState
 from contracts.settings import load
 from dea_agent.agent import Agent
 from dea_agent.instances import Instance
+from tests.unit.fakes import FakePipeline
 
 AGENT = "agent-t"
 
@@ -69,20 +69,6 @@ class FakeRedis:
     def routes_revs(self) -> dict[str, int]:
         beat = Heartbeat.from_json(self.values[keys.agent(AGENT)])
         return {i.instance_guid: i.routes_rev for i in beat.instances}
-
-
-class FakePipeline:
-    def __init__(self, server: FakeRedis) -> None:
-        self.server = server
-        self.calls: list[Callable[[], None]] = []
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        method = getattr(self.server, name)
-        return lambda *a, **kw: self.calls.append(lambda: method(*a, **kw))
-
-    def execute(self) -> None:
-        for call in self.calls:
-            call()
 
 
 class FakeContainer:

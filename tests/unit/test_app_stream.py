@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from cli.client import COMMENT, SseParser, split_lines
 from contracts import keys
 from contracts.appevents import AppEvent
 from contracts.messages import InstanceReport, StageResult
@@ -109,14 +110,12 @@ def fake_redis() -> StreamRedis:  # the shared ``env`` fixture, with streams
 
 
 def read_sse(text: str) -> list[dict]:
-    """The events of an SSE body: [{id, event, data}], comments and retry left out."""
-    found = []
-    for block in text.split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines()
-                      if ": " in line and not line.startswith(":"))
-        if "event" in fields:
-            found.append({"id": fields["id"], "event": fields["event"],
-                          "data": json.loads(fields["data"])})
+    """The events of an SSE body, read by the CLI's own parser: [{id, event, data}]."""
+    parser, found = SseParser(), []
+    for line in split_lines([text.encode()]):
+        event = parser.feed(line)
+        if event is not None and event.type != COMMENT:
+            found.append({"id": event.id, "event": event.type, "data": event.data})
     return found
 
 

@@ -20,6 +20,7 @@ from contracts.routing import Certificate, MappedRoute, RouteTable
 from contracts.secretbox import SecretBox, ensure_key, load_box
 from contracts.settings import load
 from router.main import Router
+from tests.unit.fakes import FakePipeline
 
 
 class FakePubSub:
@@ -134,23 +135,6 @@ class FakeRedis:
         routes.setdefault(host, mapped(host))
         self.map(*routes.values(), certificates=table.certificates)
         self.add(agent, backend(host, port, guid))
-
-
-class FakePipeline:
-    """Queued calls run at ``execute`` (all or, with Redis down, none)."""
-
-    def __init__(self, server: FakeRedis) -> None:
-        self.server = server
-        self.calls: list[Callable[[], None]] = []
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        method = getattr(self.server, name)
-        return lambda *a, **kw: self.calls.append(lambda: method(*a, **kw))
-
-    def execute(self) -> None:
-        self.server.check()
-        for call in self.calls:
-            call()
 
 
 class FakeNginx:
